@@ -1,0 +1,78 @@
+"""Orbax checkpoints of (model, optimizer state, metadata) in WORKDIR/checkpoints.
+
+Metadata holds the step, the accumulated training seconds and the data seed; the
+batch RNG is derived from (seed, step) so the step fixes it. Saves are
+synchronous: a checkpoint that exists on disk is complete (orbax writes to a
+temporary directory and renames it), so SIGKILL can lose progress but never
+corrupts what was saved.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from dfm_flax.errors import UserError
+
+
+def _abstract(state):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+class Checkpointer:
+  """Saves and restores a model and (optionally) its optimizer."""
+
+  def __init__(self, directory: str, max_to_keep: int = 2, read_only: bool = False):
+    self.directory = os.path.abspath(directory)
+    if read_only and not os.path.isdir(self.directory):
+      raise UserError(f"no checkpoint directory at {self.directory}")
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+        enable_async_checkpointing=False)
+    try:
+      self.manager = ocp.CheckpointManager(self.directory, options=options)
+    except Exception as e:  # orbax raises various types for unreadable directories.
+      raise UserError(f"cannot open checkpoint directory {self.directory}: {e}") from None
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None,
+           meta: dict[str, Any]) -> None:
+    items = {"model": ocp.args.StandardSave(nnx.state(model)),
+             "meta": ocp.args.JsonSave(dict(meta, step=step))}
+    if optimizer is not None:
+      items["optimizer"] = ocp.args.StandardSave(nnx.state(optimizer))
+    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self.manager.wait_until_finished()
+
+  def restore(self, model: nnx.Module, optimizer: nnx.Optimizer | None = None,
+              step: int | None = None) -> dict[str, Any]:
+    """Restore into `model` (and `optimizer`) in place; returns the metadata.
+
+    `model` may be abstract (from `nnx.eval_shape`): its state is replaced.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f"no checkpoint found in {self.directory}")
+    items = {"model": ocp.args.StandardRestore(_abstract(nnx.state(model))),
+             "meta": ocp.args.JsonRestore()}
+    if optimizer is not None:
+      items["optimizer"] = ocp.args.StandardRestore(_abstract(nnx.state(optimizer)))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # A truncated or foreign directory fails in many ways.
+      msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise UserError(
+          f"checkpoint {self.directory}/{step} is corrupt or does not match this model "
+          f"({type(e).__name__}: {msg[:300]}); move it away or use another --workdir") from None
+    nnx.update(model, restored["model"])
+    if optimizer is not None:
+      nnx.update(optimizer, restored["optimizer"])
+    return dict(restored["meta"])
+
+  def close(self) -> None:
+    self.manager.close()

@@ -1,0 +1,49 @@
+"""Figures written next to the metrics (matplotlib, no display needed)."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _show(ax, img01, title):
+  img = np.clip(img01, 0, 1)
+  if img.shape[-1] == 1:
+    ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+  else:
+    ax.imshow(img, interpolation="nearest")
+  ax.set_title(title, fontsize=10)
+  ax.axis("off")
+
+
+def image_row(panels: list[tuple[np.ndarray, str]], path: str, suptitle: str = "") -> None:
+  """Images side by side, each with its title (e.g. original | DFM | JPEG)."""
+  fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4))
+  for ax, (img, title) in zip(np.atleast_1d(axes), panels):
+    _show(ax, img, title)
+  if suptitle:
+    fig.suptitle(suptitle, fontsize=11)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def training_curves(history: list[dict], keys: list[str], path: str, log_keys=("loss",)) -> None:
+  """One panel per logged scalar against step."""
+  keys = [k for k in keys if any(row.get(k) is not None for row in history)]
+  if not keys:
+    return
+  fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4))
+  for ax, key in zip(np.atleast_1d(axes), keys):
+    rows = [r for r in history if r.get(key) is not None]
+    ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_title(key)
+    if key in log_keys:
+      ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

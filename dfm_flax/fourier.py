@@ -1,0 +1,223 @@
+"""The Fourier layer of Deep Fourier Machines (thesis eq. 4.5) and the Fourier Net.
+
+One layer maps R^m -> R^n:
+
+    h(x) = sum_{k in {0,1}^m} a_k cos(2 pi k.x) + b_k sin(2 pi k.x)   (+ x when m == n)
+
+The layer maths lives in `layer_apply` alone; the `FourierNet` module and the
+functional renderer `render` (used by the generative decoder, vmapped over
+images) both call it.
+
+Two evaluation strategies compute the 2^m features cos/sin(2 pi k.x):
+  * "direct":  k.x as a matmul with the {0,1}^m frequency matrix, then cos and sin
+               (2 * 2^m transcendental evaluations per point);
+  * "product": e^{2 pi i k.x} = prod_{j: k_j = 1} e^{2 pi i x_j}, so the terms
+               follow from m complex exponentials by repeated doubling (m cos/sin
+               evaluations per point). The layer splits x into a low and a high half:
+               e^{2 pi i k.x} = L[k_low] * H[k_high], so
+                   y = Re( sum_high H_high * sum_low L_low * (a - i b)[high, low] )
+               contracts the low half with one real matmul and the high half with a
+               small weighted sum; the 2^m features are never materialised, which is
+               what makes it faster than "direct" (benchmarks/fourier_layer.py).
+Row `idx` of the frequency matrix has k_j = bit j of idx; both strategies use
+this order, so their weights are interchangeable.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dfm_flax.errors import UserError
+
+METHODS = ("product", "direct")
+# 2^m features per point; past this the layer is certainly not what anyone meant.
+MAX_LAYER_DIM = 24
+
+
+def frequencies(m: int) -> np.ndarray:
+  """All k in {0,1}^m as a (2^m, m) float32 matrix; row idx has k_j = bit j of idx."""
+  idx = np.arange(2**m)[:, None]
+  return ((idx >> np.arange(m)[None, :]) & 1).astype(np.float32)
+
+
+def _features_direct(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  phase = 2 * jnp.pi * (x @ jnp.asarray(frequencies(x.shape[-1])).T)
+  return jnp.cos(phase), jnp.sin(phase)
+
+
+def _features_product(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  theta = 2 * jnp.pi * x
+  c, s = jnp.cos(theta), jnp.sin(theta)
+  re = jnp.ones(x.shape[:-1] + (1,), x.dtype)
+  im = jnp.zeros(x.shape[:-1] + (1,), x.dtype)
+  for j in range(x.shape[-1]):
+    cj, sj = c[..., j:j + 1], s[..., j:j + 1]
+    # Terms with k_j = 1 are the terms so far times e^{2 pi i x_j}.
+    re, im = (jnp.concatenate([re, re * cj - im * sj], -1),
+              jnp.concatenate([im, re * sj + im * cj], -1))
+  return re, im
+
+
+def fourier_features(x: jax.Array, method: str = "product") -> tuple[jax.Array, jax.Array]:
+  """cos(2 pi k.x) and sin(2 pi k.x) for all k in {0,1}^m: two (..., 2^m) arrays."""
+  if method == "product":
+    return _features_product(x)
+  if method == "direct":
+    return _features_direct(x)
+  raise UserError(f"unknown Fourier evaluation method {method!r}; use one of {METHODS}")
+
+
+def _layer_product(x: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+  m, n = x.shape[-1], a.shape[-1]
+  m_low = (m + 1) // 2
+  m_high = m - m_low
+  low_re, low_im = _features_product(x[..., :m_low])
+  high_re, high_im = _features_product(x[..., m_low:])
+
+  def low_major(w):  # (2^m, n), row = low + high * 2^m_low  ->  (2^m_low, 2^m_high * n)
+    return w.reshape(2**m_high, 2**m_low, n).transpose(1, 0, 2).reshape(2**m_low, -1)
+
+  a_, b_ = low_major(a), low_major(b)
+  # [L_re, L_im] @ [[a, -b], [b, a]] = [Re, Im] of sum_low L_low * (a - i b).
+  mixed = jnp.concatenate([low_re, low_im], -1) @ jnp.block([[a_, -b_], [b_, a_]])
+  mixed = mixed.reshape(x.shape[:-1] + (2, 2**m_high, n))
+  return (jnp.einsum("...h,...hn->...n", high_re, mixed[..., 0, :, :])
+          - jnp.einsum("...h,...hn->...n", high_im, mixed[..., 1, :, :]))
+
+
+def layer_apply(x: jax.Array, a: jax.Array, b: jax.Array, method: str = "product") -> jax.Array:
+  """One Fourier layer; a and b have shape (2^m, n). Adds x when m == n."""
+  if method == "product":
+    y = _layer_product(x, a, b)
+  else:
+    cos, sin = fourier_features(x, method)
+    y = cos @ a + sin @ b
+  if x.shape[-1] == a.shape[-1]:
+    y = y + x
+  return y
+
+
+def layer_dims(width: int, depth: int, channels: int) -> list[tuple[int, int]]:
+  """(m, n) of each layer: 2 -> width -> ... -> width -> channels (depth layers)."""
+  if depth < 1:
+    raise UserError(f"model.depth must be at least 1, got {depth}")
+  if width < 1 or channels < 1:
+    raise UserError(f"model.width and channels must be positive, got {width}, {channels}")
+  if width > MAX_LAYER_DIM and depth > 1:
+    raise UserError(
+        f"model.width={width} needs 2^{width} Fourier terms per layer, far more than "
+        f"fits in memory; use a width of at most {MAX_LAYER_DIM} (the thesis uses 4-10)")
+  dims = [2] + [width] * (depth - 1) + [channels]
+  return list(zip(dims[:-1], dims[1:]))
+
+
+def param_shapes(width: int, depth: int, channels: int) -> list[tuple[int, int]]:
+  """Shape of each layer's a (and of its b): (2^m, n)."""
+  return [(2**m, n) for m, n in layer_dims(width, depth, channels)]
+
+
+def num_params(width: int, depth: int, channels: int) -> int:
+  """The true eq. 4.5 parameter count: sum over layers of 2 * 2^m * n."""
+  return sum(2 * r * n for r, n in param_shapes(width, depth, channels))
+
+
+def activation_bytes(width: int, depth: int, channels: int, points: int) -> int:
+  """Rough float32 memory for a forward+backward pass over `points` inputs.
+
+  The widest layer holds cos and sin features of shape (points, 2^m), kept for the
+  backward pass, for each layer; the product form also builds intermediate copies.
+  """
+  per_point = sum(2 * 2**m * 3 for m, _ in layer_dims(width, depth, channels))
+  return 4 * per_point * points
+
+
+def check_fits_memory(width: int, depth: int, channels: int, points: int,
+                      available_bytes: int) -> None:
+  """Refuse, before allocating anything, a net whose features cannot fit in memory."""
+  need = activation_bytes(width, depth, channels, points)
+  if need > available_bytes:
+    raise UserError(
+        f"model.width={width} needs 2^{width}={2**width:,} Fourier terms per layer: about "
+        f"{need / 2**30:.1f} GiB for {points:,} pixels at once, but only "
+        f"{available_bytes / 2**30:.1f} GiB is available; lower model.width, "
+        f"train.batch_size or eval_chunk")
+
+
+def unflatten(weights: jax.Array, width: int, depth: int, channels: int) -> list[tuple[jax.Array, jax.Array]]:
+  """Split a flat weight vector into per-layer (a, b); layout: a then b, layer by layer."""
+  params, offset = [], 0
+  for shape in param_shapes(width, depth, channels):
+    size = math.prod(shape)
+    a = weights[offset:offset + size].reshape(shape)
+    b = weights[offset + size:offset + 2 * size].reshape(shape)
+    params.append((a, b))
+    offset += 2 * size
+  return params
+
+
+def flatten(params: Sequence[tuple[jax.Array, jax.Array]]) -> jax.Array:
+  """Inverse of `unflatten`."""
+  return jnp.concatenate([jnp.concatenate([a.ravel(), b.ravel()]) for a, b in params])
+
+
+def net_apply(params: Sequence[tuple[jax.Array, jax.Array]], coords: jax.Array,
+              method: str = "product") -> jax.Array:
+  """The Fourier Net: layers composed, tanh on the output. coords: (..., 2)."""
+  h = coords
+  for a, b in params:
+    h = layer_apply(h, a, b, method)
+  return jnp.tanh(h)
+
+
+def render(weights: jax.Array, coords: jax.Array, width: int, depth: int, channels: int,
+           method: str = "product") -> jax.Array:
+  """Pixels (..., channels) in [-1, 1] from a flat weight vector (one image)."""
+  return net_apply(unflatten(weights, width, depth, channels), coords, method)
+
+
+class FourierLayer(nnx.Module):
+  """One Fourier layer with learnable a_k, b_k initialised N(0, init_variance)."""
+
+  def __init__(self, in_dim: int, out_dim: int, *, init_variance: float,
+               method: str = "product", rngs: nnx.Rngs):
+    init = nnx.initializers.normal(stddev=math.sqrt(init_variance))
+    self.a = nnx.Param(init(rngs.params(), (2**in_dim, out_dim)))
+    self.b = nnx.Param(init(rngs.params(), (2**in_dim, out_dim)))
+    self.method = method
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return layer_apply(x, self.a[...], self.b[...], self.method)
+
+
+class FourierNet(nnx.Module):
+  """2 -> width -> ... -> width -> channels Fourier layers, tanh output.
+
+  `init_variance` is one number for all layers (the thesis) or a sequence, one per
+  layer.
+  """
+
+  def __init__(self, width: int, depth: int, channels: int, *,
+               init_variance: float | Sequence[float], method: str = "product",
+               rngs: nnx.Rngs):
+    if method not in METHODS:
+      raise UserError(f"unknown model.method {method!r}; use one of {METHODS}")
+    dims = layer_dims(width, depth, channels)
+    variances = (list(init_variance) if isinstance(init_variance, (list, tuple))
+                 else [init_variance] * len(dims))
+    if len(variances) != len(dims):
+      raise UserError(f"model.init_variance has {len(variances)} entries for {len(dims)} layers")
+    self.width, self.depth, self.channels, self.method = width, depth, channels, method
+    self.layers = nnx.List([
+        FourierLayer(m, n, init_variance=v, method=method, rngs=rngs)
+        for (m, n), v in zip(dims, variances)])
+
+  def params_list(self) -> list[tuple[jax.Array, jax.Array]]:
+    return [(layer.a[...], layer.b[...]) for layer in self.layers]
+
+  def __call__(self, coords: jax.Array) -> jax.Array:
+    return net_apply(self.params_list(), coords, self.method)

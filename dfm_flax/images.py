@@ -1,0 +1,136 @@
+"""Images in and out: loading with clear errors, pixel grids, quality metrics, JPEG.
+
+Pixels inside the library are float32 in [0, 1] with shape (H, W, C), C = 1 or 3;
+the networks see them scaled to [-1, 1].
+"""
+from __future__ import annotations
+
+import io
+import os
+import sys
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dfm_flax.errors import UserError
+
+
+def default_image() -> np.ndarray:
+  """The built-in image: centre 400x400 crop (columns 100-499) of skimage's `coffee`."""
+  import skimage.data  # Imported here: only the default image needs it.
+  return skimage.data.coffee()[:, 100:500].astype(np.float32) / 255.0
+
+
+def _to_float(pil: Image.Image, path: str) -> np.ndarray:
+  """Convert any Pillow mode to float32 gray (H, W, 1) or RGB (H, W, 3) in [0, 1]."""
+  mode = pil.mode
+  if mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (or 32-bit int) gray.
+    arr = np.asarray(pil, dtype=np.float64)
+    peak = 65535.0 if arr.max() > 255 or mode.startswith("I;16") else 255.0
+    return (np.clip(arr / peak, 0, 1)[..., None]).astype(np.float32)
+  if mode == "F":
+    arr = np.asarray(pil, dtype=np.float64)
+    return np.clip(arr, 0, 1)[..., None].astype(np.float32)
+  if mode in ("1", "L"):
+    return (np.asarray(pil.convert("L"), np.float32) / 255.0)[..., None]
+  if mode in ("LA", "RGBA", "PA") or (mode == "P" and "transparency" in pil.info):
+    print(f"note: {path} has an alpha channel; it is composited onto white", file=sys.stderr)
+    rgba = pil.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    pil = Image.alpha_composite(white, rgba)
+  return np.asarray(pil.convert("RGB"), np.float32) / 255.0
+
+
+def load_image(path: str) -> np.ndarray:
+  """Read a PNG/JPEG/any Pillow image as float32 (H, W, C) in [0, 1]; UserError if unreadable.
+
+  Gray stays one channel; RGBA and palette images with transparency are composited
+  onto white; 16-bit images are scaled to [0, 1].
+  """
+  if not os.path.exists(path):
+    raise UserError(f"image not found: {path}")
+  if os.path.isdir(path):
+    raise UserError(f"image path is a directory, not a file: {path}")
+  try:
+    with Image.open(path) as pil:
+      pil.load()
+      arr = _to_float(pil, path)
+  except UnidentifiedImageError:
+    raise UserError(f"not an image file (Pillow cannot identify it): {path}") from None
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot read image {path}: {e}") from None
+  if arr.shape[0] < 2 or arr.shape[1] < 2:
+    raise UserError(f"image {path} is {arr.shape[1]}x{arr.shape[0]}; need at least 2x2 pixels")
+  return arr
+
+
+def pixel_grid(height: int, width: int, coord_range=(0.0, 1.0)) -> np.ndarray:
+  """(H*W, 2) pixel-centre positions (x1 = column, x2 = row), scaled into coord_range."""
+  lo, hi = coord_range
+  cols = lo + (np.arange(width) + 0.5) / width * (hi - lo)
+  rows = lo + (np.arange(height) + 0.5) / height * (hi - lo)
+  grid = np.stack(np.meshgrid(cols, rows), axis=-1)
+  return grid.reshape(-1, 2).astype(np.float32)
+
+
+def to_uint8(img01: np.ndarray) -> np.ndarray:
+  """Float [0, 1] image -> uint8, rounded (what an 8-bit file stores)."""
+  return np.round(np.clip(np.asarray(img01, np.float64), 0, 1) * 255).astype(np.uint8)
+
+
+def save_png(img01: np.ndarray, path: str) -> None:
+  arr = to_uint8(img01)
+  Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
+
+
+def mse(a: np.ndarray, b: np.ndarray) -> float:
+  return float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+  """PSNR in dB for images in [0, 1] (peak 1)."""
+  err = mse(a, b)
+  return float("inf") if err == 0 else float(-10 * np.log10(err))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+  """Mean SSIM (dm-pix, 11x11 Gaussian window) for (H, W, C) images in [0, 1]."""
+  import dm_pix
+  import jax.numpy as jnp
+  return float(dm_pix.ssim(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
+
+
+def jpeg_bytes(img01: np.ndarray, quality: int) -> bytes:
+  arr = to_uint8(img01)
+  pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+  buf = io.BytesIO()
+  pil.save(buf, format="JPEG", quality=quality)
+  return buf.getvalue()
+
+
+def decode_image_bytes(data: bytes, channels: int) -> np.ndarray:
+  with Image.open(io.BytesIO(data)) as pil:
+    arr = np.asarray(pil, np.float32) / 255.0
+  return arr[..., None] if arr.ndim == 2 else arr[..., :channels]
+
+
+def jpeg_at_size(img01: np.ndarray, max_bytes: int) -> dict:
+  """The largest-quality JPEG (Pillow, quality 1..100) whose file is <= max_bytes.
+
+  Returns {quality, bytes, bpp, psnr, ssim, image}; quality is None (and the
+  figures describe quality 1) when even quality 1 is larger than max_bytes.
+  """
+  h, w = img01.shape[:2]
+  sizes = {q: len(jpeg_bytes(img01, q)) for q in range(1, 101)}
+  fitting = [q for q, n in sizes.items() if n <= max_bytes]
+  quality = max(fitting) if fitting else None
+  data = jpeg_bytes(img01, quality or 1)
+  decoded = decode_image_bytes(data, img01.shape[-1])
+  return {
+      "quality": quality,
+      "bytes": len(data),
+      "bpp": 8 * len(data) / (h * w),
+      "psnr": psnr(to_uint8(img01) / 255.0, decoded),
+      "ssim": ssim(img01, decoded),
+      "image": decoded,
+  }

@@ -1,0 +1,126 @@
+"""Metric logging: W&B (never prompting for a key), a JSON-lines history, metrics.json."""
+from __future__ import annotations
+
+import json
+import math
+import netrc
+import os
+import sys
+from typing import Any
+
+
+def _wandb_logged_in() -> bool:
+  if os.environ.get("WANDB_API_KEY"):
+    return True
+  try:
+    auth = netrc.netrc().authenticators("api.wandb.ai")
+  except (OSError, netrc.NetrcParseError):
+    return False
+  return bool(auth and auth[2])
+
+
+def wandb_mode(config_mode: str) -> str:
+  """online when logged in, otherwise offline; WANDB_MODE or the config override.
+
+  `auto` (the default) never reaches a login prompt: without credentials it
+  runs offline (sync later with `wandb sync WORKDIR/wandb/offline-run-*`).
+  """
+  env = os.environ.get("WANDB_MODE")
+  if env:
+    return {"dryrun": "offline"}.get(env, env)
+  if config_mode != "auto":
+    return config_mode
+  return "online" if _wandb_logged_in() else "offline"
+
+
+def read_json(path: str) -> dict | None:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None
+
+
+def write_json(path: str, data: Any) -> None:
+  """Write atomically, so a crash never leaves half a file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=2, sort_keys=True, default=_jsonable)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _jsonable(x):
+  try:
+    return float(x)
+  except (TypeError, ValueError):
+    return str(x)
+
+
+class MetricLogger:
+  """Sends scalars to W&B and appends them to WORKDIR/history.jsonl."""
+
+  def __init__(self, config, workdir: str, resume_step: int):
+    self.history_path = os.path.join(workdir, "history.jsonl")
+    self._truncate_history(resume_step)
+    self.run = None
+    mode = wandb_mode(config.wandb.mode)
+    if mode == "disabled":
+      return
+    import wandb  # Imported lazily: it is slow to import and not needed when disabled.
+    id_path = os.path.join(workdir, "wandb_id.txt")
+    run_id = open(id_path).read().strip() if os.path.exists(id_path) else wandb.util.generate_id()
+    with open(id_path, "w") as f:
+      f.write(run_id)
+    try:
+      self.run = wandb.init(
+          project=config.wandb.project, entity=config.wandb.get("entity") or None,
+          name=config.wandb.get("name") or os.path.basename(os.path.abspath(workdir)),
+          config=config.to_dict(), dir=workdir, id=run_id, resume="allow", mode=mode,
+          settings=wandb.Settings(silent=True))
+    except Exception as e:  # A W&B outage must not stop training.
+      print(f"warning: W&B disabled ({type(e).__name__}: {e})", file=sys.stderr)
+
+  def _truncate_history(self, resume_step: int) -> None:
+    """Drop entries past the restored step: they are recomputed after a resume."""
+    if not os.path.exists(self.history_path):
+      return
+    with open(self.history_path) as f:
+      rows = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+    with open(self.history_path, "w") as f:
+      f.writelines(rows)
+
+  def log(self, step: int, scalars: dict[str, float]) -> None:
+    scalars = {k: float(v) for k, v in scalars.items()}
+    with open(self.history_path, "a") as f:
+      f.write(json.dumps({"step": step, **{k: (v if math.isfinite(v) else None)
+                                           for k, v in scalars.items()}}) + "\n")
+    if self.run is not None:
+      self.run.log(scalars, step=step)
+
+  def summary(self, metrics: dict[str, Any]) -> None:
+    if self.run is not None:
+      flat = {k: v for k, v in _flatten(metrics).items() if isinstance(v, (int, float))}
+      self.run.summary.update(flat)
+
+  def close(self) -> None:
+    if self.run is not None:
+      self.run.finish()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}/"))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def read_history(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, "history.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,62 @@
+"""Optax optimizers and learning-rate schedules chosen by config.
+
+config.optim: name (adam | adamw | sgd), lr (peak), schedule (constant | linear |
+cosine), warmup_steps, end_lr (final lr of linear / cosine), b1, b2, grad_clip.
+`groups` (optional) maps a parameter label to an override ConfigDict of the same
+keys: the task labels each parameter and `optax.multi_transform` gives each
+group its own optimizer (e.g. the auto-decoder's latent table).
+"""
+from __future__ import annotations
+
+import optax
+
+from dfm_flax.errors import UserError
+
+
+def schedule(cfg, total_steps: int) -> optax.Schedule:
+  warmup = int(cfg.get("warmup_steps", 0))
+  end_lr = cfg.get("end_lr", 0.0)
+  if cfg.schedule == "constant":
+    main = optax.constant_schedule(cfg.lr)
+  elif cfg.schedule == "linear":
+    main = optax.linear_schedule(cfg.lr, end_lr, max(1, total_steps - warmup))
+  elif cfg.schedule == "cosine":
+    main = optax.cosine_decay_schedule(cfg.lr, max(1, total_steps - warmup),
+                                       alpha=end_lr / cfg.lr if cfg.lr else 0.0)
+  else:
+    raise UserError(f"unknown optim.schedule {cfg.schedule!r}; use constant, linear or cosine")
+  if warmup <= 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), main], [warmup])
+
+
+def single(cfg, total_steps: int) -> optax.GradientTransformation:
+  lr = schedule(cfg, total_steps)
+  if cfg.name == "adam":
+    tx = optax.adam(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999))
+  elif cfg.name == "adamw":
+    tx = optax.adamw(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
+                     weight_decay=cfg.get("weight_decay", 1e-4))
+  elif cfg.name == "sgd":
+    tx = optax.sgd(lr, momentum=cfg.get("momentum", 0.9))
+  else:
+    raise UserError(f"unknown optim.name {cfg.name!r}; use adam, adamw or sgd")
+  if cfg.get("grad_clip", 0.0):
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
+  return tx
+
+
+def build(cfg, total_steps: int, labels=None) -> optax.GradientTransformation:
+  """The optimizer for `cfg`; with `labels` (a pytree of group names like the
+  params), each group in cfg.groups gets cfg overridden by its own entries."""
+  groups = cfg.get("groups", None)
+  if labels is None or not groups:
+    return single(cfg, total_steps)
+  transforms = {"default": single(cfg, total_steps)}
+  for name, override in groups.items():
+    merged = cfg.copy_and_resolve_references()
+    with merged.unlocked():
+      del merged["groups"]
+      merged.update(override)
+    transforms[name] = single(merged, total_steps)
+  return optax.multi_transform(transforms, labels)

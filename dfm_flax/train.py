@@ -1,0 +1,148 @@
+"""The one training loop shared by every experiment: `train_and_evaluate(config, workdir)`.
+
+What is experiment-specific lives in a task (dfm_flax/tasks): the model, the
+batches, the loss and the final evaluation. This loop owns the rest: jit-compiled
+steps, optax optimizer, orbax checkpoints (every `train.checkpoint_every` steps,
+at the end, and on Ctrl-C), resume, W&B + history logging, the progress bar and
+metrics.json. Batches depend only on (seed, step), so a resumed run takes the same
+path as one never interrupted.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+from tqdm.auto import tqdm
+
+from dfm_flax import logs, optim, tasks
+from dfm_flax.checkpoint import Checkpointer
+from dfm_flax.errors import UserError
+
+# Keys that may change between a run and its resume without changing its result.
+_RESUMABLE_KEYS = ("wandb",)
+
+
+def _flat(cfg: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in cfg.items():
+    if k in _RESUMABLE_KEYS and not prefix:
+      continue
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def _check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuse to resume a workdir whose saved config.json differs from `config`."""
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json_best_effort())
+  saved = logs.read_json(path)
+  if saved is not None:
+    old, new = _flat(saved), _flat(current)
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+    if diff:
+      raise UserError(f"{workdir} holds a run with a different config ({'; '.join(diff)}); "
+                      f"use a new --workdir or the original settings")
+
+
+def finished_metrics(config, workdir: str) -> dict | None:
+  """metrics.json of a run that already reached train.steps, else None."""
+  metrics = logs.read_json(os.path.join(workdir, "metrics.json"))
+  if metrics and metrics.get("steps") == config.train.steps:
+    return metrics
+  return None
+
+
+def make_train_step(task):
+  @nnx.jit
+  def train_step(model, optimizer, batch):
+    (loss, aux), grads = nnx.value_and_grad(task.loss, has_aux=True)(model, batch)
+    optimizer.update(model, grads)
+    return loss, aux
+  return train_step
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Train the task named by `config.task` in `workdir` (resuming), then evaluate it."""
+  _check_config(config, workdir)
+  done = finished_metrics(config, workdir)
+  if done is not None:
+    print(f"{workdir} already finished {done['steps']} steps; metrics.json kept", file=sys.stderr)
+    return done
+
+  task = tasks.make(config)  # Validates the inputs before anything is written.
+  os.makedirs(workdir, exist_ok=True)
+  logs.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+  model = task.build_model(nnx.Rngs(config.seed))
+  tx = optim.build(config.optim, config.train.steps, task.param_labels(model))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+  meta = {"seconds": 0.0, "seed": config.seed}
+  if ckpt.latest_step() is not None:
+    meta = ckpt.restore(model, optimizer)
+    print(f"resumed from checkpoint at step {meta['step']}", file=sys.stderr)
+  start = int(meta.get("step", 0))
+
+  logger = logs.MetricLogger(config, workdir, resume_step=start)
+  try:
+    seconds = _loop(config, task, model, optimizer, ckpt, logger, start, meta["seconds"])
+    metrics = task.evaluate(model, workdir)
+    metrics.update(steps=config.train.steps, seconds=round(seconds, 2))
+    logs.write_json(os.path.join(workdir, "metrics.json"), metrics)
+    logger.summary(metrics)
+    return metrics
+  finally:
+    logger.close()
+    ckpt.close()
+
+
+def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: float) -> float:
+  """Run steps start..train.steps; returns the accumulated training seconds."""
+  steps, every = config.train.steps, config.train.checkpoint_every
+  train_step = make_train_step(task)
+  step, last_saved = start, start
+  bar = tqdm(total=steps, initial=start, desc=config.task, unit="step",
+             dynamic_ncols=True, disable=config.train.get("quiet", False) or None)
+  tic = time.perf_counter()
+
+  def save(at):
+    ckpt.save(at, model, optimizer, {"seconds": seconds + time.perf_counter() - tic,
+                                     "seed": config.seed})
+
+  try:
+    while step < steps:
+      loss, aux = train_step(model, optimizer, task.batch(step))
+      step += 1
+      will_save = step % every == 0 and step < steps
+      if step % config.train.log_every == 0 or step == steps or will_save:
+        loss = float(loss)
+        if not math.isfinite(loss):  # Checked before any save: saved states are finite.
+          raise UserError(
+              f"loss became {loss} at step {step}; stopped. The last good checkpoint "
+              f"(step {last_saved}) is kept; lower optim.lr or change the init")
+      if step % config.train.log_every == 0 or step == steps:
+        scalars = {"loss": loss, **{k: float(v) for k, v in aux.items()}}
+        logger.log(step, scalars)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()}, refresh=False)
+      bar.update(1)
+      if will_save:
+        save(step)
+        last_saved = step
+    save(step)
+  except KeyboardInterrupt:
+    save(step)
+    bar.close()
+    raise UserError(f"interrupted; checkpoint saved at step {step}; rerun the same "
+                    f"command to resume", exit_code=130) from None
+  bar.close()
+  return seconds + time.perf_counter() - tic

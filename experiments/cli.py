@@ -1,0 +1,53 @@
+"""Shared command-line plumbing: one clear stderr line and a non-zero exit for bad input."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from absl import flags, logging
+
+from dfm_flax.errors import UserError
+
+
+def fail(message: str, code: int = 1):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def parse_flags(argv):
+  """absl flag parsing whose errors (unknown config key, bad value) are one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections: a key the config lacks.
+    text = str(e).replace("\\", "")
+    found = re.search(r"'([A-Za-z_]\w*)'", text)
+    key = found.group(1) if found else text
+    culprit = next((a for a in argv if a.startswith("--config.") and key in a), key)
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    fail(f"unknown config key in {culprit}" + (f" (did you mean {hint.group(1)!r}?)" if hint else ""), 2)
+  except (flags.Error, ValueError, TypeError) as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    # A config file that raised: its own message is the last line of the traceback.
+    fail((lines[-1] if "Traceback" in str(e) else " ".join(lines)) or type(e).__name__, 2)
+
+
+def run_main(fn, argv) -> None:
+  """Run fn(argv), turning UserError into one stderr line and its exit code."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
+  try:
+    fn(argv)
+  except UserError as e:
+    fail(str(e), e.exit_code)
+
+
+def config_value(holder):
+  """The parsed config, or one clear line if its file could not be loaded."""
+  config = holder.value
+  try:
+    config.to_dict()
+    return config
+  except OSError as e:  # config_flags defers a missing-file error to first use.
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    fail(f"cannot load config: {lines[-1] if lines else e}", 2)

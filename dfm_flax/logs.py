@@ -6,6 +6,7 @@ import math
 import netrc
 import os
 import sys
+import uuid
 from typing import Any
 
 
@@ -69,7 +70,7 @@ class MetricLogger:
       return
     import wandb  # Imported lazily: it is slow to import and not needed when disabled.
     id_path = os.path.join(workdir, "wandb_id.txt")
-    run_id = open(id_path).read().strip() if os.path.exists(id_path) else wandb.util.generate_id()
+    run_id = open(id_path).read().strip() if os.path.exists(id_path) else uuid.uuid4().hex[:8]
     with open(id_path, "w") as f:
       f.write(run_id)
     try:

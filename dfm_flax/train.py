@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -72,6 +74,33 @@ def make_train_step(task):
   return train_step
 
 
+class _StopOnSigint:
+  """Turns the first Ctrl-C into a request the loop honours between steps.
+
+  A KeyboardInterrupt raised in the middle of a step could leave the model half
+  updated; the loop instead saves a checkpoint at a step boundary and exits.
+  A second Ctrl-C interrupts at once.
+  """
+
+  def __enter__(self):
+    self.requested = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+    print("\nCtrl-C: saving a checkpoint after this step (press again to abort)", file=sys.stderr)
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+    return False
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Train the task named by `config.task` in `workdir` (resuming), then evaluate it."""
   _check_config(config, workdir)
@@ -119,8 +148,13 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
     ckpt.save(at, model, optimizer, {"seconds": seconds + time.perf_counter() - tic,
                                      "seed": config.seed})
 
-  try:
+  with _StopOnSigint() as stop:
     while step < steps:
+      if stop.requested:
+        save(step)
+        bar.close()
+        raise UserError(f"interrupted; checkpoint saved at step {step}; rerun the same "
+                        f"command to resume", exit_code=130)
       loss, aux = train_step(model, optimizer, task.batch(step))
       step += 1
       will_save = step % every == 0 and step < steps
@@ -139,10 +173,5 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
         save(step)
         last_saved = step
     save(step)
-  except KeyboardInterrupt:
-    save(step)
-    bar.close()
-    raise UserError(f"interrupted; checkpoint saved at step {step}; rerun the same "
-                    f"command to resume", exit_code=130) from None
   bar.close()
   return seconds + time.perf_counter() - tic

@@ -1,0 +1,165 @@
+"""The compression experiment end to end, as a user runs it: outputs, resume, bad input."""
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.helpers import error_line, popen_cli, run_cli
+
+SMOKE = "experiments/compress.py:smoke"
+KEYS = {"psnr", "ssim", "mse", "num_params", "bytes", "bpp", "percent_of_raw", "steps", "seconds", "jpeg"}
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    return json.load(f)
+
+
+def checkpoint_steps(workdir):
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def wait_for_checkpoint(proc, workdir, min_step, timeout=120):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    steps = checkpoint_steps(workdir)
+    if steps and steps[-1] >= min_step:
+      return steps[-1]
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(0.02)
+  raise AssertionError("no checkpoint appeared")
+
+
+def test_smoke_run_writes_everything_and_is_not_redone(tmp_path):
+  wd = str(tmp_path / "run")
+  proc = run_cli("experiments.run", "--config", SMOKE, "--workdir", wd)
+  assert proc.returncode == 0, proc.stderr
+  m = read_metrics(wd)
+  assert KEYS <= set(m)
+  assert set(m["jpeg"]) >= {"quality", "bytes", "bpp", "psnr", "ssim"}
+  # Smoke net: width 4, depth 4 on the 400x400 RGB default image.
+  assert m["num_params"] == 2 * 4 * 4 + 2 * 2 * 16 * 4 + 2 * 16 * 3
+  assert m["bytes"] == 4 * m["num_params"]
+  assert m["percent_of_raw"] == pytest.approx(100 * m["bytes"] / (400 * 400 * 3))
+  assert m["bpp"] == pytest.approx(8 * m["bytes"] / (400 * 400))
+  assert m["steps"] == 60
+  for name in ("config.json", "reconstruction.png", "comparison.png", "training.png"):
+    assert os.path.exists(os.path.join(wd, name)), name
+  history = [json.loads(line) for line in open(os.path.join(wd, "history.jsonl"))]
+  assert history[-1]["loss"] < history[0]["loss"]  # It learned something.
+  assert m["psnr"] > 10
+
+  before = os.path.getmtime(os.path.join(wd, "metrics.json"))
+  again = run_cli("experiments.run", "--config", SMOKE, "--workdir", wd)
+  assert again.returncode == 0 and "already finished" in again.stderr
+  assert os.path.getmtime(os.path.join(wd, "metrics.json")) == before
+
+
+def test_sigkill_then_rerun_gives_the_uninterrupted_metrics(tmp_path):
+  args = ["--config", SMOKE, "--config.train.steps=400", "--config.train.checkpoint_every=10"]
+  whole = str(tmp_path / "whole")
+  assert run_cli("experiments.run", *args, "--workdir", whole).returncode == 0
+
+  killed = str(tmp_path / "killed")
+  proc = popen_cli("experiments.run", *args, "--workdir", killed)
+  wait_for_checkpoint(proc, killed, 30)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(os.path.join(killed, "metrics.json"))
+  resumed_from = checkpoint_steps(killed)[-1]
+  assert 0 < resumed_from < 400
+
+  rerun = run_cli("experiments.run", *args, "--workdir", killed)
+  assert rerun.returncode == 0, rerun.stderr
+  assert f"resumed from checkpoint at step {resumed_from}" in rerun.stderr
+  a, b = read_metrics(whole), read_metrics(killed)
+  for key in ("psnr", "ssim", "mse", "final_loss"):
+    assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits(tmp_path):
+  wd = str(tmp_path / "run")
+  proc = popen_cli("experiments.run", "--config", SMOKE, "--workdir", wd,
+                   "--config.train.steps=5000", "--config.train.checkpoint_every=1000")
+  # The first checkpoint would come at step 1000: wait for the loop to start instead.
+  deadline = time.time() + 120
+  while not os.path.exists(os.path.join(wd, "history.jsonl")) and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 130, err
+  assert "interrupted; checkpoint saved at step" in err
+  step = int(err.split("checkpoint saved at step ")[1].split(";")[0])
+  assert checkpoint_steps(wd)[-1] == step > 0
+
+
+def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
+  wd = str(tmp_path / "run")
+  assert run_cli("experiments.run", "--config", SMOKE, "--workdir", wd).returncode == 0
+  os.remove(os.path.join(wd, "metrics.json"))  # Pretend it crashed before finishing.
+  latest = os.path.join(wd, "checkpoints", str(checkpoint_steps(wd)[-1]), "model")
+  damaged = []
+  for root, _, files in os.walk(latest):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+      damaged.append(os.path.join(root, name))
+  proc = run_cli("experiments.run", "--config", SMOKE, "--workdir", wd)
+  assert "corrupt" in error_line(proc)
+  assert all(os.path.exists(p) for p in damaged)  # Nothing deleted behind the user's back.
+  assert os.path.exists(os.path.join(wd, "reconstruction.png"))
+
+
+@pytest.mark.parametrize("override,match", [
+    ("--config.model.widht=3", "unknown config key in --config.model.widht=3"),
+    ("--config.image=/no/such/file.png", "image not found"),
+    ("--config.model.width=30", "2^30"),
+    ("--config.model.width=19", "GiB"),
+    ("--config.model.method=fft", "method"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, override, match):
+  wd = str(tmp_path / "run")
+  proc = run_cli("experiments.run", "--config", SMOKE, "--workdir", wd, override)
+  assert match in error_line(proc)
+  assert not os.path.exists(os.path.join(wd, "checkpoints"))
+
+
+def test_not_an_image_and_a_changed_config(tmp_path):
+  bogus = tmp_path / "notes.png"
+  bogus.write_text("these are notes, not pixels")
+  wd = str(tmp_path / "run")
+  assert "not an image" in error_line(
+      run_cli("experiments.run", "--config", SMOKE, "--workdir", wd, f"--config.image={bogus}"))
+  assert run_cli("experiments.run", "--config", SMOKE, "--workdir", wd,
+                 "--config.train.steps=20").returncode == 0
+  assert "different config" in error_line(
+      run_cli("experiments.run", "--config", SMOKE, "--workdir", wd, "--config.train.steps=30"))
+  assert read_metrics(wd)["steps"] == 20  # The finished run is untouched.
+
+
+def test_gray_image_trains_with_one_channel(tmp_path):
+  import numpy as np
+  from PIL import Image
+  y, x = np.mgrid[0:40, 0:48]
+  Image.fromarray((127 + 100 * np.sin(x / 7) * np.cos(y / 5)).astype(np.uint8)).save(tmp_path / "g.png")
+  wd = str(tmp_path / "run")
+  proc = run_cli("experiments.run", "--config", SMOKE, "--workdir", wd,
+                 f"--config.image={tmp_path / 'g.png'}")
+  assert proc.returncode == 0, proc.stderr
+  m = read_metrics(wd)
+  assert m["channels"] == 1
+  assert m["percent_of_raw"] == pytest.approx(100 * m["bytes"] / (40 * 48))
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path):
+  from dfm_flax.errors import UserError
+  from dfm_flax.train import train_and_evaluate
+  from experiments.compress import get_config
+  config = get_config("smoke")
+  config.model.init_variance = float("nan")
+  with pytest.raises(UserError, match="loss became nan at step"):
+    train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "20"))

@@ -20,12 +20,12 @@ def _show(ax, img01, title):
 
 def image_row(panels: list[tuple[np.ndarray, str]], path: str, suptitle: str = "") -> None:
   """Images side by side, each with its title (e.g. original | DFM | JPEG)."""
-  fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4))
+  fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.8 if suptitle else 4.4))
   for ax, (img, title) in zip(np.atleast_1d(axes), panels):
     _show(ax, img, title)
   if suptitle:
-    fig.suptitle(suptitle, fontsize=11)
-  fig.tight_layout()
+    fig.suptitle(suptitle, fontsize=12)
+  fig.tight_layout(rect=(0, 0, 1, 0.94) if suptitle else None)
   fig.savefig(path, dpi=110)
   plt.close(fig)
 

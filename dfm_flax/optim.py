@@ -8,6 +8,9 @@ group its own optimizer (e.g. the auto-decoder's latent table).
 """
 from __future__ import annotations
 
+from typing import Callable
+
+import jax
 import optax
 
 from dfm_flax.errors import UserError
@@ -46,9 +49,29 @@ def single(cfg, total_steps: int) -> optax.GradientTransformation:
   return tx
 
 
-def build(cfg, total_steps: int, labels=None) -> optax.GradientTransformation:
-  """The optimizer for `cfg`; with `labels` (a pytree of group names like the
-  params), each group in cfg.groups gets cfg overridden by its own entries."""
+def scale_by_path(multiplier: Callable[[tuple], float]) -> optax.GradientTransformation:
+  """Multiply each parameter's update by multiplier(its pytree path): per-layer lrs."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(lambda path, u: u * multiplier(path), updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def build(cfg, total_steps: int, labels=None, lr_multiplier=None) -> optax.GradientTransformation:
+  """The optimizer for `cfg`.
+
+  labels: a pytree of group names like the params (or a function of the params);
+  each group in cfg.groups gets cfg overridden by its own entries.
+  lr_multiplier: path -> factor applied to that parameter's update (e.g. the
+  compression task's per-layer 1/2^m learning rates).
+  """
+  tx = _grouped(cfg, total_steps, labels)
+  if lr_multiplier is not None:
+    tx = optax.chain(tx, scale_by_path(lr_multiplier))
+  return tx
+
+
+def _grouped(cfg, total_steps: int, labels) -> optax.GradientTransformation:
   groups = cfg.get("groups", None)
   if labels is None or not groups:
     return single(cfg, total_steps)

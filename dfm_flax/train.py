@@ -113,7 +113,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   os.makedirs(workdir, exist_ok=True)
   logs.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
   model = task.build_model(nnx.Rngs(config.seed))
-  tx = optim.build(config.optim, config.train.steps, task.param_labels(model))
+  tx = optim.build(config.optim, config.train.steps, task.param_labels(model),
+                   task.lr_multiplier(model))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
   meta = {"seconds": 0.0, "seed": config.seed}
@@ -140,8 +141,10 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
   steps, every = config.train.steps, config.train.checkpoint_every
   train_step = make_train_step(task)
   step, last_saved = start, start
-  bar = tqdm(total=steps, initial=start, desc=config.task, unit="step",
-             dynamic_ncols=True, disable=config.train.get("quiet", False) or None)
+  # On a terminal the bar redraws in place; in a log file it writes a line every 30 s.
+  bar = tqdm(total=steps, initial=start, desc=config.task, unit="step", dynamic_ncols=True,
+             disable=config.train.get("quiet", False),
+             mininterval=0.1 if sys.stderr.isatty() else 30)
   tic = time.perf_counter()
 
   def save(at):

@@ -46,6 +46,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
   c.optim.grad_clip = 0.0
+  c.optim.scale_by_terms = False  # True: layer lr = optim.lr / 2^m (see tasks/compress.py).
 
   c.wandb = ml_collections.ConfigDict()
   c.wandb.mode = "auto"  # auto: online if logged in, else offline. Or online/offline/disabled.

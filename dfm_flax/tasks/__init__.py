@@ -3,6 +3,7 @@
 A task object has:
   build_model(rngs) -> nnx.Module
   param_labels(model) -> pytree of optimizer-group names like nnx.state(model, nnx.Param), or None
+  lr_multiplier(model) -> function of a parameter's path giving its lr factor, or None
   batch(step) -> pytree of arrays, a pure function of (seed, step)
   loss(model, batch) -> (scalar loss, dict of scalar diagnostics)
   evaluate(model, workdir) -> dict of final metrics (and writes figures)

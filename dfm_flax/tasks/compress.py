@@ -63,6 +63,25 @@ class CompressTask:
   def param_labels(self, model):
     return None
 
+  def lr_multiplier(self, model):
+    """With optim.scale_by_terms, layer l learns at optim.lr / 2^m_l.
+
+    A layer's output is a sum of 2^m cos/sin terms and Adam moves every
+    coefficient by about lr per step, so the layer's output moves by up to
+    2^m * lr: one global lr is 64x too slow for the first layer (4 terms) of a
+    width-8 net when it is right for the middle ones (256 terms), and too fast for
+    the middle ones when right for the first. Scaling by 1/2^m equalises the
+    step each layer takes in function space.
+    """
+    if not self.config.optim.get("scale_by_terms", False):
+      return None
+    dims = fourier.layer_dims(self.config.model.width, self.config.model.depth, self.channels)
+
+    def multiplier(path):
+      layer = next(int(k.key) for k in path if isinstance(getattr(k, "key", None), int))
+      return 1.0 / 2**dims[layer][0]
+    return multiplier
+
   def _make_batch(self, step):
     size = self.config.train.batch_size
     if size >= self.num_pixels:  # Full-image steps: no sampling needed.
@@ -122,7 +141,8 @@ def compression_report(original, recon, model, config, workdir: str, image_name:
       "jpeg": {k: v for k, v in jpeg.items() if k != "image"},
   }
   images.save_png(recon, os.path.join(workdir, "reconstruction.png"))
-  jpeg_title = (f"JPEG q={jpeg['quality']}, {jpeg['bytes'] / 1000:.1f} KB\n"
+  quality = jpeg["quality"] or "1 (no JPEG is this small)"
+  jpeg_title = (f"JPEG q={quality}, {jpeg['bytes'] / 1000:.1f} KB\n"
                 f"PSNR {jpeg['psnr']:.2f} dB, SSIM {jpeg['ssim']:.3f}")
   figures.image_row(
       [(ref8, f"original {w}x{h}\n{h * w * c / 1000:.0f} KB raw"),

@@ -1,0 +1,82 @@
+"""Pieces of the shared loop: optimizer schedules, per-layer learning rates, W&B mode."""
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from dfm_flax import fourier, logs, optim
+from dfm_flax.tasks.compress import CompressTask, init_variances
+from dfm_flax.train import make_train_step
+from experiments.compress import get_config
+
+
+def test_scale_by_terms_gives_each_layer_lr_over_2_to_the_m():
+  config = get_config("smoke")  # width 4, depth 4: layers have 4, 16, 16, 16 terms.
+  config.optim.scale_by_terms = True
+  config.optim.lr = 0.08
+  config.model.init = "fan_in"
+  config.model.init_variance = 0.1
+  task = CompressTask(config)
+  model = task.build_model(nnx.Rngs(0))
+  before = [np.asarray(a) for a, _ in model.params_list()]
+  tx = optim.build(config.optim, 10, None, task.lr_multiplier(model))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  make_train_step(task)(model, optimizer, task.batch(0))
+  # Adam's first step moves each coefficient by lr * g / |g| = lr (where g != 0).
+  for (m, _), old, (new, _) in zip(fourier.layer_dims(4, 4, 3), before, model.params_list()):
+    step = np.abs(np.asarray(new) - old)
+    assert np.median(step) == pytest.approx(0.08 / 2**m, rel=1e-2)
+
+
+def test_fan_in_init_variances():
+  config = get_config("")
+  config.model.init = "fan_in"
+  config.model.init_variance = 0.5
+  assert init_variances(config.model, 3) == [0.5 / 4] + [0.5 / 256] * 5
+  config.model.init = "constant"
+  assert init_variances(config.model, 3) == [0.5] * 6
+
+
+@pytest.mark.parametrize("schedule,expect", [
+    ("constant", [1.0, 1.0, 1.0]),
+    ("linear", [1.0, 0.55, 0.1]),     # 1.0 -> end_lr 0.1 over 10 steps
+    ("cosine", [1.0, 0.55, 0.1]),
+])
+def test_schedules(schedule, expect):
+  cfg = get_config("").optim
+  cfg.lr, cfg.end_lr, cfg.schedule = 1.0, 0.1, schedule
+  fn = optim.schedule(cfg, 10)
+  np.testing.assert_allclose([fn(0), fn(5), fn(10)], expect, atol=1e-6)
+
+
+def test_warmup_then_decay():
+  cfg = get_config("").optim
+  cfg.lr, cfg.end_lr, cfg.schedule, cfg.warmup_steps = 1.0, 0.0, "cosine", 4
+  fn = optim.schedule(cfg, 14)
+  np.testing.assert_allclose([fn(0), fn(2), fn(4), fn(9), fn(14)], [0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+
+
+def test_optimizer_groups_get_their_own_lr():
+  cfg = get_config("").optim
+  cfg.lr = 1.0
+  with cfg.unlocked():
+    cfg.groups = {"latent": {"lr": 1e-3}}
+  params = {"decoder": np.ones(3, np.float32), "latent": np.ones(3, np.float32)}
+  tx = optim.build(cfg, 10, labels={"decoder": "default", "latent": "latent"})
+  updates, _ = tx.update({k: np.ones(3, np.float32) for k in params}, tx.init(params), params)
+  assert np.allclose(np.abs(updates["decoder"]), 1.0, rtol=1e-3)
+  assert np.allclose(np.abs(updates["latent"]), 1e-3, rtol=1e-3)
+
+
+def test_wandb_mode_never_prompts(monkeypatch, tmp_path):
+  monkeypatch.delenv("WANDB_MODE", raising=False)
+  monkeypatch.delenv("WANDB_API_KEY", raising=False)
+  monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+  monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+  assert logs.wandb_mode("auto") == "offline"
+  assert logs.wandb_mode("disabled") == "disabled"
+  monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+  assert logs.wandb_mode("auto") == "online"
+  monkeypatch.setenv("WANDB_MODE", "disabled")
+  assert logs.wandb_mode("online") == "disabled"

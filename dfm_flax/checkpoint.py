@@ -29,8 +29,9 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     if read_only and not os.path.isdir(self.directory):
       raise UserError(f"no checkpoint directory at {self.directory}")
+    # read_only: never create or delete anything (orbax's own read_only flag only warns).
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+        max_to_keep=None if read_only else max_to_keep, create=not read_only,
         enable_async_checkpointing=False)
     try:
       self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -72,6 +73,18 @@ class Checkpointer:
     nnx.update(model, restored["model"])
     if optimizer is not None:
       nnx.update(optimizer, restored["optimizer"])
+    return dict(restored["meta"])
+
+  def read_meta(self, step: int | None = None) -> dict[str, Any]:
+    """The metadata of a checkpoint (latest by default), without touching its arrays."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f"no checkpoint found in {self.directory}")
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as e:
+      raise UserError(f"checkpoint {self.directory}/{step} is corrupt: cannot read its "
+                      f"metadata ({type(e).__name__})") from None
     return dict(restored["meta"])
 
   def close(self) -> None:

@@ -47,3 +47,33 @@ def training_curves(history: list[dict], keys: list[str], path: str, log_keys=("
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """a0, b0, a1, b1, ...: originals beside their reconstructions."""
+  out = np.empty((2 * len(a), *a.shape[1:]), a.dtype)
+  out[0::2], out[1::2] = a, b
+  return out
+
+
+def tile(imgs: np.ndarray, cols: int, pad: int = 1) -> np.ndarray:
+  """(N, H, W, C) in [0, 1] -> one (rows*(H+pad), cols*(W+pad), C) mosaic, white gaps."""
+  n, h, w, c = imgs.shape
+  rows = -(-n // cols)
+  canvas = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c), np.float32)
+  for i, img in enumerate(imgs):
+    r, q = divmod(i, cols)
+    canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = img
+  return canvas
+
+
+def image_grid(imgs: np.ndarray, path: str, cols: int = 8, title: str = "") -> None:
+  """A grid of small images (samples, reconstructions, interpolations) as a PNG."""
+  mosaic = tile(np.clip(imgs, 0, 1), cols)
+  scale = max(1, 512 // mosaic.shape[1])
+  fig_w = min(14, max(4, mosaic.shape[1] * scale / 80))
+  fig, ax = plt.subplots(figsize=(fig_w, fig_w * mosaic.shape[0] / mosaic.shape[1] + (0.4 if title else 0)))
+  _show(ax, mosaic, title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -117,7 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    task.lr_multiplier(model))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-  meta = {"seconds": 0.0, "seed": config.seed}
+  meta = {"seconds": 0.0}
   if ckpt.latest_step() is not None:
     meta = ckpt.restore(model, optimizer)
     print(f"resumed from checkpoint at step {meta['step']}", file=sys.stderr)
@@ -149,7 +149,7 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
 
   def save(at):
     ckpt.save(at, model, optimizer, {"seconds": seconds + time.perf_counter() - tic,
-                                     "seed": config.seed})
+                                     "seed": config.seed, **task.meta()})
 
   with _StopOnSigint() as stop:
     while step < steps:

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from dfm_flax import fourier, logs, optim
-from dfm_flax.tasks.compress import CompressTask, init_variances
+from dfm_flax.tasks.compress import Task as CompressTask, init_variances
 from dfm_flax.train import make_train_step
 from experiments.compress import get_config
 

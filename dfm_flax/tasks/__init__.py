@@ -1,8 +1,11 @@
 """Tasks: what differs between experiments (model, batches, loss, evaluation).
 
-A task object has:
+Each task module defines `Task(config)` and `model_from_meta(config, meta, rngs)`,
+which rebuilds the model from the config and the checkpoint metadata alone (no
+data), for sampling and feature extraction. A Task object has:
+  meta() -> dict saved with every checkpoint (what model_from_meta needs)
   build_model(rngs) -> nnx.Module
-  param_labels(model) -> pytree of optimizer-group names like nnx.state(model, nnx.Param), or None
+  param_labels(model) -> pytree (or function of the params) of optimizer-group names, or None
   lr_multiplier(model) -> function of a parameter's path giving its lr factor, or None
   batch(step) -> pytree of arrays, a pure function of (seed, step)
   loss(model, batch) -> (scalar loss, dict of scalar diagnostics)
@@ -15,12 +18,22 @@ import importlib
 from dfm_flax.errors import UserError
 
 _TASKS = {
-    "compress": "dfm_flax.tasks.compress:CompressTask",
+    "compress": "dfm_flax.tasks.compress",
+    "generate": "dfm_flax.tasks.generate",
+    "classify": "dfm_flax.tasks.classify",
+    "vae": "dfm_flax.tasks.vae",
 }
 
 
+def module(name: str):
+  if name not in _TASKS:
+    raise UserError(f"unknown task {name!r}; known: {', '.join(sorted(_TASKS))}")
+  return importlib.import_module(_TASKS[name])
+
+
 def make(config):
-  if config.task not in _TASKS:
-    raise UserError(f"unknown task {config.task!r}; known: {', '.join(sorted(_TASKS))}")
-  module, name = _TASKS[config.task].split(":")
-  return getattr(importlib.import_module(module), name)(config)
+  return module(config.task).Task(config)
+
+
+def model_from_meta(config, meta: dict, rngs):
+  return module(config.task).model_from_meta(config, meta, rngs)

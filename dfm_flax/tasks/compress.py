@@ -32,7 +32,13 @@ def init_variances(model_cfg, channels: int) -> list[float]:
   raise UserError(f"unknown model.init {model_cfg.init!r}; use constant or fan_in")
 
 
-class CompressTask:
+def model_from_meta(config, meta: dict, rngs: nnx.Rngs) -> fourier.FourierNet:
+  m, channels = config.model, meta["image_shape"][2]
+  return fourier.FourierNet(m.width, m.depth, channels, init_variance=init_variances(m, channels),
+                            method=m.method, rngs=rngs)
+
+
+class Task:
   """Fit one image. Batches are random pixels, drawn from (seed, step)."""
 
   def __init__(self, config):
@@ -54,11 +60,11 @@ class CompressTask:
     self._batch = jax.jit(self._make_batch)
 
   # --- the task interface -------------------------------------------------
+  def meta(self) -> dict:
+    return {"image_shape": [self.height, self.width, self.channels]}
+
   def build_model(self, rngs: nnx.Rngs) -> fourier.FourierNet:
-    m = self.config.model
-    return fourier.FourierNet(m.width, m.depth, self.channels,
-                              init_variance=init_variances(m, self.channels),
-                              method=m.method, rngs=rngs)
+    return model_from_meta(self.config, self.meta(), rngs)
 
   def param_labels(self, model):
     return None

@@ -1,0 +1,230 @@
+"""Image datasets for the generative experiments, from TFDS or from files on disk.
+
+Every source returns a `Dataset`: float32 images in [0, 1] of shape (N, H, W, C)
+and int labels (-1 where a source has none). Sources (config.data.source):
+
+  tfds          tfds.data_source(name, data_dir=dir) read without TensorFlow; downloads
+                only when download=True and the network is there
+  idx           a directory of MNIST-style IDX files (*-images-idx3-ubyte[.gz] and
+                matching *-labels-idx1-ubyte[.gz]), e.g. ../shared/data/mnist
+  cifar_pickle  a directory of CIFAR-10 python batches (data_batch_1..5, test_batch)
+  folder        a directory of images of one size (labels from subdirectory names)
+  npz           an .npz with `images` (N, H, W[, C]) and optionally `labels`
+  photos        built in, offline: random 32x32 crops of scikit-image's photographs
+                (labels = which photograph); for smoke runs of the RGB pipeline
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import gzip
+import os
+import pickle
+
+import numpy as np
+
+from dfm_flax.errors import UserError
+
+SOURCES = ("tfds", "idx", "cifar_pickle", "folder", "npz", "photos")
+# The MNIST digits that ship with the project (the first 1000 of the MNIST test set).
+BUNDLED_MNIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "experiments", "data", "mnist_1k.npz")
+
+
+@dataclasses.dataclass
+class Dataset:
+  images: np.ndarray  # (N, H, W, C) float32 in [0, 1]
+  labels: np.ndarray  # (N,) int64, -1 when unknown
+  description: str
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+
+def _as_float(images: np.ndarray) -> np.ndarray:
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4:
+    raise UserError(f"images must have shape (N, H, W[, C]); got {images.shape}")
+  if images.dtype == np.uint8:
+    return images.astype(np.float32) / 255.0
+  images = images.astype(np.float32)
+  return images / 255.0 if images.max() > 1.0 else images
+
+
+# --- IDX (MNIST) -------------------------------------------------------------
+def _read_idx(path: str) -> np.ndarray:
+  opener = gzip.open if path.endswith(".gz") else open
+  try:
+    with opener(path, "rb") as f:
+      data = f.read()
+  except (OSError, EOFError) as e:
+    raise UserError(f"cannot read IDX file {path}: {e}") from None
+  if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+    raise UserError(f"{path} is not an unsigned-byte IDX file")
+  ndim = data[3]
+  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+  body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+  if body.size != int(np.prod(shape)):
+    raise UserError(f"{path} is truncated: header says {shape}, found {body.size} values")
+  return body.reshape(shape)
+
+
+def load_idx(directory: str) -> Dataset:
+  image_files = sorted(glob.glob(os.path.join(directory, "*images-idx3-ubyte*")) +
+                       glob.glob(os.path.join(directory, "*images.idx3-ubyte*")))
+  if not image_files:
+    raise UserError(f"no IDX image files (*-images-idx3-ubyte[.gz]) in {directory}")
+  images, labels = [], []
+  for path in image_files:
+    imgs = _read_idx(path)
+    label_path = path.replace("images-idx3", "labels-idx1").replace("images.idx3", "labels.idx1")
+    labs = _read_idx(label_path) if os.path.exists(label_path) else np.full(len(imgs), -1)
+    if len(labs) != len(imgs):
+      raise UserError(f"{label_path} has {len(labs)} labels for {len(imgs)} images")
+    images.append(imgs)
+    labels.append(labs.astype(np.int64))
+  names = ", ".join(os.path.basename(p) for p in image_files)
+  return Dataset(_as_float(np.concatenate(images)), np.concatenate(labels), f"IDX files {names}")
+
+
+# --- CIFAR-10 python pickles -------------------------------------------------
+def load_cifar_pickle(directory: str, split: str = "train") -> Dataset:
+  names = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+  wanted = names["train"] + names["test"] if split == "all" else names.get(split)
+  if wanted is None:
+    raise UserError(f"data.split must be train, test or all for cifar_pickle; got {split!r}")
+  paths = [os.path.join(directory, n) for n in wanted if os.path.exists(os.path.join(directory, n))]
+  if not paths:
+    raise UserError(f"no CIFAR-10 pickle batches ({', '.join(wanted)}) in {directory}")
+  images, labels = [], []
+  for path in paths:
+    try:
+      with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+      data = np.asarray(batch[b"data"], np.uint8)
+      labs = np.asarray(batch[b"labels"], np.int64)
+    except Exception as e:  # Any damage in a pickle surfaces as one of many types.
+      raise UserError(f"cannot read CIFAR batch {path}: {type(e).__name__}: {e}") from None
+    images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    labels.append(labs)
+  return Dataset(_as_float(np.concatenate(images)), np.concatenate(labels),
+                 f"CIFAR-10 pickles {', '.join(os.path.basename(p) for p in paths)}")
+
+
+# --- a folder of images -------------------------------------------------------
+def load_folder(directory: str) -> Dataset:
+  from dfm_flax.images import load_image
+  exts = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+  paths = sorted(p for p in glob.glob(os.path.join(directory, "**", "*"), recursive=True)
+                 if p.lower().endswith(exts))
+  if not paths:
+    raise UserError(f"no images ({', '.join(exts)}) in {directory}")
+  arrays = [load_image(p) for p in paths]
+  shapes = {a.shape for a in arrays}
+  if len(shapes) > 1:
+    sizes = sorted({f"{s[1]}x{s[0]}x{s[2]}" for s in shapes})
+    raise UserError(f"images in {directory} have mixed sizes ({', '.join(sizes[:5])}); "
+                    f"resize them to one size first")
+  classes = sorted({os.path.relpath(os.path.dirname(p), directory) for p in paths})
+  has_classes = classes != ["."]
+  labels = np.array([classes.index(os.path.relpath(os.path.dirname(p), directory)) if has_classes
+                     else -1 for p in paths], np.int64)
+  return Dataset(np.stack(arrays), labels, f"{len(paths)} images from {directory}")
+
+
+# --- npz ------------------------------------------------------------------------
+def load_npz(path: str) -> Dataset:
+  try:
+    with np.load(path) as f:
+      if "images" not in f:
+        raise UserError(f"{path} has no 'images' array (found: {', '.join(f.files)})")
+      images = f["images"]
+      labels = f["labels"].astype(np.int64) if "labels" in f else np.full(len(images), -1)
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot read {path}: {e}") from None
+  return Dataset(_as_float(images), labels, f"npz {path}")
+
+
+# --- built-in photo crops --------------------------------------------------------
+def load_photos(count: int, size: int, seed: int) -> Dataset:
+  import skimage.data
+  photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(),
+            skimage.data.rocket()]
+  rng = np.random.default_rng(seed)
+  crops, labels = [], []
+  for i in range(count):
+    label = i % len(photos)
+    img = photos[label]
+    y, x = rng.integers(0, img.shape[0] - 4 * size), rng.integers(0, img.shape[1] - 4 * size)
+    crops.append(img[y:y + 4 * size:4, x:x + 4 * size:4])  # 4x subsampled: more structure.
+    labels.append(label)
+  return Dataset(_as_float(np.stack(crops)), np.array(labels, np.int64),
+                 f"{count} built-in {size}x{size} photo crops")
+
+
+# --- TFDS ---------------------------------------------------------------------
+def load_tfds(name: str, split: str, data_dir: str | None, download: bool) -> Dataset:
+  import tensorflow_datasets as tfds
+  try:
+    source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=download)
+  except Exception as e:  # Not prepared and no network: TFDS raises several types.
+    raise UserError(
+        f"TFDS dataset {name!r} (split {split!r}) is not available offline in "
+        f"{data_dir or '~/tensorflow_datasets'} ({type(e).__name__}); prepare it with network "
+        f"access, or use --config.data.source=idx|cifar_pickle|folder|npz with "
+        f"--config.data.dir=PATH") from None
+  records = [source[i] for i in range(len(source))]
+  images = np.stack([r["image"] for r in records])
+  labels = np.array([r.get("label", -1) for r in records], np.int64)
+  return Dataset(_as_float(images), labels, f"TFDS {name} {split}")
+
+
+def load(data_cfg) -> Dataset:
+  """The dataset described by config.data, class-filtered and truncated as asked."""
+  src = data_cfg.source
+  directory = data_cfg.get("dir", "")
+  if src not in ("tfds", "photos") and not directory:
+    raise UserError(f"data.source={src} needs --config.data.dir=PATH")
+  if src not in ("tfds", "photos") and not os.path.exists(directory):
+    raise UserError(f"data.dir does not exist: {directory}")
+  if src == "photos":
+    ds = load_photos(data_cfg.get("limit", 0) or 256, 32, data_cfg.get("seed", 0))
+  elif src == "tfds":
+    ds = load_tfds(data_cfg.name, data_cfg.split, directory, data_cfg.get("download", False))
+  elif src == "idx":
+    ds = load_idx(directory)
+  elif src == "cifar_pickle":
+    ds = load_cifar_pickle(directory, data_cfg.split)
+  elif src == "folder":
+    ds = load_folder(directory)
+  elif src == "npz":
+    ds = load_npz(directory)
+  else:
+    raise UserError(f"unknown data.source {src!r}; use one of {', '.join(SOURCES)}")
+  return _filter(ds, data_cfg.get("classes", ""), data_cfg.get("limit", 0))
+
+
+def parse_classes(classes) -> list[int]:
+  """'' or -1: all; 2 or '2' or '2,7' or (2, 7): those labels."""
+  if classes in ("", None, -1):
+    return []
+  if isinstance(classes, int):
+    return [classes]
+  if isinstance(classes, str):
+    return [int(c) for c in classes.replace(" ", "").split(",") if c]
+  return [int(c) for c in classes]
+
+
+def _filter(ds: Dataset, classes, limit: int) -> Dataset:
+  wanted = parse_classes(classes)
+  if wanted:
+    keep = np.isin(ds.labels, wanted)
+    if not keep.any():
+      present = sorted(set(ds.labels.tolist()))
+      raise UserError(f"data.classes={wanted} leaves no images in {ds.description} "
+                      f"(labels present: {present[:20]})")
+    ds = Dataset(ds.images[keep], ds.labels[keep], f"{ds.description}, classes {wanted}")
+  if limit and limit < len(ds):
+    ds = Dataset(ds.images[:limit], ds.labels[:limit], f"{ds.description}, first {limit}")
+  return ds

@@ -1,0 +1,37 @@
+"""Feature extractors for Frechet distances, chosen by config.eval.
+
+  classifier:  the penultimate layer of the project's own classifier
+               (eval.classifier_dir = a finished `classify` run); works offline.
+  inception:   Inception-v3 pool3 (2048-d) with the standard FID weights file
+               (eval.inception_weights = path); see dfm_flax/inception.py.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from dfm_flax.errors import UserError
+
+
+def classifier_features(workdir: str):
+  from dfm_flax.restore import load_model
+  _, meta, model = load_model(workdir, expect_task="classify")
+  fn = jax.jit(model.features)
+  want = tuple(meta["image_shape"])
+
+  def extract(images: np.ndarray) -> np.ndarray:
+    if tuple(images.shape[1:]) != want:
+      raise UserError(f"the classifier in {workdir} takes {want} images, not {images.shape[1:]}")
+    return np.concatenate([np.asarray(fn(images[i:i + 500].astype(np.float32)))
+                           for i in range(0, len(images), 500)])
+  return extract
+
+
+def available(eval_cfg) -> dict:
+  out = {}
+  if eval_cfg.get("classifier_dir", ""):
+    out["classifier"] = classifier_features(eval_cfg.classifier_dir)
+  if eval_cfg.get("inception_weights", ""):
+    from dfm_flax import inception
+    out["inception"] = inception.fid_features(eval_cfg.inception_weights)
+  return out

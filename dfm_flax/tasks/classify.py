@@ -1,0 +1,97 @@
+"""A small CNN classifier trained by the shared loop; its penultimate layer gives the
+features of the offline classifier-FID (dfm_flax/features.py).
+
+The dataset is split deterministically: the last `data.test_fraction` of a
+seeded permutation is held out and only scored in `evaluate`.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from dfm_flax import data
+from dfm_flax.errors import UserError
+from dfm_flax.tasks.generate import ImageBatches
+
+
+class CNN(nnx.Module):
+  def __init__(self, channels: int, height: int, width: int, num_classes: int, features: int,
+               rngs: nnx.Rngs):
+    self.conv1 = nnx.Conv(channels, 32, (3, 3), rngs=rngs)
+    self.conv2 = nnx.Conv(32, 64, (3, 3), rngs=rngs)
+    flat = 64 * (height // 4) * (width // 4)
+    self.dense = nnx.Linear(flat, features, rngs=rngs)
+    self.head = nnx.Linear(features, num_classes, rngs=rngs)
+
+  def features(self, x: jax.Array) -> jax.Array:
+    """Penultimate activations for images (B, H, W, C) in [0, 1]."""
+    x = nnx.avg_pool(nnx.relu(self.conv1(x * 2 - 1)), (2, 2), strides=(2, 2))
+    x = nnx.avg_pool(nnx.relu(self.conv2(x)), (2, 2), strides=(2, 2))
+    return nnx.relu(self.dense(x.reshape(x.shape[0], -1)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.head(self.features(x))
+
+
+def model_from_meta(config, meta: dict, rngs: nnx.Rngs) -> CNN:
+  h, w, c = meta["image_shape"]
+  return CNN(c, h, w, meta["num_classes"], config.model.features, rngs)
+
+
+def split(ds: data.Dataset, test_fraction: float, seed: int):
+  order = np.random.default_rng(seed).permutation(len(ds))
+  n_test = int(round(len(ds) * test_fraction))
+  if n_test < 1 or n_test >= len(ds):
+    raise UserError(f"data.test_fraction={test_fraction} leaves no train or no test images "
+                    f"of {len(ds)}")
+  train, test = order[:-n_test], order[-n_test:]
+  return (data.Dataset(ds.images[train], ds.labels[train], ds.description + " (train part)"),
+          data.Dataset(ds.images[test], ds.labels[test], ds.description + " (held-out part)"))
+
+
+class Task:
+  def __init__(self, config):
+    self.config = config
+    full = data.load(config.data)
+    if (full.labels < 0).any():
+      raise UserError(f"{full.description} has unlabeled images; a classifier needs labels")
+    self.train, self.test = split(full, config.data.test_fraction, config.seed)
+    self.num_classes = int(full.labels.max()) + 1
+    self.labels = jnp.asarray(self.train.labels)
+    self.batches = ImageBatches(self.train, config.train.batch_size, config.seed)
+
+  def meta(self) -> dict:
+    return {"image_shape": list(self.train.images.shape[1:]), "num_classes": self.num_classes}
+
+  def build_model(self, rngs: nnx.Rngs) -> CNN:
+    return model_from_meta(self.config, self.meta(), rngs)
+
+  def param_labels(self, model):
+    return None
+
+  def lr_multiplier(self, model):
+    return None
+
+  def batch(self, step: int):
+    b = self.batches(step)
+    return {"image": b["image"], "label": self.labels[b["index"]]}
+
+  @staticmethod
+  def loss(model, batch):
+    logits = model(batch["image"])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+
+  def evaluate(self, model, workdir: str) -> dict:
+    predict = jax.jit(lambda x: jnp.argmax(model(x), -1))
+
+    def accuracy(ds):
+      pred = np.concatenate([np.asarray(predict(ds.images[i:i + 1000]))
+                             for i in range(0, len(ds), 1000)])
+      return float(np.mean(pred == ds.labels))
+    return {"test_accuracy": accuracy(self.test), "train_accuracy": accuracy(self.train),
+            "num_train": len(self.train), "num_test": len(self.test),
+            "data": self.test.description}

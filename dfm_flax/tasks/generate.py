@@ -1,0 +1,103 @@
+"""Generation (thesis 4.2.2): decoder z -> Fourier Net weights, trained on a dataset.
+
+Loss (eq. 4.8): mean pixel squared error + lambda * mean_i ||z_i||^2.
+After training, evaluation measures reconstructions, fits the priors on the
+training latents (an isotropic Gaussian and a GMM), samples from each and
+scores the samples with a Frechet distance (dfm_flax/evaluation.py).
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dfm_flax import data, evaluation, fourier, generative, images
+from dfm_flax.errors import UserError
+
+
+def latent_group(path) -> str:
+  """Optimizer group of a parameter: 'latent' for the latent table or the encoder."""
+  names = {str(getattr(k, "key", getattr(k, "name", ""))) for k in path}
+  return "latent" if names & {"latents", "encoder"} else "default"
+
+
+class ImageBatches:
+  """Epoch-wise shuffled batches of dataset images, a pure function of (seed, step)."""
+
+  def __init__(self, ds: data.Dataset, batch_size: int, seed: int):
+    if batch_size > len(ds):
+      raise UserError(f"train.batch_size={batch_size} is larger than the {len(ds)} images "
+                      f"of {ds.description}; lower it")
+    self.images = jnp.asarray(images.to_uint8(ds.images))  # uint8 on device: 4x less memory.
+    self.batch_size = batch_size
+    self.steps_per_epoch = len(ds) // batch_size
+    self.key = jax.random.key(seed + 2)
+    self._get = jax.jit(self._batch)
+
+  def _batch(self, step):
+    epoch, pos = step // self.steps_per_epoch, step % self.steps_per_epoch
+    order = jax.random.permutation(jax.random.fold_in(self.key, epoch), self.images.shape[0])
+    index = jax.lax.dynamic_slice_in_dim(order, pos * self.batch_size, self.batch_size)
+    return {"index": index, "image": self.images[index].astype(jnp.float32) / 255.0}
+
+  def __call__(self, step: int):
+    return self._get(step)
+
+
+def model_from_meta(config, meta: dict, rngs: nnx.Rngs):
+  """The generative model described by config.model and the data's shape."""
+  m = config.model
+  h, w, c = meta["image_shape"]
+  num_images = meta["num_images"]
+  decoder = generative.FourierDecoder(
+      m.latent_dim, list(m.decoder_hidden), m.width, m.depth, c, init_variance=m.init_variance,
+      activation=m.activation, method=m.method, rngs=rngs)
+  if m.encoder_hidden:
+    encoder = generative.MLP([h * w * c, *m.encoder_hidden, m.latent_dim],
+                             init_variance=m.init_variance, activation=m.activation, rngs=rngs)
+    return generative.EncoderDecoder(encoder, decoder)
+  return generative.AutoDecoder(num_images, m.latent_dim, decoder,
+                                latent_variance=m.latent_init_variance, rngs=rngs)
+
+
+class Task:
+  def __init__(self, config):
+    self.config = config
+    self.dataset = data.load(config.data)
+    self.image_shape = self.dataset.images.shape[1:]
+    h, w, c = self.image_shape
+    self.coords = jnp.asarray(images.pixel_grid(h, w, tuple(config.model.coord_range)))
+    self.batches = ImageBatches(self.dataset, config.train.batch_size, config.seed)
+    print(f"data: {self.dataset.description}: {len(self.dataset)} images of {w}x{h}x{c}; "
+          f"Fourier Net {config.model.width}x{config.model.depth} has "
+          f"{fourier.num_params(config.model.width, config.model.depth, c)} weights")
+
+  def meta(self) -> dict:
+    return {"num_images": len(self.dataset), "image_shape": list(self.image_shape)}
+
+  def build_model(self, rngs: nnx.Rngs):
+    return model_from_meta(self.config, self.meta(), rngs)
+
+  def param_labels(self, model):
+    return lambda params: jax.tree_util.tree_map_with_path(lambda p, _: latent_group(p), params)
+
+  def lr_multiplier(self, model):
+    return None
+
+  def batch(self, step: int):
+    return self.batches(step)
+
+  def loss(self, model, batch):
+    z = model.encode(batch)
+    pred = model.images(z, self.coords)
+    target = batch["image"].reshape(pred.shape) * 2 - 1
+    rec = jnp.mean((pred - target) ** 2)
+    reg = jnp.mean(jnp.sum(z**2, axis=-1))
+    return rec + self.config.model.lam * reg, {
+        "rec_mse": rec, "psnr": -10 * jnp.log10(rec / 4), "z_sq": reg}
+
+  def evaluate(self, model, workdir: str) -> dict:
+    return evaluation.evaluate_generator(model, self.dataset, self.coords, self.config, workdir)

@@ -1,0 +1,31 @@
+"""A small CNN digit classifier; its penultimate features give the offline classifier-FID.
+
+  python -m experiments.run --config experiments/classifier_mnist.py --workdir runs/classifier \\
+      --config.data.source=idx --config.data.dir=../shared/data/mnist
+
+20% of the digits (a seeded split) are held out; metrics.json reports test accuracy.
+Variants: `smoke` (1000 bundled digits).
+"""
+import ml_collections
+
+from experiments import common
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "classify"
+  c.seed = 0
+  c.data = common.data("tfds", "mnist", split="train+test")
+  c.data.test_fraction = 0.2
+  c.model = ml_collections.ConfigDict({"features": 128})
+  c.train = common.train(steps=3000, batch_size=128, log_every=100, checkpoint_every=1000)
+  c.optim = common.adam(1e-3, "cosine")
+  c.wandb = common.wandb()
+  if variant == "smoke":
+    c.data = common.bundled_mnist()
+    c.data.test_fraction = 0.2
+    c.train = common.train(steps=120, batch_size=64, log_every=20, checkpoint_every=60)
+    c.wandb.mode = "disabled"
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} of classifier_mnist.py; use smoke")
+  return c

@@ -1,0 +1,39 @@
+"""Config pieces shared by the experiment files (each experiment stays one file)."""
+import ml_collections
+
+from dfm_flax.data import BUNDLED_MNIST
+
+
+def wandb(mode: str = "auto") -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({"mode": mode, "project": "dfm", "entity": "", "name": ""})
+
+
+def train(steps: int, batch_size: int, log_every: int = 100, checkpoint_every: int = 2000):
+  return ml_collections.ConfigDict({
+      "steps": steps, "batch_size": batch_size, "log_every": log_every,
+      "checkpoint_every": checkpoint_every, "quiet": False})
+
+
+def adam(lr: float, schedule: str = "constant", end_lr: float = 0.0) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "name": "adam", "lr": lr, "schedule": schedule, "warmup_steps": 0, "end_lr": end_lr,
+      "b1": 0.9, "b2": 0.999, "grad_clip": 0.0})
+
+
+def data(source: str, name: str = "", directory: str = "", split: str = "train",
+         classes: str = "", limit: int = 0) -> ml_collections.ConfigDict:
+  """data.source: tfds | idx | cifar_pickle | folder | npz | photos; data.dir: path."""
+  return ml_collections.ConfigDict({
+      "source": source, "name": name, "dir": directory, "split": split,
+      "classes": classes, "limit": limit, "download": False})
+
+
+def bundled_mnist(limit: int = 0) -> ml_collections.ConfigDict:
+  """The 1000 real MNIST digits that ship with the project (offline smoke runs)."""
+  return data("npz", "mnist", BUNDLED_MNIST, limit=limit)
+
+
+def evaluation(fid_samples: int, classifier_dir: str = "") -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "gmm_components": 10, "recon_images": 1000, "fid_samples": fid_samples,
+      "classifier_dir": classifier_dir, "inception_weights": ""})

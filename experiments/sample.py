@@ -1,0 +1,85 @@
+"""Sample from a trained generator (DFM or the VAE baseline), from its checkpoint alone.
+
+  python -m experiments.sample --workdir DIR --out FILE.png [--num N] [--prior gaussian|gmm]
+                               [--interpolate K] [--seed S]
+
+Writes FILE.png (N samples from the prior), FILE_reconstructions.png (originals kept
+with the run beside their reconstructions) and FILE_interpolations.png (rows of K
+images walking between pairs of training latents). No data is read and no training
+code runs: the model is rebuilt from DIR/config.json and the checkpoint.
+"""
+import os
+
+import numpy as np
+from absl import app, flags
+
+from experiments.cli import parse_flags, run_main
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A finished run of a generator (mnist, cifar10, vae_mnist).")
+_OUT = flags.DEFINE_string("out", None, "Output PNG for the sample grid.")
+_NUM = flags.DEFINE_integer("num", 64, "Number of samples.", lower_bound=1, upper_bound=4096)
+_PRIOR = flags.DEFINE_enum("prior", "gmm", ["gaussian", "gmm"], "Prior on z (fitted after training).")
+_INTERP = flags.DEFINE_integer("interpolate", 10, "Images per interpolation row (0: none).",
+                               lower_bound=0, upper_bound=64)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the sampled latents.")
+flags.mark_flags_as_required(["workdir", "out"])
+
+
+def _sample(_):
+  import jax.numpy as jnp
+  from dfm_flax import evaluation, figures, images
+  from dfm_flax.errors import UserError
+  from dfm_flax.restore import load_model
+
+  out = _OUT.value
+  if not out.lower().endswith(".png"):
+    raise UserError(f"--out must name a .png file, got {out}")
+  if os.path.dirname(out) and not os.path.isdir(os.path.dirname(out)):
+    raise UserError(f"the directory of --out does not exist: {os.path.dirname(out)}")
+  config, meta, model = load_model(_WORKDIR.value)
+  if config.task not in ("generate", "vae"):
+    raise UserError(f"{_WORKDIR.value} holds a {config.task!r} run; sampling needs a generator "
+                    f"(experiments/mnist.py, cifar10.py or vae_mnist.py)")
+  shape = tuple(meta["image_shape"])
+  coord_range = tuple(config.model.get("coord_range", (0.0, 1.0)))
+  coords = jnp.asarray(images.pixel_grid(shape[0], shape[1], coord_range))
+  priors = evaluation.load_priors(_WORKDIR.value)
+  dim = priors["gmm_means"].shape[1]
+
+  z = evaluation.sample_latents(priors, _PRIOR.value, _NUM.value, dim, _SEED.value)
+  samples = evaluation.render_latents(model, z, coords, shape)
+  cols = int(np.ceil(np.sqrt(_NUM.value)))
+  figures.image_grid(samples, out, cols=cols, title=f"{_NUM.value} samples, {_PRIOR.value} prior")
+  written = [out]
+
+  originals, index = _originals(_WORKDIR.value)
+  latents = (np.asarray(model.latents[...])[index] if hasattr(model, "latents")
+             else np.asarray(model.encode({"image": jnp.asarray(originals)})))
+  stem = out[:-4]
+  rec = evaluation.render_latents(model, latents[:32], coords, shape)
+  figures.image_grid(figures.interleave(originals[:32], rec), f"{stem}_reconstructions.png",
+                     cols=16, title="originals (odd columns) and reconstructions (even columns)")
+  written.append(f"{stem}_reconstructions.png")
+  if _INTERP.value:
+    figures.image_grid(evaluation.interpolations(model, latents, coords, shape, _INTERP.value, 8),
+                       f"{stem}_interpolations.png", cols=_INTERP.value,
+                       title="interpolations between training latents")
+    written.append(f"{stem}_interpolations.png")
+  print("wrote " + ", ".join(written))
+
+
+def _originals(workdir):
+  from dfm_flax.errors import UserError
+  path = os.path.join(workdir, "originals.npz")
+  if not os.path.exists(path):
+    raise UserError(f"no originals.npz in {workdir}: the run has not finished its evaluation")
+  with np.load(path) as f:
+    return f["images"].astype(np.float32) / 255.0, f["index"]
+
+
+def main(argv):
+  run_main(_sample, argv)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

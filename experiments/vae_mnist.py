@@ -1,0 +1,35 @@
+"""Baseline for experiments/mnist.py: an MLP VAE of comparable size, same loop, same scoring.
+
+  python -m experiments.run --config experiments/vae_mnist.py --workdir runs/vae \\
+      --config.data.source=idx --config.data.dir=../shared/data/mnist \\
+      --config.eval.classifier_dir=runs/classifier
+
+Variants: `smoke` (1000 bundled digits).
+"""
+import ml_collections
+
+from experiments import common
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "vae"
+  c.seed = 0
+  c.data = common.data("tfds", "mnist", split="train+test")
+  c.model = ml_collections.ConfigDict()
+  c.model.hidden = (128,)  # 784-128-(2x16) encoder, 16-128-784 decoder
+  c.model.latent_dim = 16
+  c.model.activation = "relu"
+  c.train = common.train(steps=20_000, batch_size=64)
+  c.optim = common.adam(1e-3, "linear", end_lr=1e-5)
+  c.eval = common.evaluation(fid_samples=10_000)
+  c.wandb = common.wandb()
+  if variant == "smoke":
+    c.data = common.bundled_mnist()
+    c.train = common.train(steps=150, batch_size=32, log_every=25, checkpoint_every=50)
+    c.eval = common.evaluation(fid_samples=500)
+    c.eval.recon_images = 200
+    c.wandb.mode = "disabled"
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} of vae_mnist.py; use smoke")
+  return c

@@ -22,6 +22,29 @@ def _abstract(state):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
 
+def _shapes(tree) -> dict[str, tuple]:
+  """'a/b/0/kernel' -> shape, for any pytree of arrays or array metadata."""
+  def name(path):
+    keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    return "/".join(k for k in keys if k != "value")
+  return {name(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+          if hasattr(leaf, "shape")}
+
+
+def check_shapes(item_dir: str, abstract_state) -> None:
+  """Refuse, before reading arrays, a checkpoint saved for a differently shaped model."""
+  try:
+    saved = _shapes(ocp.StandardCheckpointer().metadata(item_dir).item_metadata)
+  except Exception as e:
+    raise UserError(f"checkpoint {item_dir} is corrupt: cannot read its metadata "
+                    f"({type(e).__name__}); move it away or use another --workdir") from None
+  wanted = _shapes(abstract_state)
+  for key in sorted(set(saved) | set(wanted)):
+    if saved.get(key) != wanted.get(key):
+      raise UserError(f"checkpoint {item_dir} does not match the model of this config: "
+                      f"{key} is {saved.get(key)} there but {wanted.get(key)} here")
+
+
 class Checkpointer:
   """Saves and restores a model and (optionally) its optimizer."""
 
@@ -59,6 +82,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise UserError(f"no checkpoint found in {self.directory}")
+    check_shapes(os.path.join(self.directory, str(step), "model"), nnx.state(model))
     items = {"model": ocp.args.StandardRestore(_abstract(nnx.state(model))),
              "meta": ocp.args.JsonRestore()}
     if optimizer is not None:

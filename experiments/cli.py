@@ -35,7 +35,7 @@ def parse_flags(argv):
 def run_main(fn, argv) -> None:
   """Run fn(argv), turning UserError into one stderr line and its exit code."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
+  logging.set_verbosity(logging.ERROR)  # orbax logs every save at INFO, tfds warns of mock metadata.
   try:
     fn(argv)
   except UserError as e:

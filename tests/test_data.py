@@ -1,0 +1,133 @@
+"""Dataset sources: each loader against data written independently, and its errors."""
+import gzip
+import os
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dfm_flax import data
+from dfm_flax.errors import UserError
+from experiments import common
+
+SHARED_MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
+
+
+def write_idx(path, array, gz=True):
+  header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+  with (gzip.open if gz else open)(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_reads_what_was_written(tmp_path):
+  imgs = np.random.default_rng(0).integers(0, 256, (7, 5, 4)).astype(np.uint8)
+  write_idx(tmp_path / "train-images-idx3-ubyte.gz", imgs)
+  write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(7))
+  write_idx(tmp_path / "t10k-images-idx3-ubyte", imgs[:2], gz=False)  # plain files work too
+  write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([9, 8]), gz=False)
+  ds = data.load(common.data("idx", directory=str(tmp_path)))
+  assert ds.images.shape == (9, 5, 4, 1)
+  np.testing.assert_allclose(ds.images[:2, ..., 0], imgs[:2] / 255.0)  # t10k sorts first
+  assert ds.labels.tolist() == [9, 8, 0, 1, 2, 3, 4, 5, 6]
+
+
+def test_truncated_idx_is_refused(tmp_path):
+  write_idx(tmp_path / "x-images-idx3-ubyte", np.zeros((4, 3, 3)), gz=False)
+  raw = (tmp_path / "x-images-idx3-ubyte").read_bytes()
+  (tmp_path / "x-images-idx3-ubyte").write_bytes(raw[:-5])
+  with pytest.raises(UserError, match="truncated"):
+    data.load(common.data("idx", directory=str(tmp_path)))
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_MNIST), reason="shared MNIST not present")
+def test_real_mnist_test_digits():
+  ds = data.load(common.data("idx", directory=SHARED_MNIST))
+  assert ds.images.shape == (10000, 28, 28, 1)
+  assert sorted(set(ds.labels.tolist())) == list(range(10))
+  twos = data.load(common.data("idx", directory=SHARED_MNIST, classes="2"))
+  assert len(twos) == int((ds.labels == 2).sum()) and set(twos.labels) == {2}
+
+
+def test_bundled_digits_match_the_real_ones():
+  bundled = data.load(common.bundled_mnist())
+  assert bundled.images.shape == (1000, 28, 28, 1)
+  if os.path.isdir(SHARED_MNIST):
+    real = data.load(common.data("idx", directory=SHARED_MNIST, limit=1000))
+    np.testing.assert_array_equal(bundled.images, real.images)
+    np.testing.assert_array_equal(bundled.labels, real.labels)
+
+
+def test_cifar_pickles_channel_layout(tmp_path):
+  rng = np.random.default_rng(1)
+  rows = rng.integers(0, 256, (3, 3072)).astype(np.uint8)
+  with open(tmp_path / "data_batch_1", "wb") as f:
+    pickle.dump({b"data": rows, b"labels": [3, 1, 4]}, f)
+  with open(tmp_path / "test_batch", "wb") as f:
+    pickle.dump({b"data": rows[:1], b"labels": [5]}, f)
+  ds = data.load(common.data("cifar_pickle", directory=str(tmp_path), split="train"))
+  assert ds.images.shape == (3, 32, 32, 3) and ds.labels.tolist() == [3, 1, 4]
+  # Row layout: 1024 red, then 1024 green, then 1024 blue values, row-major.
+  assert ds.images[1, 0, 5, 0] == pytest.approx(rows[1, 5] / 255)
+  assert ds.images[1, 2, 0, 1] == pytest.approx(rows[1, 1024 + 64] / 255)
+  assert ds.images[2, 31, 31, 2] == pytest.approx(rows[2, 3071] / 255)
+  assert len(data.load(common.data("cifar_pickle", directory=str(tmp_path), split="all"))) == 4
+
+
+def test_broken_cifar_pickle(tmp_path):
+  (tmp_path / "data_batch_1").write_bytes(b"not a pickle")
+  with pytest.raises(UserError, match="cannot read CIFAR batch"):
+    data.load(common.data("cifar_pickle", directory=str(tmp_path)))
+
+
+def test_folder_labels_and_mixed_sizes(tmp_path):
+  for cls, n in (("cats", 2), ("dogs", 3)):
+    (tmp_path / cls).mkdir()
+    for i in range(n):
+      Image.fromarray(np.full((6, 5, 3), 40 * i, np.uint8)).save(tmp_path / cls / f"{i}.png")
+  ds = data.load(common.data("folder", directory=str(tmp_path)))
+  assert ds.images.shape == (5, 6, 5, 3) and ds.labels.tolist() == [0, 0, 1, 1, 1]
+  Image.fromarray(np.zeros((7, 7, 3), np.uint8)).save(tmp_path / "dogs" / "odd.png")
+  with pytest.raises(UserError, match="mixed sizes"):
+    data.load(common.data("folder", directory=str(tmp_path)))
+
+
+def test_npz_and_its_errors(tmp_path):
+  np.savez(tmp_path / "d.npz", images=np.zeros((4, 3, 3), np.uint8), labels=np.array([0, 1, 1, 0]))
+  ds = data.load(common.data("npz", directory=str(tmp_path / "d.npz"), classes="1"))
+  assert ds.images.shape == (2, 3, 3, 1) and ds.labels.tolist() == [1, 1]
+  np.savez(tmp_path / "bad.npz", pixels=np.zeros(3))
+  with pytest.raises(UserError, match="no 'images'"):
+    data.load(common.data("npz", directory=str(tmp_path / "bad.npz")))
+
+
+def test_class_filter_that_leaves_nothing():
+  with pytest.raises(UserError, match="leaves no images"):
+    data.load(common.data("npz", directory=data.BUNDLED_MNIST, classes="42"))
+
+
+def test_missing_sources_name_the_options(tmp_path):
+  with pytest.raises(UserError, match="does not exist"):
+    data.load(common.data("idx", directory=str(tmp_path / "nope")))
+  with pytest.raises(UserError, match="needs --config.data.dir"):
+    data.load(common.data("idx"))
+  with pytest.raises(UserError, match="not available offline.*idx\\|cifar_pickle"):
+    data.load(common.data("tfds", "mnist", directory=str(tmp_path)))
+
+
+@pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
+def test_tfds_data_source_with_mock_data(name, shape):
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=10):
+    ds = data.load(common.data("tfds", name, split="train"))
+  assert ds.images.shape == (10, *shape)
+  assert ds.images.dtype == np.float32 and 0 <= ds.images.min() and ds.images.max() <= 1
+  assert ds.labels.shape == (10,)
+
+
+def test_builtin_photos_are_deterministic():
+  a = data.load(common.data("photos", limit=8))
+  b = data.load(common.data("photos", limit=8))
+  assert a.images.shape == (8, 32, 32, 3)
+  np.testing.assert_array_equal(a.images, b.images)
+  assert a.images.std() > 0.05

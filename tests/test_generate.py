@@ -1,0 +1,108 @@
+"""Generative DFM: batching, eq. 4.8, optimizer groups, priors, Frechet distance."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+from flax import nnx
+
+from dfm_flax import data, evaluation, fourier, optim
+from dfm_flax.tasks import generate
+from dfm_flax.train import make_train_step
+from experiments import mnist
+from tests.test_fourier import numpy_layer
+
+
+def small_config():
+  c = mnist.get_config("smoke")
+  c.data.limit = 40
+  c.train.batch_size = 8
+  c.model.decoder_hidden = (16,)
+  c.model.latent_dim = 5
+  return c
+
+
+def test_batches_cover_each_image_once_per_epoch():
+  ds = data.Dataset(np.random.default_rng(0).random((20, 4, 4, 1), np.float32), np.zeros(20, int), "t")
+  batches = generate.ImageBatches(ds, 6, seed=3)  # 3 steps per epoch, 2 images left out
+  epoch0 = np.concatenate([np.asarray(batches(s)["index"]) for s in range(3)])
+  epoch1 = np.concatenate([np.asarray(batches(s)["index"]) for s in range(3, 6)])
+  assert len(set(epoch0.tolist())) == 18 and len(set(epoch1.tolist())) == 18
+  assert epoch0.tolist() != epoch1.tolist()
+  np.testing.assert_array_equal(batches(4)["index"], generate.ImageBatches(ds, 6, seed=3)(4)["index"])
+  b = batches(0)
+  np.testing.assert_allclose(b["image"], np.round(ds.images[np.asarray(b["index"])] * 255) / 255, atol=1e-6)
+
+
+def test_loss_is_eq_4_8():
+  config = small_config()
+  task = generate.Task(config)
+  model = task.build_model(nnx.Rngs(0))
+  batch = task.batch(0)
+  loss, aux = task.loss(model, batch)
+  z = np.asarray(model.latents[...])[np.asarray(batch["index"])]
+  weights = np.asarray(model.decoder(jnp.asarray(z)))
+  coords = np.asarray(task.coords)
+  sq = []
+  for w, img in zip(weights, np.asarray(batch["image"])):
+    h = coords
+    for a, b in fourier.unflatten(w, 4, 6, 1):
+      h = numpy_layer(h, a, b)
+    sq.append((np.tanh(h) - (img.reshape(-1, 1) * 2 - 1)) ** 2)
+  expect = np.mean(sq) + 0.5 * np.mean(np.sum(z**2, -1))
+  assert float(loss) == pytest.approx(expect, rel=1e-4)
+  assert float(aux["rec_mse"]) == pytest.approx(np.mean(sq), rel=1e-4)
+
+
+def test_decoder_outputs_the_true_parameter_count():
+  config = small_config()
+  model = generate.model_from_meta(config, {"num_images": 3, "image_shape": [28, 28, 1]}, nnx.Rngs(0))
+  assert model.decoder(jnp.zeros((2, 5))).shape == (2, fourier.num_params(4, 6, 1)) == (2, 576)
+  config.model.encoder_hidden = (12,)
+  model = generate.model_from_meta(config, {"num_images": 3, "image_shape": [8, 8, 3]}, nnx.Rngs(0))
+  assert model.encode({"image": jnp.zeros((2, 8, 8, 3))}).shape == (2, 5)
+  assert model.images(jnp.zeros((2, 5)), jnp.zeros((64, 2))).shape == (2, 64, 3)
+
+
+def test_latent_table_has_its_own_learning_rate():
+  config = small_config()
+  config.optim.lr = 1e-2
+  config.optim.groups.latent.lr = 1e-4
+  task = generate.Task(config)
+  model = task.build_model(nnx.Rngs(0))
+  before_z = np.asarray(model.latents[...]).copy()
+  before_w = np.asarray(model.decoder.mlp.layers[0].kernel[...]).copy()
+  tx = optim.build(config.optim, 100, task.param_labels(model))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  batch = task.batch(0)
+  make_train_step(task)(model, optimizer, batch)
+  dz = np.abs(np.asarray(model.latents[...]) - before_z)
+  touched = np.asarray(batch["index"])
+  assert np.median(dz[touched]) == pytest.approx(1e-4, rel=0.05)
+  untouched = np.setdiff1d(np.arange(len(dz)), touched)
+  assert np.all(dz[untouched] == 0)
+  dw = np.abs(np.asarray(model.decoder.mlp.layers[0].kernel[...]) - before_w)
+  assert np.median(dw[dw > 0]) == pytest.approx(1e-2, rel=0.05)
+
+
+def test_frechet_distance_matches_scipy():
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(400, 6))
+  b = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6)) * 0.7 + 0.3
+  mu1, mu2 = a.mean(0), b.mean(0)
+  s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+  covmean = scipy.linalg.sqrtm(s1 @ s2).real
+  expect = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * covmean)
+  assert evaluation.frechet_distance(a, b) == pytest.approx(expect, rel=1e-6)
+  assert evaluation.frechet_distance(a, a) == pytest.approx(0, abs=1e-8)
+
+
+def test_gmm_prior_samples_follow_the_latents():
+  rng = np.random.default_rng(0)
+  latents = np.concatenate([rng.normal(-3, 0.1, (300, 2)), rng.normal(3, 0.1, (300, 2))])
+  priors = evaluation.fit_priors(latents, gmm_components=2, seed=0)
+  z = evaluation.sample_latents(priors, "gmm", 2000, 2, seed=1)
+  assert np.mean(np.abs(np.abs(z) - 3) < 0.5) > 0.99  # two modes, nothing in between
+  g = evaluation.sample_latents(priors, "gaussian", 5000, 2, seed=1)
+  assert np.sqrt(np.mean(g**2)) == pytest.approx(np.sqrt(np.mean(latents**2)), rel=0.05)
+  assert float(evaluation.fit_priors(latents, 2, 0, gaussian_scale=1.0)["gaussian_scale"]) == 1.0

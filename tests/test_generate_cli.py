@@ -1,0 +1,98 @@
+"""Generation end to end as a user runs it: classifier, DFM, VAE, sampling, bad input."""
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.helpers import error_line, run_cli
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("gen")
+  out = {name: str(root / name) for name in ("classifier", "dfm", "vae")}
+  proc = run_cli("experiments.run", "--config", "experiments/classifier_mnist.py:smoke",
+                 "--workdir", out["classifier"])
+  assert proc.returncode == 0, proc.stderr
+  for name, cfg in (("dfm", "mnist"), ("vae", "vae_mnist")):
+    proc = run_cli("experiments.run", "--config", f"experiments/{cfg}.py:smoke", "--workdir",
+                   out[name], f"--config.eval.classifier_dir={out['classifier']}")
+    assert proc.returncode == 0, proc.stderr
+  return out
+
+
+def metrics(workdir):
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    return json.load(f)
+
+
+def test_classifier_reports_held_out_accuracy(runs):
+  m = metrics(runs["classifier"])
+  assert m["num_test"] == 200 and m["num_train"] == 800
+  assert m["test_accuracy"] > 0.6  # 120 steps on 800 digits; chance is 0.1
+
+
+@pytest.mark.parametrize("name", ["dfm", "vae"])
+def test_generators_are_scored_the_same_way(runs, name):
+  m = metrics(runs[name])
+  assert set(m["fid"]) == {"classifier/gaussian", "classifier/gmm"}
+  assert all(v > 0 for v in m["fid"].values())
+  assert m["fid_samples"] == 500 and "mnist_1k" in m["fid_reference"]
+  assert {"recon_psnr_mean", "recon_mse", "num_params"} <= set(m)
+  for png in ("samples_gaussian.png", "samples_gmm.png", "reconstructions.png", "interpolations.png"):
+    assert os.path.getsize(os.path.join(runs[name], png)) > 1000
+
+
+def test_dfm_parameter_counts(runs):
+  p = metrics(runs["dfm"])["num_params"]
+  assert p["fourier_net"] == 576
+  assert p["latents"] == 1000 * 55
+  assert p["decoder"] == (55 * 170 + 170) + (170 * 220 + 220) + (220 * 576 + 576)
+
+
+@pytest.mark.parametrize("name", ["dfm", "vae"])
+def test_sample_from_checkpoint(runs, name, tmp_path):
+  out = str(tmp_path / "s.png")
+  proc = run_cli("experiments.sample", "--workdir", runs[name], "--out", out, "--num", "9",
+                 "--prior", "gaussian", "--interpolate", "5")
+  assert proc.returncode == 0, proc.stderr
+  for path in (out, str(tmp_path / "s_reconstructions.png"), str(tmp_path / "s_interpolations.png")):
+    assert os.path.getsize(path) > 1000
+
+
+def test_sample_bad_input(runs, tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  assert "config.json" in error_line(run_cli("experiments.sample", "--workdir", str(empty), "--out", "x.png"))
+  # A checkpoint whose config no longer matches: latent size edited after training.
+  edited = tmp_path / "edited"
+  shutil.copytree(runs["dfm"], edited)
+  cfg = json.loads((edited / "config.json").read_text())
+  cfg["model"]["latent_dim"] = 7
+  (edited / "config.json").write_text(json.dumps(cfg))
+  line = error_line(run_cli("experiments.sample", "--workdir", str(edited), "--out", str(tmp_path / "y.png")))
+  assert "does not match" in line
+  no_ckpt = tmp_path / "no_ckpt"
+  shutil.copytree(runs["dfm"], no_ckpt)
+  shutil.rmtree(no_ckpt / "checkpoints")
+  assert "no checkpoint" in error_line(
+      run_cli("experiments.sample", "--workdir", str(no_ckpt), "--out", str(tmp_path / "z.png")))
+  assert "sampling needs a generator" in error_line(
+      run_cli("experiments.sample", "--workdir", runs["classifier"], "--out", str(tmp_path / "w.png")))
+
+
+def test_cifar10_pipeline_smoke(tmp_path):
+  wd = str(tmp_path / "cifar")
+  proc = run_cli("experiments.run", "--config", "experiments/cifar10.py:smoke", "--workdir", wd)
+  assert proc.returncode == 0, proc.stderr
+  m = metrics(wd)
+  assert m["num_params"]["encoder"] == (3072 * 128 + 128) + (128 * 64 + 64) + (64 * 110 + 110)
+  assert m["num_params"]["fourier_net"] == 2 * 4 * 6 + 2 * 2 * 64 * 6 + 2 * 64 * 3
+  assert m["fid"] is None and "no feature extractor" in m["fid_note"]
+
+
+def test_class_filter_leaving_nothing_is_one_line(tmp_path):
+  line = error_line(run_cli("experiments.run", "--config", "experiments/mnist.py:smoke",
+                            "--workdir", str(tmp_path / "w"), "--config.data.classes=42"))
+  assert "leaves no images" in line

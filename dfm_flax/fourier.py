@@ -34,7 +34,11 @@ from flax import nnx
 
 from dfm_flax.errors import UserError
 
-METHODS = ("product", "direct")
+METHODS = ("auto", "product", "direct")
+# "auto" picks per layer: the factored product form wins from about 2^5 terms up; below
+# that its extra small ops cost more than the 2^m cos/sin it saves
+# (python -m benchmarks.fourier_layer).
+AUTO_PRODUCT_FROM = 5
 # 2^m features per point; past this the layer is certainly not what anyone meant.
 MAX_LAYER_DIM = 24
 
@@ -63,9 +67,9 @@ def _features_product(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return re, im
 
 
-def fourier_features(x: jax.Array, method: str = "product") -> tuple[jax.Array, jax.Array]:
+def fourier_features(x: jax.Array, method: str = "auto") -> tuple[jax.Array, jax.Array]:
   """cos(2 pi k.x) and sin(2 pi k.x) for all k in {0,1}^m: two (..., 2^m) arrays."""
-  if method == "product":
+  if method in ("product", "auto"):
     return _features_product(x)
   if method == "direct":
     return _features_direct(x)
@@ -90,8 +94,10 @@ def _layer_product(x: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
           - jnp.einsum("...h,...hn->...n", high_im, mixed[..., 1, :, :]))
 
 
-def layer_apply(x: jax.Array, a: jax.Array, b: jax.Array, method: str = "product") -> jax.Array:
+def layer_apply(x: jax.Array, a: jax.Array, b: jax.Array, method: str = "auto") -> jax.Array:
   """One Fourier layer; a and b have shape (2^m, n). Adds x when m == n."""
+  if method == "auto":
+    method = "product" if x.shape[-1] >= AUTO_PRODUCT_FROM else "direct"
   if method == "product":
     y = _layer_product(x, a, b)
   else:
@@ -166,7 +172,7 @@ def flatten(params: Sequence[tuple[jax.Array, jax.Array]]) -> jax.Array:
 
 
 def net_apply(params: Sequence[tuple[jax.Array, jax.Array]], coords: jax.Array,
-              method: str = "product") -> jax.Array:
+              method: str = "auto") -> jax.Array:
   """The Fourier Net: layers composed, tanh on the output. coords: (..., 2)."""
   h = coords
   for a, b in params:
@@ -175,7 +181,7 @@ def net_apply(params: Sequence[tuple[jax.Array, jax.Array]], coords: jax.Array,
 
 
 def render(weights: jax.Array, coords: jax.Array, width: int, depth: int, channels: int,
-           method: str = "product") -> jax.Array:
+           method: str = "auto") -> jax.Array:
   """Pixels (..., channels) in [-1, 1] from a flat weight vector (one image)."""
   return net_apply(unflatten(weights, width, depth, channels), coords, method)
 
@@ -184,7 +190,7 @@ class FourierLayer(nnx.Module):
   """One Fourier layer with learnable a_k, b_k initialised N(0, init_variance)."""
 
   def __init__(self, in_dim: int, out_dim: int, *, init_variance: float,
-               method: str = "product", rngs: nnx.Rngs):
+               method: str = "auto", rngs: nnx.Rngs):
     init = nnx.initializers.normal(stddev=math.sqrt(init_variance))
     self.a = nnx.Param(init(rngs.params(), (2**in_dim, out_dim)))
     self.b = nnx.Param(init(rngs.params(), (2**in_dim, out_dim)))
@@ -202,7 +208,7 @@ class FourierNet(nnx.Module):
   """
 
   def __init__(self, width: int, depth: int, channels: int, *,
-               init_variance: float | Sequence[float], method: str = "product",
+               init_variance: float | Sequence[float], method: str = "auto",
                rngs: nnx.Rngs):
     if method not in METHODS:
       raise UserError(f"unknown model.method {method!r}; use one of {METHODS}")

@@ -19,7 +19,14 @@ from dfm_flax.errors import UserError
 
 
 def _abstract(state):
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  """Restore targets: each array's own sharding, or the first device for abstract ones
+  (a checkpoint saved on 4 devices then restores onto 1, and the other way round)."""
+  default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+  def target(x):
+    sharding = getattr(x, "sharding", None) or default
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  return jax.tree.map(target, state)
 
 
 def _shapes(tree) -> dict[str, tuple]:

@@ -23,7 +23,7 @@ import ml_collections
 from flax import nnx
 from tqdm.auto import tqdm
 
-from dfm_flax import logs, optim, tasks
+from dfm_flax import logs, optim, sharding, tasks
 from dfm_flax.checkpoint import Checkpointer
 from dfm_flax.errors import UserError
 
@@ -122,10 +122,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     meta = ckpt.restore(model, optimizer)
     print(f"resumed from checkpoint at step {meta['step']}", file=sys.stderr)
   start = int(meta.get("step", 0))
+  mesh = sharding.make_mesh(_mesh_config(config))
+  shard_latents = _mesh_config(config).shard_latents
+  nnx.update(model, sharding.place(nnx.state(model), mesh, shard_latents))
+  nnx.update(optimizer, sharding.place(nnx.state(optimizer), mesh, shard_latents))
+  sharding.shard_batch(task.batch(start), mesh)  # A batch that does not divide fails here.
 
   logger = logs.MetricLogger(config, workdir, resume_step=start)
   try:
-    seconds = _loop(config, task, model, optimizer, ckpt, logger, start, meta["seconds"])
+    seconds = _loop(config, task, model, optimizer, ckpt, logger, start, meta["seconds"], mesh)
+    # Evaluation runs on one device, whatever the training mesh was.
+    nnx.update(model, jax.device_put(nnx.state(model), jax.devices()[0]))
     metrics = task.evaluate(model, workdir)
     metrics.update(steps=config.train.steps, seconds=round(seconds, 2))
     logs.write_json(os.path.join(workdir, "metrics.json"), metrics)
@@ -136,7 +143,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt.close()
 
 
-def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: float) -> float:
+def _mesh_config(config) -> ml_collections.ConfigDict:
+  return config.get("mesh") or ml_collections.ConfigDict({"data": -1, "shard_latents": False})
+
+
+def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: float, mesh) -> float:
   """Run steps start..train.steps; returns the accumulated training seconds."""
   steps, every = config.train.steps, config.train.checkpoint_every
   train_step = make_train_step(task)
@@ -158,7 +169,7 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
         bar.close()
         raise UserError(f"interrupted; checkpoint saved at step {step}; rerun the same "
                         f"command to resume", exit_code=130)
-      loss, aux = train_step(model, optimizer, task.batch(step))
+      loss, aux = train_step(model, optimizer, sharding.shard_batch(task.batch(step), mesh))
       step += 1
       will_save = step % every == 0 and step < steps
       if step % config.train.log_every == 0 or step == steps or will_save:

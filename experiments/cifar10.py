@@ -44,6 +44,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.optim.groups = ml_collections.ConfigDict({"latent": {"lr": 1e-4, "end_lr": 1e-10}})
   c.eval = common.evaluation(fid_samples=10_000)
   c.wandb = common.wandb()
+  c.mesh = common.mesh()
 
   if variant == "smoke":
     c.data = common.data("photos", limit=256)

@@ -21,6 +21,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.train = common.train(steps=3000, batch_size=128, log_every=100, checkpoint_every=1000)
   c.optim = common.adam(1e-3, "cosine")
   c.wandb = common.wandb()
+  c.mesh = common.mesh()
   if variant == "smoke":
     c.data = common.bundled_mnist()
     c.data.test_fraction = 0.2

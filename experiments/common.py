@@ -37,3 +37,8 @@ def evaluation(fid_samples: int, classifier_dir: str = "") -> ml_collections.Con
   return ml_collections.ConfigDict({
       "gmm_components": 10, "recon_images": 1000, "fid_samples": fid_samples,
       "classifier_dir": classifier_dir, "inception_weights": ""})
+
+
+def mesh(data: int = -1, shard_latents: bool = False) -> ml_collections.ConfigDict:
+  """The device mesh: a `data` axis of `data` devices (-1: all) that splits each batch."""
+  return ml_collections.ConfigDict({"data": data, "shard_latents": shard_latents})

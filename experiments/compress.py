@@ -14,6 +14,8 @@ Variants: (none) thesis recipe; `best` the better recipe at the same size
 """
 import ml_collections
 
+from experiments import common
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -48,11 +50,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.optim.grad_clip = 0.0
   c.optim.scale_by_terms = False  # True: layer lr = optim.lr / 2^m (see tasks/compress.py).
 
-  c.wandb = ml_collections.ConfigDict()
-  c.wandb.mode = "auto"  # auto: online if logged in, else offline. Or online/offline/disabled.
-  c.wandb.project = "dfm"
-  c.wandb.entity = ""
-  c.wandb.name = ""
+  c.wandb = common.wandb()  # mode auto: online if logged in, else offline.
+  c.mesh = common.mesh()  # Pixels of each batch split over all devices.
 
   if variant == "smoke":
     c.train.steps = 60

@@ -24,6 +24,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.optim = common.adam(1e-3, "linear", end_lr=1e-5)
   c.eval = common.evaluation(fid_samples=10_000)
   c.wandb = common.wandb()
+  c.mesh = common.mesh()
   if variant == "smoke":
     c.data = common.bundled_mnist()
     c.train = common.train(steps=150, batch_size=32, log_every=25, checkpoint_every=50)

@@ -14,7 +14,8 @@ linear 1e-3 -> 1e-7, latent lr 1e6 times smaller; batch 64; init N(0, 2e-2).
   #   --config.eval.classifier_dir=runs/classifier
   python -m experiments.sample --workdir runs/mnist --out samples.png --prior gmm
 
-Variants: `smoke` (1000 bundled digits, < 60 s on 2 cores).
+Variants: `smoke` (1000 bundled digits, < 60 s on 2 cores); `best` (settings that train,
+see the README's generation results).
 """
 import ml_collections
 
@@ -53,6 +54,18 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval = common.evaluation(fid_samples=500)
     c.eval.recon_images = 200
     c.wandb.mode = "disabled"
+  elif variant == "best":
+    # The thesis settings barely learn here (README): at init variance 2e-2 the
+    # rendered nets are chaotic, the latents cannot move at a 1e6x smaller lr (a
+    # 1e-9 step is below float32 resolution of a 0.14-sized value), and lambda 0.5
+    # makes the prior term outweigh the pixel error. Changes, each principled:
+    c.model.init_variance = 2e-3          # decoder outputs small Fourier weights
+    c.model.coord_range = (0.0, 0.5)      # no periodic wrap-around (see compress:best)
+    c.model.lam = 1e-3                    # prior term of the order of the pixel error
+    c.optim.lr = 3e-3
+    c.optim.end_lr = 1e-5
+    c.optim.groups.latent.lr = 1e-2       # latents learn (auto-decoder practice)
+    c.optim.groups.latent.end_lr = 1e-5
   elif variant:
-    raise ValueError(f"unknown variant {variant!r} of mnist.py; use smoke")
+    raise ValueError(f"unknown variant {variant!r} of mnist.py; use smoke or best")
   return c

@@ -4,6 +4,8 @@
 
 Rerunning the same command resumes from the last checkpoint; a finished run is not redone.
 """
+import re
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -15,9 +17,28 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def expand_workdir(template: str, config) -> str:
+  """Fill {KEY} placeholders from the config: runs/w{model.width}_s{seed} -> runs/w8_s0.
+
+  W&B sweep agents append the swept flags to one command line, so the workdir of
+  each run is named from its own settings.
+  """
+  from dfm_flax.errors import UserError
+
+  def value(match):
+    node = config
+    for part in match.group(1).split("."):
+      if part not in node:
+        raise UserError(f"--workdir placeholder {{{match.group(1)}}} is not a config key")
+      node = node[part]
+    return str(node)
+  return re.sub(r"\{([A-Za-z_][\w.]*)\}", value, template)
+
+
 def _train(_):
   from dfm_flax.train import train_and_evaluate  # Heavy imports after flag parsing.
-  metrics = train_and_evaluate(config_value(_CONFIG), _WORKDIR.value)
+  config = config_value(_CONFIG)
+  metrics = train_and_evaluate(config, expand_workdir(_WORKDIR.value, config))
   summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
   print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                  for k, v in summary.items()))

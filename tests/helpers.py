@@ -8,8 +8,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_cli(module: str, *args: str, timeout: float = 300, env_extra=None,
             **popen) -> subprocess.CompletedProcess:
-  env = dict(os.environ, WANDB_MODE="disabled", JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-             **(env_extra or {}))
+  env = dict(os.environ, WANDB_MODE="disabled", JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  env.update(env_extra or {})
   return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
                         **popen)

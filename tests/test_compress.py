@@ -163,3 +163,13 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
   with pytest.raises(UserError, match="loss became nan at step"):
     train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "20"))
+
+
+def test_wandb_offline_logs_without_asking(tmp_path):
+  wd = tmp_path / "run"
+  env = {"WANDB_MODE": "offline", "WANDB_API_KEY": "", "HOME": str(tmp_path)}
+  proc = run_cli("experiments.run", "--config", SMOKE, "--workdir", str(wd), env_extra=env)
+  assert proc.returncode == 0, proc.stderr
+  runs = list((wd / "wandb").glob("offline-run-*"))
+  assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+  assert (wd / "wandb_id.txt").read_text().strip() in runs[0].name

@@ -1,0 +1,73 @@
+"""Steps/s and pixels/s of the shared train step on 1, 2 and 4 devices (one config).
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m benchmarks.scaling \
+      [--config experiments/compress.py:best] [--steps 30] [--repeats 5]
+
+On a CPU the "devices" share the same cores, so this measures the overhead of the
+sharded step, not a speed-up. Medians of `repeats` timings of `steps` steps each.
+"""
+import argparse
+import statistics
+import time
+
+import jax
+from flax import nnx
+from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
+
+from dfm_flax import optim, sharding, tasks
+from dfm_flax.train import make_train_step
+
+
+def load_config(spec: str):
+  import importlib.util
+  path, _, variant = spec.partition(":")
+  spec_ = importlib.util.spec_from_file_location("cfg", path)
+  module = importlib.util.module_from_spec(spec_)
+  spec_.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def measure(config, devices: int, steps: int, repeats: int):
+  config = config.copy_and_resolve_references()
+  config.mesh.data = devices
+  task = tasks.make(config)
+  model = task.build_model(nnx.Rngs(0))
+  opt = nnx.Optimizer(model, optim.build(config.optim, 1000, task.param_labels(model),
+                                         task.lr_multiplier(model)), wrt=nnx.Param)
+  mesh = sharding.make_mesh(config.mesh)
+  nnx.update(model, sharding.place(nnx.state(model), mesh, config.mesh.shard_latents))
+  nnx.update(opt, sharding.place(nnx.state(opt), mesh, config.mesh.shard_latents))
+  step = make_train_step(task)
+  batches = [sharding.shard_batch(task.batch(s), mesh) for s in range(steps)]
+  jax.block_until_ready(step(model, opt, batches[0]))  # compile
+  times = []
+  for _ in range(repeats):
+    tic = time.perf_counter()
+    for b in batches:
+      loss, _ = step(model, opt, b)
+    jax.block_until_ready(loss)
+    times.append(time.perf_counter() - tic)
+  return steps / statistics.median(times)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default="experiments/compress.py:best")
+  p.add_argument("--steps", type=int, default=30)
+  p.add_argument("--repeats", type=int, default=5)
+  args = p.parse_args()
+  config = load_config(args.config)
+  n = len(jax.devices())
+  print(f"{args.config}: batch {config.train.batch_size}, {n} {jax.devices()[0].platform} devices visible")
+  print(f"{'devices':>7} {'steps/s':>9} {'items/s':>12} {'vs 1':>6}")
+  base = None
+  for d in (1, 2, 4):
+    if d > n:
+      break
+    rate = measure(config, d, args.steps, args.repeats)
+    base = base or rate
+    print(f"{d:>7} {rate:>9.2f} {rate * config.train.batch_size:>12,.0f} {rate / base:>5.2f}x")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,95 @@
+"""Thesis Fig. 5.1 from a compression grid: size % per (width, depth), colour = final loss.
+
+  python -m experiments.grid_figure DIR --out FILE.png
+
+DIR is any directory holding finished compression runs (an offline sweep directory
+or the W&B agent's runs/compress_grid/): every metrics.json below it counts. The
+final loss is averaged over the runs (seeds) of each cell; a markdown table of the
+same numbers is printed.
+"""
+import glob
+import json
+import os
+from collections import defaultdict
+
+import numpy as np
+from absl import app, flags
+
+from experiments.cli import parse_flags, run_main
+
+_OUT = flags.DEFINE_string("out", None, "Output PNG.")
+flags.mark_flags_as_required(["out"])
+
+
+def collect(directory: str) -> dict:
+  from dfm_flax.errors import UserError
+  cells = defaultdict(list)
+  for path in glob.glob(os.path.join(directory, "**", "metrics.json"), recursive=True):
+    with open(path) as f:
+      m = json.load(f)
+    if "model_width" in m and "final_loss" in m:
+      cells[(m["model_width"], m["model_depth"])].append(m)
+  if not cells:
+    raise UserError(f"no finished compression runs (metrics.json with model_width) under {directory}")
+  return cells
+
+
+def table(cells: dict) -> str:
+  widths = sorted({w for w, _ in cells})
+  depths = sorted({d for _, d in cells})
+  lines = ["| depth \\ width | " + " | ".join(str(w) for w in widths) + " |",
+           "|---|" + "---|" * len(widths)]
+  for d in depths:
+    row = []
+    for w in widths:
+      runs = cells.get((w, d))
+      row.append("" if not runs else
+                 f"{runs[0]['percent_of_raw']:.2f}% / {np.mean([r['final_loss'] for r in runs]):.4f}"
+                 f" (n={len(runs)})")
+    lines.append(f"| {d} | " + " | ".join(row) + " |")
+  return "\n".join(lines)
+
+
+def draw(cells: dict, out: str) -> None:
+  from dfm_flax import figures  # noqa: F401  (selects the Agg backend)
+  import matplotlib.pyplot as plt
+  widths = sorted({w for w, _ in cells})
+  depths = sorted({d for _, d in cells})
+  loss = np.full((len(depths), len(widths)), np.nan)
+  for (w, d), runs in cells.items():
+    loss[depths.index(d), widths.index(w)] = np.mean([r["final_loss"] for r in runs])
+  fig, ax = plt.subplots(figsize=(1.3 * len(widths) + 2, 1.0 * len(depths) + 1.5))
+  im = ax.imshow(np.log10(loss), cmap="viridis_r", origin="lower", aspect="auto")
+  for (w, d), runs in cells.items():
+    ax.text(widths.index(w), depths.index(d), f"{runs[0]['percent_of_raw']:.3g}%",
+            ha="center", va="center", color="white", fontsize=9, fontweight="bold")
+  ax.set_xticks(range(len(widths)), widths)
+  ax.set_yticks(range(len(depths)), depths)
+  ax.set_xlabel("width")
+  ax.set_ylabel("depth")
+  steps = sorted({r["steps"] for runs in cells.values() for r in runs})
+  seeds = sorted({len(runs) for runs in cells.values()})
+  ax.set_title(f"size (% of raw) per cell; colour: log10 final loss, mean of {seeds} runs; "
+               f"{steps} steps", fontsize=9)
+  fig.colorbar(im, ax=ax, label="log10 final loss")
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+
+
+def _figure(argv):
+  from dfm_flax.errors import UserError
+  if len(argv) != 2:
+    raise UserError("usage: python -m experiments.grid_figure DIR --out FILE.png")
+  cells = collect(argv[1])
+  draw(cells, _OUT.value)
+  print(table(cells))
+  print(f"wrote {_OUT.value}")
+
+
+def main(argv):
+  run_main(_figure, argv)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

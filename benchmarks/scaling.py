@@ -11,11 +11,8 @@ import statistics
 import time
 
 import jax
-from flax import nnx
-from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
-
-from dfm_flax import optim, sharding, tasks
-from dfm_flax.train import make_train_step
+from dfm_flax import sharding, tasks
+from dfm_flax.train import build, make_train_step, place_on_mesh
 
 
 def load_config(spec: str):
@@ -31,12 +28,8 @@ def measure(config, devices: int, steps: int, repeats: int):
   config = config.copy_and_resolve_references()
   config.mesh.data = devices
   task = tasks.make(config)
-  model = task.build_model(nnx.Rngs(0))
-  opt = nnx.Optimizer(model, optim.build(config.optim, 1000, task.param_labels(model),
-                                         task.lr_multiplier(model)), wrt=nnx.Param)
-  mesh = sharding.make_mesh(config.mesh)
-  nnx.update(model, sharding.place(nnx.state(model), mesh, config.mesh.shard_latents))
-  nnx.update(opt, sharding.place(nnx.state(opt), mesh, config.mesh.shard_latents))
+  model, opt = build(config, task)
+  mesh = place_on_mesh(config, model, opt)
   step = make_train_step(task)
   batches = [sharding.shard_batch(task.batch(s), mesh) for s in range(steps)]
   jax.block_until_ready(step(model, opt, batches[0]))  # compile

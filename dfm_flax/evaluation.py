@@ -122,7 +122,7 @@ def evaluate_generator(model, dataset, coords, config, workdir: str,
       "num_images": len(dataset), "data": dataset.description,
       "recon_psnr_mean": float(np.mean(psnrs)), "recon_psnr_median": float(np.median(psnrs)),
       "recon_mse": float(np.mean((dataset.images[:n_rec] - recon) ** 2)),
-      "recon_images": n_rec, "latent_rms": float(priors["gaussian_scale"]),
+      "recon_images": n_rec, "gaussian_prior_scale": float(priors["gaussian_scale"]),
       "num_params": count_params(model),
   }
   write_grids(model, priors, dataset.images[:64], latents[:64], coords, shape, workdir, config.seed)

@@ -101,6 +101,23 @@ class _StopOnSigint:
     return False
 
 
+def build(config, task):
+  """The task's model and its optimizer (fresh weights, on the default device)."""
+  model = task.build_model(nnx.Rngs(config.seed))
+  tx = optim.build(config.optim, config.train.steps, task.param_labels(model),
+                   task.lr_multiplier(model))
+  return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def place_on_mesh(config, model, optimizer):
+  """Move model and optimizer state onto the config's mesh; returns the mesh."""
+  mesh_cfg = _mesh_config(config)
+  mesh = sharding.make_mesh(mesh_cfg)
+  nnx.update(model, sharding.place(nnx.state(model), mesh, mesh_cfg.shard_latents))
+  nnx.update(optimizer, sharding.place(nnx.state(optimizer), mesh, mesh_cfg.shard_latents))
+  return mesh
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Train the task named by `config.task` in `workdir` (resuming), then evaluate it."""
   _check_config(config, workdir)
@@ -112,20 +129,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   task = tasks.make(config)  # Validates the inputs before anything is written.
   os.makedirs(workdir, exist_ok=True)
   logs.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
-  model = task.build_model(nnx.Rngs(config.seed))
-  tx = optim.build(config.optim, config.train.steps, task.param_labels(model),
-                   task.lr_multiplier(model))
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  model, optimizer = build(config, task)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
   meta = {"seconds": 0.0}
   if ckpt.latest_step() is not None:
     meta = ckpt.restore(model, optimizer)
     print(f"resumed from checkpoint at step {meta['step']}", file=sys.stderr)
   start = int(meta.get("step", 0))
-  mesh = sharding.make_mesh(_mesh_config(config))
-  shard_latents = _mesh_config(config).shard_latents
-  nnx.update(model, sharding.place(nnx.state(model), mesh, shard_latents))
-  nnx.update(optimizer, sharding.place(nnx.state(optimizer), mesh, shard_latents))
+  mesh = place_on_mesh(config, model, optimizer)
   sharding.shard_batch(task.batch(start), mesh)  # A batch that does not divide fails here.
 
   logger = logs.MetricLogger(config, workdir, resume_step=start)

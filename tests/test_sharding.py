@@ -19,19 +19,15 @@ STEP_SCRIPT = r"""
 import json, sys
 import jax, numpy as np
 from flax import nnx
-from dfm_flax import optim, sharding, tasks
-from dfm_flax.train import make_train_step
+from dfm_flax import sharding, tasks
+from dfm_flax.train import build, make_train_step, place_on_mesh
 from experiments import compress, mnist
 
 def train(config, devices, steps=3):
   config.mesh.data = devices
   task = tasks.make(config)
-  model = task.build_model(nnx.Rngs(0))
-  opt = nnx.Optimizer(model, optim.build(config.optim, 10, task.param_labels(model),
-                                         task.lr_multiplier(model)), wrt=nnx.Param)
-  mesh = sharding.make_mesh(config.mesh)
-  nnx.update(model, sharding.place(nnx.state(model), mesh, config.mesh.shard_latents))
-  nnx.update(opt, sharding.place(nnx.state(opt), mesh, config.mesh.shard_latents))
+  model, opt = build(config, task)
+  mesh = place_on_mesh(config, model, opt)
   step = make_train_step(task)
   for s in range(steps):
     loss, _ = step(model, opt, sharding.shard_batch(task.batch(s), mesh))

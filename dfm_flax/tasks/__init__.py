@@ -37,3 +37,16 @@ def make(config):
 
 def model_from_meta(config, meta: dict, rngs):
   return module(config.task).model_from_meta(config, meta, rngs)
+
+
+class TaskBase:
+  """Defaults for the optional parts of the task interface."""
+
+  def meta(self) -> dict:
+    return {}
+
+  def param_labels(self, model):
+    return None
+
+  def lr_multiplier(self, model):
+    return None

@@ -14,6 +14,7 @@ from flax import nnx
 
 from dfm_flax import data
 from dfm_flax.errors import UserError
+from dfm_flax.tasks import TaskBase
 from dfm_flax.tasks.generate import ImageBatches
 
 
@@ -52,7 +53,7 @@ def split(ds: data.Dataset, test_fraction: float, seed: int):
           data.Dataset(ds.images[test], ds.labels[test], ds.description + " (held-out part)"))
 
 
-class Task:
+class Task(TaskBase):
   def __init__(self, config):
     self.config = config
     full = data.load(config.data)
@@ -69,11 +70,6 @@ class Task:
   def build_model(self, rngs: nnx.Rngs) -> CNN:
     return model_from_meta(self.config, self.meta(), rngs)
 
-  def param_labels(self, model):
-    return None
-
-  def lr_multiplier(self, model):
-    return None
 
   def batch(self, step: int):
     b = self.batches(step)

@@ -16,6 +16,7 @@ from flax import nnx
 
 from dfm_flax import figures, fourier, images, logs
 from dfm_flax.errors import UserError
+from dfm_flax.tasks import TaskBase
 
 
 def init_variances(model_cfg, channels: int) -> list[float]:
@@ -38,7 +39,7 @@ def model_from_meta(config, meta: dict, rngs: nnx.Rngs) -> fourier.FourierNet:
                             method=m.method, rngs=rngs)
 
 
-class Task:
+class Task(TaskBase):
   """Fit one image. Batches are random pixels, drawn from (seed, step)."""
 
   def __init__(self, config):
@@ -65,9 +66,6 @@ class Task:
 
   def build_model(self, rngs: nnx.Rngs) -> fourier.FourierNet:
     return model_from_meta(self.config, self.meta(), rngs)
-
-  def param_labels(self, model):
-    return None
 
   def lr_multiplier(self, model):
     """With optim.scale_by_terms, layer l learns at optim.lr / 2^m_l.

@@ -16,6 +16,7 @@ from flax import nnx
 
 from dfm_flax import data, evaluation, fourier, generative, images
 from dfm_flax.errors import UserError
+from dfm_flax.tasks import TaskBase
 
 
 def latent_group(path) -> str:
@@ -63,7 +64,7 @@ def model_from_meta(config, meta: dict, rngs: nnx.Rngs):
                                 latent_variance=m.latent_init_variance, rngs=rngs)
 
 
-class Task:
+class Task(TaskBase):
   def __init__(self, config):
     self.config = config
     self.dataset = data.load(config.data)
@@ -83,9 +84,6 @@ class Task:
 
   def param_labels(self, model):
     return lambda params: jax.tree_util.tree_map_with_path(lambda p, _: latent_group(p), params)
-
-  def lr_multiplier(self, model):
-    return None
 
   def batch(self, step: int):
     return self.batches(step)

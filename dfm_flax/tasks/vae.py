@@ -13,6 +13,7 @@ import optax
 from flax import nnx
 
 from dfm_flax import data, evaluation, generative, images
+from dfm_flax.tasks import TaskBase
 from dfm_flax.tasks.generate import ImageBatches
 
 
@@ -48,7 +49,7 @@ def model_from_meta(config, meta: dict, rngs: nnx.Rngs) -> VAE:
              config.model.activation, rngs)
 
 
-class Task:
+class Task(TaskBase):
   def __init__(self, config):
     self.config = config
     self.dataset = data.load(config.data)
@@ -62,11 +63,6 @@ class Task:
   def build_model(self, rngs: nnx.Rngs) -> VAE:
     return model_from_meta(self.config, self.meta(), rngs)
 
-  def param_labels(self, model):
-    return None
-
-  def lr_multiplier(self, model):
-    return None
 
   def batch(self, step: int):
     return {**self.batches(step), "key": jax.random.fold_in(self.key, step)}

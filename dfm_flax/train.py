@@ -197,6 +197,7 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
       if will_save:
         save(step)
         last_saved = step
-    save(step)
+    if step != last_saved:  # Not when resuming a run whose last step was already saved.
+      save(step)
   bar.close()
   return seconds + time.perf_counter() - tic

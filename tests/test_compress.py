@@ -173,3 +173,15 @@ def test_wandb_offline_logs_without_asking(tmp_path):
   runs = list((wd / "wandb").glob("offline-run-*"))
   assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
   assert (wd / "wandb_id.txt").read_text().strip() in runs[0].name
+
+
+def test_crash_between_last_checkpoint_and_metrics_is_recovered(tmp_path):
+  wd = str(tmp_path / "run")
+  assert run_cli("experiments.run", "--config", SMOKE, "--workdir", wd).returncode == 0
+  before = read_metrics(wd)
+  os.remove(os.path.join(wd, "metrics.json"))  # e.g. killed during the evaluation
+  proc = run_cli("experiments.run", "--config", SMOKE, "--workdir", wd)
+  assert proc.returncode == 0, proc.stderr
+  assert "resumed from checkpoint at step 60" in proc.stderr
+  after = read_metrics(wd)
+  assert after["psnr"] == before["psnr"] and after["steps"] == 60

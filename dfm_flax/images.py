@@ -134,3 +134,17 @@ def jpeg_at_size(img01: np.ndarray, max_bytes: int) -> dict:
       "ssim": ssim(img01, decoded),
       "image": decoded,
   }
+
+
+def render_params(params, height: int, width: int, coord_range=(0.0, 1.0), method: str = "auto",
+                  chunk: int = 2**16) -> np.ndarray:
+  """A Fourier Net's image in [0, 1] at any size, `chunk` pixels at a time (bounded memory).
+
+  The net is a continuous function of position: any (height, width) samples it.
+  """
+  import jax
+  from dfm_flax import fourier
+  coords = pixel_grid(height, width, coord_range)
+  apply = jax.jit(lambda p, xy: fourier.net_apply(p, xy, method))
+  parts = [np.asarray(apply(params, coords[i:i + chunk])) for i in range(0, len(coords), chunk)]
+  return ((np.concatenate(parts) + 1) / 2).reshape(height, width, -1)

@@ -60,17 +60,20 @@ def draw(cells: dict, out: str) -> None:
     loss[depths.index(d), widths.index(w)] = np.mean([r["final_loss"] for r in runs])
   fig, ax = plt.subplots(figsize=(1.3 * len(widths) + 2, 1.0 * len(depths) + 1.5))
   im = ax.imshow(np.log10(loss), cmap="viridis_r", origin="lower", aspect="auto")
+  lo, hi = np.nanmin(np.log10(loss)), np.nanmax(np.log10(loss))
   for (w, d), runs in cells.items():
+    shade = (np.log10(loss[depths.index(d), widths.index(w)]) - lo) / max(hi - lo, 1e-12)
     ax.text(widths.index(w), depths.index(d), f"{runs[0]['percent_of_raw']:.3g}%",
-            ha="center", va="center", color="white", fontsize=9, fontweight="bold")
+            ha="center", va="center", color="black" if shade < 0.5 else "white",
+            fontsize=9, fontweight="bold")
   ax.set_xticks(range(len(widths)), widths)
   ax.set_yticks(range(len(depths)), depths)
   ax.set_xlabel("width")
   ax.set_ylabel("depth")
-  steps = sorted({r["steps"] for runs in cells.values() for r in runs})
-  seeds = sorted({len(runs) for runs in cells.values()})
-  ax.set_title(f"size (% of raw) per cell; colour: log10 final loss, mean of {seeds} runs; "
-               f"{steps} steps", fontsize=9)
+  steps = "/".join(str(s) for s in sorted({r["steps"] for runs in cells.values() for r in runs}))
+  seeds = "/".join(str(n) for n in sorted({len(runs) for runs in cells.values()}))
+  ax.set_title(f"size (% of raw) in each cell; colour: log10 final loss, mean of {seeds} "
+               f"runs of {steps} steps", fontsize=9)
   fig.colorbar(im, ax=ax, label="log10 final loss")
   fig.tight_layout()
   fig.savefig(out, dpi=110)

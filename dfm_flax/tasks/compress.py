@@ -105,21 +105,10 @@ class Task(TaskBase):
     return err, {"psnr": -10 * jnp.log10(err / 4)}
 
   def evaluate(self, model, workdir: str) -> dict:
-    recon = render_image(model, self.coords, self.height, self.width, self.channels,
-                         self.config.train.eval_chunk)
+    recon = images.render_params(model.params_list(), self.height, self.width,
+                                 tuple(self.config.model.coord_range), self.config.model.method,
+                                 self.config.train.eval_chunk)
     return compression_report(self.image, recon, model, self.config, workdir, self.image_name)
-
-
-def render_image(model, coords, height, width, channels, chunk: int) -> np.ndarray:
-  """The model's image in [0, 1], rendered `chunk` pixels at a time to bound memory."""
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def apply(state, xy):
-    return nnx.merge(graphdef, state)(xy)
-
-  parts = [np.asarray(apply(state, coords[i:i + chunk])) for i in range(0, coords.shape[0], chunk)]
-  return ((np.concatenate(parts) + 1) / 2).reshape(height, width, channels)
 
 
 def compression_report(original, recon, model, config, workdir: str, image_name: str) -> dict:

@@ -1,0 +1,149 @@
+"""The .dfm file: a Fourier Net's weights, quantised and entropy coded, self-describing.
+
+Layout (little-endian):
+  magic  b"DFMc" | version u8 | height u16 | width u16 | channels u8 | net width u8 |
+  net depth u8 | coord lo f32 | coord hi f32 | method u8 | bits u8 | coder u8 |
+  per layer: step f32, loc f32, spread f32 | payload length u32 | payload | CRC-32 u32
+(the CRC covers every byte before it).
+
+bits = 16: the weights as float16 (coder 0, raw). bits = 4..12: per-layer uniform
+quantisation, q = round(w / step) with step = max|w| / (2^(bits-1) - 1); the integers
+are bit-packed (coder 0) or ANS-coded with a per-layer quantised Laplace model
+(coder 1, constriction), whose location and spread are stored in the header.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+from dfm_flax import fourier
+from dfm_flax.errors import UserError
+
+MAGIC = b"DFMc"
+VERSION = 1
+METHODS = ("auto", "product", "direct")
+CODERS = ("raw", "ans")
+_HEAD = struct.Struct("<4sBHHBBBffBBB")
+_LAYER = struct.Struct("<fff")
+
+
+def _levels(bits: int) -> int:
+  return 2 ** (bits - 1) - 1
+
+
+def quantize(w: np.ndarray, bits: int) -> tuple[np.ndarray, float]:
+  peak = float(np.max(np.abs(w))) if w.size else 0.0
+  step = np.float32(peak / _levels(bits) if peak > 0 else 1.0)
+  q = np.clip(np.round(w / step), -_levels(bits), _levels(bits)).astype(np.int32)
+  return q, float(step)
+
+
+def _flat_layers(params) -> list[np.ndarray]:
+  return [np.concatenate([np.ravel(a), np.ravel(b)]).astype(np.float32) for a, b in params]
+
+
+def _laplace(q: np.ndarray) -> tuple[float, float]:
+  loc = float(np.float32(np.mean(q)))
+  spread = float(np.float32(max(np.mean(np.abs(q - loc)), 0.05)))
+  return loc, spread
+
+
+def _ans(bits: int):
+  import constriction
+  return constriction, constriction.stream.model.QuantizedLaplace(-_levels(bits), _levels(bits) + 1)
+
+
+def encode(params, image_shape, width: int, depth: int, coord_range=(0.0, 1.0),
+           method: str = "auto", bits: int = 8, coder: str = "ans") -> bytes:
+  """Serialise per-layer (a, b) weights. bits 16 means float16; else 4..12-bit uniform."""
+  if bits != 16 and not 4 <= bits <= 12:
+    raise UserError(f"--bits must be 16 (fp16) or 4..12, got {bits}")
+  h, w, c = image_shape
+  layers = _flat_layers(params)
+  if bits == 16:
+    coder = "raw"
+    payload = b"".join(x.astype("<f2").tobytes() for x in layers)
+    stats = [(1.0, 0.0, 1.0)] * len(layers)
+  else:
+    quantised = [quantize(x, bits) for x in layers]
+    stats = []
+    for q, step in quantised:
+      stats.append((step, *_laplace(q)))
+    if coder == "raw":
+      payload = _pack(np.concatenate([q for q, _ in quantised]), bits)
+    else:
+      constriction, model = _ans(bits)
+      enc = constriction.stream.stack.AnsCoder()
+      for (q, _), (_, loc, spread) in zip(reversed(quantised), reversed(stats)):
+        enc.encode_reverse(q, model, np.full(q.size, loc), np.full(q.size, spread))
+      payload = enc.get_compressed().astype("<u4").tobytes()
+  head = _HEAD.pack(MAGIC, VERSION, h, w, c, width, depth, *coord_range,
+                    METHODS.index(method), bits, CODERS.index(coder))
+  body = head + b"".join(_LAYER.pack(*s) for s in stats) + struct.pack("<I", len(payload)) + payload
+  return body + struct.pack("<I", zlib.crc32(body))
+
+
+def decode(data: bytes) -> tuple[dict, list]:
+  """(header, per-layer (a, b)) from .dfm bytes; UserError for anything malformed."""
+  if len(data) < 4 or data[:4] != MAGIC:
+    raise UserError("not a .dfm file (wrong magic bytes)")
+  if len(data) < _HEAD.size + 8:
+    raise UserError("truncated .dfm file (shorter than its header)")
+  (_, version, h, w, c, width, depth, lo, hi, method, bits, coder) = _HEAD.unpack_from(data)
+  if version != VERSION:
+    raise UserError(f".dfm format version {version} is not supported (this reader: {VERSION})")
+  if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
+    raise UserError(".dfm checksum mismatch: the file is truncated or corrupted")
+  if method >= len(METHODS) or coder >= len(CODERS) or not (bits == 16 or 4 <= bits <= 12):
+    raise UserError(".dfm header has invalid settings")
+  header = {"height": h, "width": w, "channels": c, "net_width": width, "net_depth": depth,
+            "coord_range": (lo, hi), "method": METHODS[method], "bits": bits,
+            "coder": CODERS[coder]}
+  offset = _HEAD.size
+  stats = [_LAYER.unpack_from(data, offset + i * _LAYER.size) for i in range(depth)]
+  offset += depth * _LAYER.size
+  (length,) = struct.unpack_from("<I", data, offset)
+  payload = data[offset + 4:offset + 4 + length]
+  if len(payload) != length or offset + 4 + length + 4 != len(data):
+    raise UserError("truncated .dfm file (payload shorter than its header says)")
+  shapes = fourier.param_shapes(width, depth, c)
+  sizes = [2 * r * n for r, n in shapes]
+  layers = _decode_layers(payload, bits, header["coder"], stats, sizes)
+  params = []
+  for flat, (r, n) in zip(layers, shapes):
+    params.append((flat[:r * n].reshape(r, n), flat[r * n:].reshape(r, n)))
+  return header, params
+
+
+def _decode_layers(payload: bytes, bits: int, coder: str, stats, sizes) -> list[np.ndarray]:
+  if bits == 16:
+    flat = np.frombuffer(payload, "<f2").astype(np.float32)
+    if flat.size != sum(sizes):
+      raise UserError(".dfm payload does not match the net size in its header")
+    return np.split(flat, np.cumsum(sizes)[:-1])
+  if coder == "raw":
+    ints = _unpack(payload, bits, sum(sizes))
+    chunks = np.split(ints, np.cumsum(sizes)[:-1])
+  else:
+    constriction, model = _ans(bits)
+    dec = constriction.stream.stack.AnsCoder(np.frombuffer(payload, "<u4").copy())
+    chunks = [dec.decode(model, np.full(n, loc), np.full(n, spread))
+              for n, (_, loc, spread) in zip(sizes, stats)]
+  return [q.astype(np.float32) * np.float32(step) for q, (step, _, _) in zip(chunks, stats)]
+
+
+def _pack(q: np.ndarray, bits: int) -> bytes:
+  u = (q + _levels(bits)).astype(np.uint32)
+  bit_matrix = (u[:, None] >> np.arange(bits)[None, :]) & 1
+  return np.packbits(bit_matrix.astype(np.uint8).ravel(), bitorder="little").tobytes()
+
+
+def _unpack(payload: bytes, bits: int, count: int) -> np.ndarray:
+  raw = np.unpackbits(np.frombuffer(payload, np.uint8), bitorder="little")
+  if raw.size < count * bits:
+    raise UserError(".dfm payload does not match the net size in its header")
+  bit_matrix = raw[:count * bits].reshape(count, bits).astype(np.uint32)
+  u = np.sum(bit_matrix << np.arange(bits, dtype=np.uint32)[None, :], axis=1)
+  return u.astype(np.int32) - _levels(bits)

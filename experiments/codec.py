@@ -1,0 +1,128 @@
+"""Write and read .dfm files: an image as a quantised, entropy-coded Fourier Net.
+
+  python -m experiments.codec encode IMAGE --out FILE.dfm [--from DIR] [--bits B] [--coder ans|raw]
+                                  [--workdir DIR] [--config experiments/compress.py:best --config.KEY=VALUE]
+  python -m experiments.codec decode FILE.dfm --out IMAGE.png [--size WxH]
+
+encode trains a net on IMAGE with the compress config (`:best` by default; its run
+directory is --workdir, default FILE.dfm.run, so rerunning resumes) or takes the net
+of a finished compress run (--from DIR), quantises and codes it, writes FILE.dfm and
+prints bytes, bpp and the PSNR of what the file decodes to. decode needs no training
+code; --size renders the continuous image at any resolution. Output files appear
+whole or not at all.
+"""
+import os
+import re
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments.cli import config_value, fail, parse_flags, run_main
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compress.py") + ":best"
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Compress config for training.",
+                                          lock_config=True)
+_OUT = flags.DEFINE_string("out", None, "Output file (.dfm for encode, .png for decode).")
+_FROM = flags.DEFINE_string("from", None, "A finished compress workdir to take the net from.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where encode trains (default: OUT.run).")
+_BITS = flags.DEFINE_integer("bits", 8, "16 for float16, or 4..12 for uniform per-layer quantisation.")
+_CODER = flags.DEFINE_enum("coder", "ans", ["ans", "raw"], "Entropy coder for quantised weights.")
+_SIZE = flags.DEFINE_string("size", None, "decode: render at WxH instead of the stored size.")
+flags.mark_flags_as_required(["out"])
+
+MAX_PIXELS = 2**28  # 16384 x 16384
+
+
+def write_atomically(path: str, data: bytes) -> None:
+  tmp = path + ".partial"
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def parse_size(text: str):
+  from dfm_flax.errors import UserError
+  m = re.fullmatch(r"(\d+)x(\d+)", text or "")
+  if not m:
+    raise UserError(f"--size must look like 800x600, got {text!r}")
+  w, h = int(m.group(1)), int(m.group(2))
+  if w < 1 or h < 1 or w * h > MAX_PIXELS:
+    raise UserError(f"--size {w}x{h} is out of range (1x1 to {MAX_PIXELS:,} pixels)")
+  return w, h
+
+
+def _encode(image_path: str):
+  from dfm_flax import codec, images
+  from dfm_flax.errors import UserError
+  from dfm_flax.restore import load_model
+  from dfm_flax.train import train_and_evaluate
+  out = _OUT.value
+  if _BITS.value != 16 and not 4 <= _BITS.value <= 12:
+    raise UserError(f"--bits must be 16 (fp16) or 4..12, got {_BITS.value}")
+  image = images.load_image(image_path)
+  if _FROM.value:
+    config, meta, model = load_model(_FROM.value, expect_task="compress")
+    if tuple(meta["image_shape"]) != image.shape:
+      raise UserError(f"the net in {_FROM.value} was fitted to a {meta['image_shape']} image, "
+                      f"not to {image_path} {list(image.shape)}")
+  else:
+    config = config_value(_CONFIG)
+    with config.unlocked():
+      config.image = os.path.abspath(image_path)
+    train_and_evaluate(config, _WORKDIR.value or out + ".run")
+    config, meta, model = load_model(_WORKDIR.value or out + ".run")
+  h, w, c = image.shape
+  m = config.model
+  data = codec.encode([(a, b) for a, b in model.params_list()], image.shape, m.width, m.depth,
+                      tuple(m.coord_range), m.method, _BITS.value, _CODER.value)
+  _, params = codec.decode(data)  # What a reader gets: the PSNR reported is of this.
+  decoded = images.render_params(params, h, w, tuple(m.coord_range), m.method)
+  psnr = images.psnr(images.to_uint8(image) / 255, images.to_uint8(decoded) / 255)
+  write_atomically(out, data)
+  print(f"wrote {out}: {len(data):,} bytes, {8 * len(data) / (h * w):.4f} bpp, "
+        f"PSNR {psnr:.2f} dB ({_BITS.value}-bit, {_CODER.value if _BITS.value != 16 else 'fp16'})")
+
+
+def _decode(path: str):
+  from dfm_flax import codec, images
+  from dfm_flax.errors import UserError
+  out = _OUT.value
+  if not out.lower().endswith(".png"):
+    raise UserError(f"--out must name a .png file, got {out}")
+  size = parse_size(_SIZE.value) if _SIZE.value else None
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise UserError(f"cannot read {path}: {e.strerror}") from None
+  header, params = codec.decode(data)
+  w, h = size or (header["width"], header["height"])
+  img = images.render_params(params, h, w, header["coord_range"], header["method"])
+  tmp = out + ".partial.png"
+  try:
+    images.save_png(img, tmp)
+    os.replace(tmp, out)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  print(f"wrote {out}: {w}x{h} from a {header['width']}x{header['height']} "
+        f"{header['net_width']}x{header['net_depth']} net")
+
+
+def _main(argv):
+  if len(argv) != 3 or argv[1] not in ("encode", "decode"):
+    fail("usage: python -m experiments.codec encode IMAGE --out FILE.dfm [...] | "
+         "decode FILE.dfm --out IMAGE.png [--size WxH]", 2)
+  (_encode if argv[1] == "encode" else _decode)(argv[2])
+
+
+def main(argv):
+  run_main(_main, argv)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,124 @@
+"""The .dfm codec: exact round trips, the entropy coder's gain, and every malformed file."""
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dfm_flax import codec, fourier, images
+from dfm_flax.errors import UserError
+from tests.helpers import error_line, run_cli
+
+
+def laplace_params(width=6, depth=4, channels=3, seed=0):
+  rng = np.random.default_rng(seed)
+  return [(rng.laplace(0, 0.05, (r, n)).astype(np.float32), rng.laplace(0, 0.05, (r, n)).astype(np.float32))
+          for r, n in fourier.param_shapes(width, depth, channels)]
+
+
+def expected_dequantised(params, bits):
+  """Per-layer uniform quantisation, written out independently of the codec."""
+  out = []
+  for a, b in params:
+    flat = np.concatenate([a.ravel(), b.ravel()])
+    step = np.float32(np.abs(flat).max() / (2 ** (bits - 1) - 1))
+    deq = np.round(flat / step).astype(np.float32) * step
+    out.append((deq[:a.size].reshape(a.shape), deq[a.size:].reshape(b.shape)))
+  return out
+
+
+@pytest.mark.parametrize("bits,coder", [(4, "ans"), (8, "ans"), (12, "ans"), (8, "raw"), (5, "raw")])
+def test_quantised_round_trip_is_exact(bits, coder):
+  params = laplace_params()
+  data = codec.encode(params, (30, 40, 3), 6, 4, (0.0, 0.5), "product", bits, coder)
+  header, decoded = codec.decode(data)
+  assert header == {"height": 30, "width": 40, "channels": 3, "net_width": 6, "net_depth": 4,
+                    "coord_range": (0.0, 0.5), "method": "product", "bits": bits, "coder": coder}
+  for (a, b), (ea, eb) in zip(decoded, expected_dequantised(params, bits)):
+    np.testing.assert_array_equal(a, ea)
+    np.testing.assert_array_equal(b, eb)
+
+
+def test_fp16_round_trip():
+  params = laplace_params()
+  _, decoded = codec.decode(codec.encode(params, (8, 8, 3), 6, 4, bits=16))
+  for (a, b), (da, db) in zip(params, decoded):
+    np.testing.assert_array_equal(da, a.astype(np.float16).astype(np.float32))
+
+
+def test_entropy_coding_beats_bit_packing():
+  params = laplace_params(8, 6, 3)
+  raw = len(codec.encode(params, (8, 8, 3), 8, 6, bits=8, coder="raw"))
+  ans = len(codec.encode(params, (8, 8, 3), 8, 6, bits=8, coder="ans"))
+  fp16 = len(codec.encode(params, (8, 8, 3), 8, 6, bits=16))
+  assert ans < 0.9 * raw and raw < fp16
+
+
+def _reseal(body: bytes) -> bytes:
+  return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_malformed_files_are_refused():
+  data = codec.encode(laplace_params(), (8, 8, 3), 6, 4, bits=8)
+  with pytest.raises(UserError, match="magic"):
+    codec.decode(b"PNG!" + data[4:])
+  with pytest.raises(UserError, match="version 9"):
+    codec.decode(_reseal(data[:4] + bytes([9]) + data[5:-4]))
+  flipped = bytearray(data)
+  flipped[-10] ^= 0xFF
+  with pytest.raises(UserError, match="checksum"):
+    codec.decode(bytes(flipped))
+  with pytest.raises(UserError, match="truncated|checksum"):
+    codec.decode(data[:len(data) // 2])
+  with pytest.raises(UserError, match="truncated"):
+    codec.decode(data[:10])
+  with pytest.raises(UserError, match="bits"):
+    codec.encode(laplace_params(), (8, 8, 3), 6, 4, bits=13)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+  root = tmp_path_factory.mktemp("codec")
+  wd = str(root / "run")
+  assert run_cli("experiments.run", "--config", "experiments/compress.py:smoke", "--workdir", wd).returncode == 0
+  img = str(root / "coffee.png")
+  images.save_png(images.default_image(), img)
+  return root, wd, img
+
+
+def test_cli_encode_decode_any_size(fitted, tmp_path):
+  root, wd, img = fitted
+  out = str(tmp_path / "x.dfm")
+  proc = run_cli("experiments.codec", "encode", img, "--out", out, "--from", wd, "--bits", "10")
+  assert proc.returncode == 0, proc.stderr
+  assert f"{os.path.getsize(out):,} bytes" in proc.stdout and "PSNR" in proc.stdout
+  png = str(tmp_path / "x.png")
+  assert run_cli("experiments.codec", "decode", out, "--out", png).returncode == 0
+  header, params = codec.decode(open(out, "rb").read())
+  expect = images.to_uint8(images.render_params(params, 400, 400, header["coord_range"], header["method"]))
+  np.testing.assert_array_equal(np.asarray(Image.open(png)), expect)
+  big = str(tmp_path / "big.png")
+  assert run_cli("experiments.codec", "decode", out, "--out", big, "--size", "800x600").returncode == 0
+  assert Image.open(big).size == (800, 600)
+
+
+def test_cli_bad_input_leaves_no_file(fitted, tmp_path):
+  root, wd, img = fitted
+  good = str(tmp_path / "g.dfm")
+  assert run_cli("experiments.codec", "encode", img, "--out", good, "--from", wd).returncode == 0
+  cut = tmp_path / "cut.dfm"
+  cut.write_bytes(open(good, "rb").read()[:-7])
+  png = tmp_path / "o.png"
+  assert "checksum" in error_line(run_cli("experiments.codec", "decode", str(cut), "--out", str(png)))
+  for size in ("0x10", "100000x100000", "big"):
+    assert "--size" in error_line(run_cli("experiments.codec", "decode", good, "--out", str(png), "--size", size))
+  assert "--bits" in error_line(run_cli("experiments.codec", "encode", img, "--out", str(tmp_path / "b.dfm"),
+                                        "--from", wd, "--bits", "20"))
+  small = tmp_path / "small.png"
+  images.save_png(images.default_image()[:50, :60], str(small))
+  assert "fitted to a" in error_line(run_cli("experiments.codec", "encode", str(small), "--out",
+                                             str(tmp_path / "s.dfm"), "--from", wd))
+  assert not png.exists() and not (tmp_path / "b.dfm").exists() and not (tmp_path / "s.dfm").exists()
+  assert not [p for p in os.listdir(tmp_path) if "partial" in p]

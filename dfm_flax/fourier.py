@@ -186,6 +186,18 @@ def render(weights: jax.Array, coords: jax.Array, width: int, depth: int, channe
   return net_apply(unflatten(weights, width, depth, channels), coords, method)
 
 
+def fake_quantize(a: jax.Array, b: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
+  """A layer's (a, b) rounded to the codec's per-layer uniform grid (dfm_flax/codec.py),
+  with a straight-through gradient: quantisation-aware fine-tuning."""
+  levels = 2 ** (bits - 1) - 1
+  peak = jnp.maximum(jnp.max(jnp.abs(a)), jnp.max(jnp.abs(b)))
+  step = jnp.where(peak > 0, peak / levels, 1.0)
+
+  def q(w):
+    return w + jax.lax.stop_gradient(jnp.clip(jnp.round(w / step), -levels, levels) * step - w)
+  return q(a), q(b)
+
+
 class FourierLayer(nnx.Module):
   """One Fourier layer with learnable a_k, b_k initialised N(0, init_variance)."""
 
@@ -209,7 +221,7 @@ class FourierNet(nnx.Module):
 
   def __init__(self, width: int, depth: int, channels: int, *,
                init_variance: float | Sequence[float], method: str = "auto",
-               rngs: nnx.Rngs):
+               quant_bits: int = 0, rngs: nnx.Rngs):
     if method not in METHODS:
       raise UserError(f"unknown model.method {method!r}; use one of {METHODS}")
     dims = layer_dims(width, depth, channels)
@@ -218,12 +230,16 @@ class FourierNet(nnx.Module):
     if len(variances) != len(dims):
       raise UserError(f"model.init_variance has {len(variances)} entries for {len(dims)} layers")
     self.width, self.depth, self.channels, self.method = width, depth, channels, method
+    self.quant_bits = quant_bits  # > 0: forward pass sees the weights as the codec stores them.
     self.layers = nnx.List([
         FourierLayer(m, n, init_variance=v, method=method, rngs=rngs)
         for (m, n), v in zip(dims, variances)])
 
   def params_list(self) -> list[tuple[jax.Array, jax.Array]]:
-    return [(layer.a[...], layer.b[...]) for layer in self.layers]
+    params = [(layer.a[...], layer.b[...]) for layer in self.layers]
+    if self.quant_bits:
+      params = [fake_quantize(a, b, self.quant_bits) for a, b in params]
+    return params
 
   def __call__(self, coords: jax.Array) -> jax.Array:
     return net_apply(self.params_list(), coords, self.method)

@@ -109,6 +109,16 @@ def build(config, task):
   return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
+def _init_from(model, source: str) -> None:
+  """Start from the weights of another run (fine-tuning); its optimizer state is not used."""
+  source_ckpt = Checkpointer(os.path.join(source, "checkpoints"), read_only=True)
+  try:
+    source_ckpt.restore(model)
+  finally:
+    source_ckpt.close()
+  print(f"initialised from the weights in {source}", file=sys.stderr)
+
+
 def place_on_mesh(config, model, optimizer):
   """Move model and optimizer state onto the config's mesh; returns the mesh."""
   mesh_cfg = _mesh_config(config)
@@ -135,6 +145,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if ckpt.latest_step() is not None:
     meta = ckpt.restore(model, optimizer)
     print(f"resumed from checkpoint at step {meta['step']}", file=sys.stderr)
+  elif config.get("init_from", ""):
+    _init_from(model, config.init_from)
   start = int(meta.get("step", 0))
   mesh = place_on_mesh(config, model, optimizer)
   sharding.shard_batch(task.batch(start), mesh)  # A batch that does not divide fails here.

@@ -6,8 +6,10 @@
 
 encode trains a net on IMAGE with the compress config (`:best` by default; its run
 directory is --workdir, default FILE.dfm.run, so rerunning resumes) or takes the net
-of a finished compress run (--from DIR), quantises and codes it, writes FILE.dfm and
-prints bytes, bpp and the PSNR of what the file decodes to. decode needs no training
+of a finished compress run (--from DIR), fine-tunes it for --qat-steps with the
+weights rounded as the file stores them (straight-through gradients; run directory
+FILE.dfm.qat), quantises and codes it, writes FILE.dfm and prints bytes, bpp and the
+PSNR of what the file decodes to. decode needs no training
 code; --size renders the continuous image at any resolution. Output files appear
 whole or not at all.
 """
@@ -28,6 +30,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where encode trains (default: O
 _BITS = flags.DEFINE_integer("bits", 8, "16 for float16, or 4..12 for uniform per-layer quantisation.")
 _CODER = flags.DEFINE_enum("coder", "ans", ["ans", "raw"], "Entropy coder for quantised weights.")
 _SIZE = flags.DEFINE_string("size", None, "decode: render at WxH instead of the stored size.")
+_QAT = flags.DEFINE_integer("qat_steps", 300, "Quantisation-aware fine-tuning steps before "
+                            "coding (straight-through rounding); 0 to skip.", lower_bound=0)
+flags.DEFINE_alias("qat-steps", "qat_steps")
 flags.mark_flags_as_required(["out"])
 
 MAX_PIXELS = 2**28  # 16384 x 16384
@@ -75,6 +80,8 @@ def _encode(image_path: str):
       config.image = os.path.abspath(image_path)
     train_and_evaluate(config, _WORKDIR.value or out + ".run")
     config, meta, model = load_model(_WORKDIR.value or out + ".run")
+  if _QAT.value and _BITS.value != 16:
+    config, model = _fine_tune(_FROM.value or _WORKDIR.value or out + ".run", out + ".qat")
   h, w, c = image.shape
   m = config.model
   data = codec.encode([(a, b) for a, b in model.params_list()], image.shape, m.width, m.depth,
@@ -85,6 +92,22 @@ def _encode(image_path: str):
   write_atomically(out, data)
   print(f"wrote {out}: {len(data):,} bytes, {8 * len(data) / (h * w):.4f} bpp, "
         f"PSNR {psnr:.2f} dB ({_BITS.value}-bit, {_CODER.value if _BITS.value != 16 else 'fp16'})")
+
+
+def _fine_tune(source: str, workdir: str):
+  """Continue the source run for --qat-steps with the forward pass on the codec's grid."""
+  from dfm_flax.restore import load_config, load_model
+  from dfm_flax.train import train_and_evaluate
+  config = load_config(source)
+  config.model.quant_bits = _BITS.value
+  config.init_from = os.path.abspath(source)
+  config.train.steps = _QAT.value
+  config.train.checkpoint_every = _QAT.value
+  config.optim.lr = config.optim.lr * 0.1  # Small steps: stay near the trained float net.
+  config.optim.schedule, config.optim.warmup_steps, config.optim.end_lr = "cosine", 0, 0.0
+  train_and_evaluate(config, workdir)
+  config, _, model = load_model(workdir)
+  return config, model
 
 
 def _decode(path: str):

@@ -30,6 +30,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model.init = "constant"  # "constant": N(0, init_variance); "fan_in": init_variance / 2^m.
   c.model.init_variance = 2e-10
   c.model.coord_range = (0.0, 1.0)  # Pixel centres are scaled into [lo, hi]^2.
+  c.model.quant_bits = 0  # > 0: quantisation-aware training for the .dfm codec.
+  c.init_from = ""  # A finished run's workdir: start from its weights (fine-tuning).
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 4000

@@ -36,7 +36,7 @@ def init_variances(model_cfg, channels: int) -> list[float]:
 def model_from_meta(config, meta: dict, rngs: nnx.Rngs) -> fourier.FourierNet:
   m, channels = config.model, meta["image_shape"][2]
   return fourier.FourierNet(m.width, m.depth, channels, init_variance=init_variances(m, channels),
-                            method=m.method, rngs=rngs)
+                            method=m.method, quant_bits=m.get("quant_bits", 0), rngs=rngs)
 
 
 class Task(TaskBase):

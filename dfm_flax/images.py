@@ -100,11 +100,11 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
   return float(dm_pix.ssim(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
 
 
-def jpeg_bytes(img01: np.ndarray, quality: int) -> bytes:
+def jpeg_bytes(img01: np.ndarray, quality: int, fmt: str = "JPEG") -> bytes:
   arr = to_uint8(img01)
   pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
   buf = io.BytesIO()
-  pil.save(buf, format="JPEG", quality=quality)
+  pil.save(buf, format=fmt, quality=quality)
   return buf.getvalue()
 
 
@@ -114,17 +114,17 @@ def decode_image_bytes(data: bytes, channels: int) -> np.ndarray:
   return arr[..., None] if arr.ndim == 2 else arr[..., :channels]
 
 
-def jpeg_at_size(img01: np.ndarray, max_bytes: int) -> dict:
-  """The largest-quality JPEG (Pillow, quality 1..100) whose file is <= max_bytes.
+def jpeg_at_size(img01: np.ndarray, max_bytes: int, fmt: str = "JPEG") -> dict:
+  """The largest-quality JPEG (or WebP) file (Pillow, quality 1..100) of <= max_bytes.
 
   Returns {quality, bytes, bpp, psnr, ssim, image}; quality is None (and the
   figures describe quality 1) when even quality 1 is larger than max_bytes.
   """
   h, w = img01.shape[:2]
-  sizes = {q: len(jpeg_bytes(img01, q)) for q in range(1, 101)}
+  sizes = {q: len(jpeg_bytes(img01, q, fmt)) for q in range(1, 101)}
   fitting = [q for q, n in sizes.items() if n <= max_bytes]
   quality = max(fitting) if fitting else None
-  data = jpeg_bytes(img01, quality or 1)
+  data = jpeg_bytes(img01, quality or 1, fmt)
   decoded = decode_image_bytes(data, img01.shape[-1])
   return {
       "quality": quality,
@@ -136,15 +136,18 @@ def jpeg_at_size(img01: np.ndarray, max_bytes: int) -> dict:
   }
 
 
+def render_fn(fn, height: int, width: int, coord_range=(0.0, 1.0), chunk: int = 2**16) -> np.ndarray:
+  """The image in [0, 1] of fn: coords -> values in [-1, 1], at any size, `chunk` pixels
+  at a time (bounded memory). The nets are continuous functions of position."""
+  coords = pixel_grid(height, width, coord_range)
+  parts = [np.asarray(fn(coords[i:i + chunk])) for i in range(0, len(coords), chunk)]
+  return ((np.concatenate(parts) + 1) / 2).reshape(height, width, -1)
+
+
 def render_params(params, height: int, width: int, coord_range=(0.0, 1.0), method: str = "auto",
                   chunk: int = 2**16) -> np.ndarray:
-  """A Fourier Net's image in [0, 1] at any size, `chunk` pixels at a time (bounded memory).
-
-  The net is a continuous function of position: any (height, width) samples it.
-  """
+  """A Fourier Net's image from its per-layer (a, b) weights (e.g. decoded from a .dfm file)."""
   import jax
   from dfm_flax import fourier
-  coords = pixel_grid(height, width, coord_range)
-  apply = jax.jit(lambda p, xy: fourier.net_apply(p, xy, method))
-  parts = [np.asarray(apply(params, coords[i:i + chunk])) for i in range(0, len(coords), chunk)]
-  return ((np.concatenate(parts) + 1) / 2).reshape(height, width, -1)
+  apply = jax.jit(lambda xy: fourier.net_apply(params, xy, method))
+  return render_fn(apply, height, width, coord_range, chunk)

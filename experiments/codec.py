@@ -60,49 +60,63 @@ def parse_size(text: str):
   return w, h
 
 
-def _encode(image_path: str):
+def encode_run(source: str, image, out: str, bits: int, coder: str, qat_steps: int) -> dict:
+  """Code the net of a finished compress run into `out`; figures of the decoded file."""
+  import time
   from dfm_flax import codec, images
   from dfm_flax.errors import UserError
   from dfm_flax.restore import load_model
+  config, meta, model = load_model(source, expect_task="compress")
+  if tuple(meta["image_shape"]) != image.shape:
+    raise UserError(f"the net in {source} was fitted to a {meta['image_shape']} image, "
+                    f"not to this {list(image.shape)} one")
+  tic = time.perf_counter()
+  if qat_steps and bits != 16:
+    config, model = _fine_tune(source, out + ".qat", bits, qat_steps)
+  h, w, _ = image.shape
+  m = config.model
+  data = codec.encode(model.params_list(), image.shape, m.width, m.depth,
+                      tuple(m.coord_range), m.method, bits, coder)
+  encode_s = time.perf_counter() - tic
+  tic = time.perf_counter()
+  _, params = codec.decode(data)  # What a reader gets: the PSNR reported is of this.
+  decoded = images.render_params(params, h, w, tuple(m.coord_range), m.method)
+  decode_s = time.perf_counter() - tic
+  write_atomically(out, data)
+  ref, rec = images.to_uint8(image) / 255, images.to_uint8(decoded) / 255
+  return {"bytes": len(data), "bpp": 8 * len(data) / (h * w), "psnr": images.psnr(ref, rec),
+          "ssim": images.ssim(ref, rec), "encode_s": encode_s, "decode_s": decode_s}
+
+
+def _encode(image_path: str):
+  from dfm_flax import images
+  from dfm_flax.errors import UserError
   from dfm_flax.train import train_and_evaluate
   out = _OUT.value
   if _BITS.value != 16 and not 4 <= _BITS.value <= 12:
     raise UserError(f"--bits must be 16 (fp16) or 4..12, got {_BITS.value}")
   image = images.load_image(image_path)
-  if _FROM.value:
-    config, meta, model = load_model(_FROM.value, expect_task="compress")
-    if tuple(meta["image_shape"]) != image.shape:
-      raise UserError(f"the net in {_FROM.value} was fitted to a {meta['image_shape']} image, "
-                      f"not to {image_path} {list(image.shape)}")
-  else:
+  source = _FROM.value
+  if not source:
     config = config_value(_CONFIG)
     with config.unlocked():
       config.image = os.path.abspath(image_path)
-    train_and_evaluate(config, _WORKDIR.value or out + ".run")
-    config, meta, model = load_model(_WORKDIR.value or out + ".run")
-  if _QAT.value and _BITS.value != 16:
-    config, model = _fine_tune(_FROM.value or _WORKDIR.value or out + ".run", out + ".qat")
-  h, w, c = image.shape
-  m = config.model
-  data = codec.encode([(a, b) for a, b in model.params_list()], image.shape, m.width, m.depth,
-                      tuple(m.coord_range), m.method, _BITS.value, _CODER.value)
-  _, params = codec.decode(data)  # What a reader gets: the PSNR reported is of this.
-  decoded = images.render_params(params, h, w, tuple(m.coord_range), m.method)
-  psnr = images.psnr(images.to_uint8(image) / 255, images.to_uint8(decoded) / 255)
-  write_atomically(out, data)
-  print(f"wrote {out}: {len(data):,} bytes, {8 * len(data) / (h * w):.4f} bpp, "
-        f"PSNR {psnr:.2f} dB ({_BITS.value}-bit, {_CODER.value if _BITS.value != 16 else 'fp16'})")
+    source = _WORKDIR.value or out + ".run"
+    train_and_evaluate(config, source)
+  r = encode_run(source, image, out, _BITS.value, _CODER.value, _QAT.value)
+  print(f"wrote {out}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp, PSNR {r['psnr']:.2f} dB "
+        f"({_BITS.value}-bit, {_CODER.value if _BITS.value != 16 else 'fp16'})")
 
 
-def _fine_tune(source: str, workdir: str):
-  """Continue the source run for --qat-steps with the forward pass on the codec's grid."""
+def _fine_tune(source: str, workdir: str, bits: int, steps: int):
+  """Continue the source run for `steps` with the forward pass on the codec's grid."""
   from dfm_flax.restore import load_config, load_model
   from dfm_flax.train import train_and_evaluate
   config = load_config(source)
-  config.model.quant_bits = _BITS.value
+  config.model.quant_bits = bits
   config.init_from = os.path.abspath(source)
-  config.train.steps = _QAT.value
-  config.train.checkpoint_every = _QAT.value
+  config.train.steps = steps
+  config.train.checkpoint_every = steps
   config.optim.lr = config.optim.lr * 0.1  # Small steps: stay near the trained float net.
   config.optim.schedule, config.optim.warmup_steps, config.optim.end_lr = "cosine", 0, 0.0
   train_and_evaluate(config, workdir)

@@ -33,10 +33,20 @@ def init_variances(model_cfg, channels: int) -> list[float]:
   raise UserError(f"unknown model.init {model_cfg.init!r}; use constant or fan_in")
 
 
-def model_from_meta(config, meta: dict, rngs: nnx.Rngs) -> fourier.FourierNet:
+def model_from_meta(config, meta: dict, rngs: nnx.Rngs):
   m, channels = config.model, meta["image_shape"][2]
+  if m.get("kind", "fourier") == "siren":
+    from dfm_flax.siren import Siren
+    return Siren(m.siren_hidden, m.siren_layers, channels, w0=m.siren_w0, rngs=rngs)
   return fourier.FourierNet(m.width, m.depth, channels, init_variance=init_variances(m, channels),
                             method=m.method, quant_bits=m.get("quant_bits", 0), rngs=rngs)
+
+
+def model_function(model, model_cfg):
+  """coords -> pixels in [-1, 1]: the net itself, or SIREN clipped like the 8-bit image."""
+  if model_cfg.get("kind", "fourier") == "siren":
+    return lambda xy: jnp.clip(model(xy), -1, 1)
+  return model
 
 
 class Task(TaskBase):
@@ -68,6 +78,11 @@ class Task(TaskBase):
     return model_from_meta(self.config, self.meta(), rngs)
 
   def lr_multiplier(self, model):
+    if self.config.model.get("kind", "fourier") != "fourier":
+      return None
+    return self._per_term_lr()
+
+  def _per_term_lr(self):
     """With optim.scale_by_terms, layer l learns at optim.lr / 2^m_l.
 
     A layer's output is a sum of 2^m cos/sin terms and Adam moves every
@@ -105,9 +120,9 @@ class Task(TaskBase):
     return err, {"psnr": -10 * jnp.log10(err / 4)}
 
   def evaluate(self, model, workdir: str) -> dict:
-    recon = images.render_params(model.params_list(), self.height, self.width,
-                                 tuple(self.config.model.coord_range), self.config.model.method,
-                                 self.config.train.eval_chunk)
+    recon = images.render_fn(jax.jit(model_function(model, self.config.model)), self.height,
+                             self.width, tuple(self.config.model.coord_range),
+                             self.config.train.eval_chunk)
     return compression_report(self.image, recon, model, self.config, workdir, self.image_name)
 
 
@@ -116,7 +131,7 @@ def compression_report(original, recon, model, config, workdir: str, image_name:
   h, w, c = original.shape
   ref8 = images.to_uint8(original) / 255.0
   rec8 = images.to_uint8(recon) / 255.0
-  n = fourier.num_params(config.model.width, config.model.depth, c)
+  n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   nbytes = 4 * n
   jpeg = images.jpeg_at_size(original, nbytes)
   metrics = {

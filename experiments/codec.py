@@ -38,17 +38,6 @@ flags.mark_flags_as_required(["out"])
 MAX_PIXELS = 2**28  # 16384 x 16384
 
 
-def write_atomically(path: str, data: bytes) -> None:
-  tmp = path + ".partial"
-  try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def parse_size(text: str):
   from dfm_flax.errors import UserError
   m = re.fullmatch(r"(\d+)x(\d+)", text or "")
@@ -60,36 +49,8 @@ def parse_size(text: str):
   return w, h
 
 
-def encode_run(source: str, image, out: str, bits: int, coder: str, qat_steps: int) -> dict:
-  """Code the net of a finished compress run into `out`; figures of the decoded file."""
-  import time
-  from dfm_flax import codec, images
-  from dfm_flax.errors import UserError
-  from dfm_flax.restore import load_model
-  config, meta, model = load_model(source, expect_task="compress")
-  if tuple(meta["image_shape"]) != image.shape:
-    raise UserError(f"the net in {source} was fitted to a {meta['image_shape']} image, "
-                    f"not to this {list(image.shape)} one")
-  tic = time.perf_counter()
-  if qat_steps and bits != 16:
-    config, model = _fine_tune(source, out + ".qat", bits, qat_steps)
-  h, w, _ = image.shape
-  m = config.model
-  data = codec.encode(model.params_list(), image.shape, m.width, m.depth,
-                      tuple(m.coord_range), m.method, bits, coder)
-  encode_s = time.perf_counter() - tic
-  tic = time.perf_counter()
-  _, params = codec.decode(data)  # What a reader gets: the PSNR reported is of this.
-  decoded = images.render_params(params, h, w, tuple(m.coord_range), m.method)
-  decode_s = time.perf_counter() - tic
-  write_atomically(out, data)
-  ref, rec = images.to_uint8(image) / 255, images.to_uint8(decoded) / 255
-  return {"bytes": len(data), "bpp": 8 * len(data) / (h * w), "psnr": images.psnr(ref, rec),
-          "ssim": images.ssim(ref, rec), "encode_s": encode_s, "decode_s": decode_s}
-
-
 def _encode(image_path: str):
-  from dfm_flax import images
+  from dfm_flax import encoding, images
   from dfm_flax.errors import UserError
   from dfm_flax.train import train_and_evaluate
   out = _OUT.value
@@ -103,25 +64,9 @@ def _encode(image_path: str):
       config.image = os.path.abspath(image_path)
     source = _WORKDIR.value or out + ".run"
     train_and_evaluate(config, source)
-  r = encode_run(source, image, out, _BITS.value, _CODER.value, _QAT.value)
+  r = encoding.encode_run(source, image, out, _BITS.value, _CODER.value, _QAT.value)
   print(f"wrote {out}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp, PSNR {r['psnr']:.2f} dB "
         f"({_BITS.value}-bit, {_CODER.value if _BITS.value != 16 else 'fp16'})")
-
-
-def _fine_tune(source: str, workdir: str, bits: int, steps: int):
-  """Continue the source run for `steps` with the forward pass on the codec's grid."""
-  from dfm_flax.restore import load_config, load_model
-  from dfm_flax.train import train_and_evaluate
-  config = load_config(source)
-  config.model.quant_bits = bits
-  config.init_from = os.path.abspath(source)
-  config.train.steps = steps
-  config.train.checkpoint_every = steps
-  config.optim.lr = config.optim.lr * 0.1  # Small steps: stay near the trained float net.
-  config.optim.schedule, config.optim.warmup_steps, config.optim.end_lr = "cosine", 0, 0.0
-  train_and_evaluate(config, workdir)
-  config, _, model = load_model(workdir)
-  return config, model
 
 
 def _decode(path: str):

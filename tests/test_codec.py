@@ -150,3 +150,27 @@ def test_quantisation_aware_fine_tune_improves_the_decoded_file(fitted, tmp_path
   assert "initialised from the weights in" in p2.stderr
   psnr = lambda p: float(p.stdout.split("PSNR ")[1].split(" dB")[0])
   assert psnr(p2) > psnr(p1)
+
+
+def test_siren_parameter_count():
+  import jax
+  from flax import nnx
+  from dfm_flax import siren
+  model = siren.Siren(64, 5, 3, rngs=nnx.Rngs(0))
+  assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == siren.num_params(64, 5, 3)
+  assert model(np.zeros((7, 2), np.float32)).shape == (7, 3)
+
+
+def test_rate_distortion_tool(tmp_path):
+  import csv
+  out = tmp_path / "rd"
+  proc = run_cli("experiments.rd", "coffee", "--out", str(out), "--sizes", "3x4", "--bits", "8",
+                 "--steps", "40", "--qat_steps", "10")
+  assert proc.returncode == 0, proc.stderr
+  rows = list(csv.DictReader(open(out / "rd.csv")))
+  assert [r["codec"] for r in rows] == ["dfm", "jpeg", "webp", "siren-fp16"]
+  dfm = rows[0]
+  assert int(dfm["bytes"]) == os.path.getsize(out / "files" / "coffee_3x4_8bit.dfm")
+  assert float(dfm["bpp"]) == pytest.approx(8 * int(dfm["bytes"]) / (400 * 400))
+  assert int(rows[3]["bytes"]) <= int(dfm["bytes"])  # SIREN at no more bytes than the DFM
+  assert os.path.getsize(out / "rd.png") > 1000

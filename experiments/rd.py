@@ -1,0 +1,168 @@
+"""Rate-distortion: DFM files vs JPEG, WebP and a SIREN (COIN) at matched bytes.
+
+  python -m experiments.rd IMAGES... --out DIR [--sizes 4x6,6x6,8x6] [--bits 6,8,10]
+                           [--steps 3000] [--qat_steps 300] [--siren]
+
+IMAGES are files or the built-in names coffee, astronaut, chelsea, camera (scikit-image).
+For each image and each DFM size (width x depth) one net is trained (compress:best,
+--steps; DIR/runs, resumable), then coded at each bit depth with a quantisation-aware
+fine-tune; JPEG and WebP get the largest quality whose file is no larger than the DFM
+file; with --siren a SIREN whose fp16 weights take about the same bytes is trained for
+the same number of steps. Writes DIR/rd.csv (image, codec, setting, bytes, bpp, psnr,
+ssim, encode_s, decode_s) and DIR/rd.png (PSNR vs bpp, mean over images per setting).
+"""
+import csv
+import os
+import time
+
+import numpy as np
+from absl import app, flags
+
+from experiments.cli import parse_flags, run_main
+
+_OUT = flags.DEFINE_string("out", None, "Output directory.")
+_SIZES = flags.DEFINE_string("sizes", "4x6,6x6,8x6", "DFM widths x depths.")
+_BITS = flags.DEFINE_string("bits", "6,8,10", "Bit depths of the .dfm files.")
+_STEPS = flags.DEFINE_integer("steps", 3000, "Training steps per net.", lower_bound=1)
+_QAT = flags.DEFINE_integer("qat_steps", 300, "Quantisation-aware fine-tune steps.", lower_bound=0)
+_SIREN = flags.DEFINE_bool("siren", True, "Also train a SIREN at matched bytes.")
+flags.mark_flags_as_required(["out"])
+
+BUILTIN = {"coffee": lambda d: d.coffee()[:, 100:500], "astronaut": lambda d: d.astronaut(),
+           "chelsea": lambda d: d.chelsea(), "camera": lambda d: d.camera()}
+FIELDS = ["image", "codec", "setting", "bytes", "bpp", "psnr", "ssim", "encode_s", "decode_s"]
+
+
+def image_path(name: str, directory: str) -> str:
+  if name not in BUILTIN:
+    return name
+  import skimage.data
+  from PIL import Image
+  path = os.path.join(directory, f"{name}.png")
+  if not os.path.exists(path):
+    Image.fromarray(BUILTIN[name](skimage.data)).save(path)
+  return path
+
+
+def train(image: str, run_dir: str, overrides: dict) -> dict:
+  from dfm_flax.train import train_and_evaluate
+  from experiments.compress import get_config
+  config = get_config("siren" if overrides.get("model.kind") == "siren" else "best")
+  config.image = os.path.abspath(image)
+  config.train.steps = _STEPS.value
+  config.train.quiet = True
+  config.wandb.mode = "disabled"
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  return train_and_evaluate(config, run_dir)
+
+
+def siren_hidden_for(nbytes: int, channels: int, layers: int = 5) -> int:
+  """Largest hidden width whose fp16 SIREN fits in nbytes."""
+  from dfm_flax import siren
+  hidden = 4
+  while 2 * siren.num_params(hidden + 1, layers, channels) <= nbytes:
+    hidden += 1
+  return hidden
+
+
+def siren_row(name, path, image, nbytes, out_dir) -> dict:
+  """Train a SIREN of about nbytes in fp16; score its fp16-rounded weights."""
+  import jax
+  from flax import nnx
+  from dfm_flax import images
+  from dfm_flax.restore import load_model
+  hidden = siren_hidden_for(nbytes, image.shape[2])
+  run_dir = os.path.join(out_dir, "runs", f"{name}_siren{hidden}")
+  metrics = train(path, run_dir, {"model.kind": "siren", "model.siren_hidden": hidden})
+  _, _, model = load_model(run_dir)
+  state = nnx.state(model, nnx.Param)
+  nnx.update(model, jax.tree.map(lambda x: x.astype("float16").astype("float32"), state))
+  tic = time.perf_counter()
+  h, w, _ = image.shape
+  rec = images.render_fn(jax.jit(lambda xy: jax.numpy.clip(model(xy), -1, 1)), h, w)
+  decode_s = time.perf_counter() - tic
+  ref, rec = images.to_uint8(image) / 255, images.to_uint8(rec) / 255
+  n = 2 * sum(x.size for x in jax.tree.leaves(state))
+  return {"image": name, "codec": "siren-fp16", "setting": f"5x{hidden}", "bytes": n,
+          "bpp": 8 * n / (h * w), "psnr": images.psnr(ref, rec), "ssim": images.ssim(ref, rec),
+          "encode_s": metrics["seconds"], "decode_s": decode_s}
+
+
+def rows_for(name: str, path: str, out_dir: str):
+  from dfm_flax import images
+  from dfm_flax.encoding import encode_run
+  image = images.load_image(path)
+  h, w, _ = image.shape
+  for size in _SIZES.value.split(","):
+    width, depth = (int(v) for v in size.split("x"))
+    run_dir = os.path.join(out_dir, "runs", f"{name}_{size}")
+    metrics = train(path, run_dir, {"model.width": width, "model.depth": depth})
+    for bits in (int(b) for b in _BITS.value.split(",")):
+      out = os.path.join(out_dir, "files", f"{name}_{size}_{bits}bit.dfm")
+      r = encode_run(run_dir, image, out, bits, "ans", _QAT.value)
+      r["encode_s"] += metrics["seconds"]
+      yield {"image": name, "codec": "dfm", "setting": f"{size} {bits}-bit", **r}
+      for fmt in ("JPEG", "WEBP"):
+        tic = time.perf_counter()
+        j = images.jpeg_at_size(image, r["bytes"], fmt)
+        yield {"image": name, "codec": fmt.lower(), "setting": f"q={j['quality']}",
+               "bytes": j["bytes"], "bpp": j["bpp"], "psnr": j["psnr"], "ssim": j["ssim"],
+               "encode_s": time.perf_counter() - tic, "decode_s": 0.0}
+      if _SIREN.value:
+        yield siren_row(name, path, image, r["bytes"], out_dir)
+
+
+def plot(rows, path):
+  from dfm_flax import figures  # noqa: F401  (Agg backend)
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  for codec in sorted({r["codec"] for r in rows}):
+    points = {}
+    for r in rows:
+      if r["codec"] == codec:
+        key = r["setting"] if codec == "dfm" else (r["setting"], round(float(r["bpp"]), 1))
+        points.setdefault(key, []).append((float(r["bpp"]), float(r["psnr"])))
+    xy = sorted((np.mean([p[0] for p in v]), np.mean([p[1] for p in v])) for v in points.values())
+    ax.plot([p[0] for p in xy], [p[1] for p in xy], "o-", label=codec)
+  ax.set_xlabel("bits per pixel")
+  ax.set_ylabel("PSNR (dB)")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  ax.set_title("rate-distortion, mean over images")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _rd(argv):
+  from dfm_flax.errors import UserError
+  if len(argv) < 2:
+    raise UserError("usage: python -m experiments.rd IMAGES... --out DIR")
+  os.makedirs(os.path.join(_OUT.value, "files"), exist_ok=True)
+  csv_path = os.path.join(_OUT.value, "rd.csv")
+  rows = []
+  with open(csv_path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=FIELDS)
+    writer.writeheader()
+    for name in argv[1:]:
+      path = image_path(name, _OUT.value)
+      label = os.path.splitext(os.path.basename(name))[0]
+      for row in rows_for(label, path, _OUT.value):
+        row = {k: row[k] for k in FIELDS}
+        writer.writerow(row)
+        f.flush()
+        rows.append(row)
+        print(f"{row['image']:>10} {row['codec']:>10} {row['setting']:>12} {row['bytes']:>8,} B "
+              f"{row['bpp']:.3f} bpp {row['psnr']:.2f} dB", flush=True)
+  plot(rows, os.path.join(_OUT.value, "rd.png"))
+  print(f"wrote {csv_path} and {os.path.join(_OUT.value, 'rd.png')}")
+
+
+def main(argv):
+  run_main(_rd, argv)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

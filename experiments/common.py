@@ -42,3 +42,12 @@ def evaluation(fid_samples: int, classifier_dir: str = "") -> ml_collections.Con
 def mesh(data: int = -1, shard_latents: bool = False) -> ml_collections.ConfigDict:
   """The device mesh: a `data` axis of `data` devices (-1: all) that splits each batch."""
   return ml_collections.ConfigDict({"data": data, "shard_latents": shard_latents})
+
+
+def mnist_smoke(c: ml_collections.ConfigDict) -> None:
+  """The smoke settings shared by the MNIST generators: bundled digits, 150 short steps."""
+  c.data = bundled_mnist()
+  c.train = train(steps=150, batch_size=32, log_every=25, checkpoint_every=50)
+  c.eval = evaluation(fid_samples=500)
+  c.eval.recon_images = 200
+  c.wandb.mode = "disabled"

@@ -26,11 +26,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.wandb = common.wandb()
   c.mesh = common.mesh()
   if variant == "smoke":
-    c.data = common.bundled_mnist()
-    c.train = common.train(steps=150, batch_size=32, log_every=25, checkpoint_every=50)
-    c.eval = common.evaluation(fid_samples=500)
-    c.eval.recon_images = 200
-    c.wandb.mode = "disabled"
+    common.mnist_smoke(c)
   elif variant:
     raise ValueError(f"unknown variant {variant!r} of vae_mnist.py; use smoke")
   return c

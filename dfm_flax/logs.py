@@ -70,7 +70,10 @@ class MetricLogger:
       return
     import wandb  # Imported lazily: it is slow to import and not needed when disabled.
     id_path = os.path.join(workdir, "wandb_id.txt")
-    run_id = open(id_path).read().strip() if os.path.exists(id_path) else uuid.uuid4().hex[:8]
+    # A W&B sweep agent names the run (WANDB_RUN_ID); otherwise reuse this workdir's id so
+    # that a resumed run continues the same W&B run.
+    run_id = (os.environ.get("WANDB_RUN_ID")
+              or (open(id_path).read().strip() if os.path.exists(id_path) else uuid.uuid4().hex[:8]))
     with open(id_path, "w") as f:
       f.write(run_id)
     try:

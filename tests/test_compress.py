@@ -185,3 +185,11 @@ def test_crash_between_last_checkpoint_and_metrics_is_recovered(tmp_path):
   assert "resumed from checkpoint at step 60" in proc.stderr
   after = read_metrics(wd)
   assert after["psnr"] == before["psnr"] and after["steps"] == 60
+
+
+def test_wandb_run_id_from_a_sweep_agent(tmp_path):
+  wd = tmp_path / "run"
+  env = {"WANDB_MODE": "offline", "WANDB_API_KEY": "", "HOME": str(tmp_path), "WANDB_RUN_ID": "agent123"}
+  proc = run_cli("experiments.run", "--config", SMOKE, "--workdir", str(wd), env_extra=env)
+  assert proc.returncode == 0, proc.stderr
+  assert [p.name.endswith("agent123") for p in (wd / "wandb").glob("offline-run-*")] == [True]

@@ -30,6 +30,11 @@ def encode_run(source: str, image, out: str, bits: int, coder: str, qat_steps: i
   if tuple(meta["image_shape"]) != image.shape:
     raise UserError(f"the net in {source} was fitted to a {meta['image_shape']} image, "
                     f"not to this {list(image.shape)} one")
+  h, w, c = image.shape
+  n = sum(a.size + b.size for a, b in model.params_list())
+  if n * (16 if bits == 16 else bits) >= 8 * h * w * c:
+    raise UserError(f"the image ({w}x{h}x{c}) is too small for this net: its {n:,} weights at "
+                    f"{bits} bits take more bytes than the raw pixels; use a smaller net")
   tic = time.perf_counter()
   if qat_steps and bits != 16:
     config, model = fine_tune(source, out + ".qat", bits, qat_steps)

@@ -30,6 +30,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where encode trains (default: O
 _BITS = flags.DEFINE_integer("bits", 8, "16 for float16, or 4..12 for uniform per-layer quantisation.")
 _CODER = flags.DEFINE_enum("coder", "ans", ["ans", "raw"], "Entropy coder for quantised weights.")
 _SIZE = flags.DEFINE_string("size", None, "decode: render at WxH instead of the stored size.")
+_BPP = flags.DEFINE_float("bpp", None, "encode: pick the net size for about this many bits per "
+                          "pixel (instead of --config.model.width/depth).", lower_bound=0.0)
 _QAT = flags.DEFINE_integer("qat_steps", 300, "Quantisation-aware fine-tuning steps before "
                             "coding (straight-through rounding); 0 to skip.", lower_bound=0)
 flags.DEFINE_alias("qat-steps", "qat_steps")
@@ -49,6 +51,25 @@ def parse_size(text: str):
   return w, h
 
 
+def size_for_bpp(bpp: float, image_shape, bits: int) -> tuple[int, int]:
+  """The largest (width, depth) whose weights, at `bits` each, fit the bpp budget.
+
+  Entropy coding usually shrinks the file a further 10-25%, so the result lands at or
+  a little under the target; the printed bpp is the file's real one.
+  """
+  from dfm_flax import fourier
+  from dfm_flax.errors import UserError
+  h, w, c = image_shape
+  budget_bits = bpp * h * w
+  fits = [(fourier.num_params(wd, d, c), wd, d) for wd in range(2, 11) for d in (4, 6, 8)
+          if fourier.num_params(wd, d, c) * bits <= budget_bits]
+  if not fits:
+    raise UserError(f"--bpp {bpp} is below the smallest net (width 2, depth 4) at {bits} bits "
+                    f"on a {w}x{h} image; raise --bpp or lower --bits")
+  _, width, depth = max(fits)
+  return width, depth
+
+
 def _encode(image_path: str):
   from dfm_flax import encoding, images
   from dfm_flax.errors import UserError
@@ -62,6 +83,8 @@ def _encode(image_path: str):
     config = config_value(_CONFIG)
     with config.unlocked():
       config.image = os.path.abspath(image_path)
+      if _BPP.value is not None:
+        config.model.width, config.model.depth = size_for_bpp(_BPP.value, image.shape, _BITS.value)
     source = _WORKDIR.value or out + ".run"
     train_and_evaluate(config, source)
   r = encoding.encode_run(source, image, out, _BITS.value, _CODER.value, _QAT.value)

@@ -174,3 +174,25 @@ def test_rate_distortion_tool(tmp_path):
   assert float(dfm["bpp"]) == pytest.approx(8 * int(dfm["bytes"]) / (400 * 400))
   assert int(rows[3]["bytes"]) <= int(dfm["bytes"])  # SIREN at no more bytes than the DFM
   assert os.path.getsize(out / "rd.png") > 1000
+
+
+def test_bpp_target_picks_a_net_that_fits():
+  from experiments.codec import size_for_bpp
+  for bpp in (0.05, 0.3, 1.0):
+    width, depth = size_for_bpp(bpp, (400, 400, 3), 8)
+    assert fourier.num_params(width, depth, 3) * 8 <= bpp * 400 * 400
+    assert fourier.num_params(width + 1, depth, 3) * 8 > bpp * 400 * 400 or width == 10
+  with pytest.raises(UserError, match="below the smallest net"):
+    size_for_bpp(0.001, (400, 400, 3), 8)
+
+
+def test_image_too_small_for_the_net(tmp_path):
+  tiny = tmp_path / "tiny.png"
+  images.save_png(images.default_image()[:8, :8], str(tiny))
+  wd = str(tmp_path / "run")
+  assert run_cli("experiments.run", "--config", "experiments/compress.py:smoke", "--workdir", wd,
+                 f"--config.image={tiny}").returncode == 0
+  line = error_line(run_cli("experiments.codec", "encode", str(tiny), "--out", str(tmp_path / "t.dfm"),
+                            "--from", wd))
+  assert "too small for this net" in line
+  assert not (tmp_path / "t.dfm").exists()

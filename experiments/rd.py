@@ -31,6 +31,14 @@ flags.mark_flags_as_required(["out"])
 BUILTIN = {"coffee": lambda d: d.coffee()[:, 100:500], "astronaut": lambda d: d.astronaut(),
            "chelsea": lambda d: d.chelsea(), "camera": lambda d: d.camera()}
 FIELDS = ["image", "codec", "setting", "bytes", "bpp", "psnr", "ssim", "encode_s", "decode_s"]
+# Published (bpp, PSNR) points on Kodak (24 images, 768x512): other images, for orientation.
+PUBLISHED = {
+    "JPEG (Kodak)": [(0.33, 26.6), (0.51, 29.0), (0.59, 29.8), (0.96, 32.4), (2.35, 37.9)],
+    "WebP (Kodak)": [(0.30, 29.2), (0.51, 31.4), (1.00, 35.1)],
+    "COIN (Kodak)": [(0.07, 23.2), (0.31, 26.4), (0.61, 28.4), (1.21, 30.6)],
+    "COIN++ (Kodak)": [(0.27, 26.1)],
+    "Struempler et al. (Kodak)": [(0.10, 25.6), (0.30, 28.4), (0.95, 32.3)],
+}
 
 
 def image_path(name: str, directory: str) -> str:
@@ -126,11 +134,15 @@ def plot(rows, path):
         points.setdefault(key, []).append((float(r["bpp"]), float(r["psnr"])))
     xy = sorted((np.mean([p[0] for p in v]), np.mean([p[1] for p in v])) for v in points.values())
     ax.plot([p[0] for p in xy], [p[1] for p in xy], "o-", label=codec)
+  xmax = max(float(r["bpp"]) for r in rows) * 1.1
+  for i, (name, pts) in enumerate(PUBLISHED.items()):
+    pts = [p for p in pts if p[0] <= xmax] or pts[:1]
+    ax.plot(*zip(*pts), ls=":", marker="x^svd"[i], color="gray", alpha=0.8, label=f"{name}, published")
   ax.set_xlabel("bits per pixel")
   ax.set_ylabel("PSNR (dB)")
   ax.grid(alpha=0.3)
-  ax.legend()
-  ax.set_title("rate-distortion, mean over images")
+  ax.legend(fontsize=7)
+  ax.set_title("rate-distortion, mean over images (grey: published, other images)")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -51,25 +51,6 @@ def parse_size(text: str):
   return w, h
 
 
-def size_for_bpp(bpp: float, image_shape, bits: int) -> tuple[int, int]:
-  """The largest (width, depth) whose weights, at `bits` each, fit the bpp budget.
-
-  Entropy coding usually shrinks the file a further 10-25%, so the result lands at or
-  a little under the target; the printed bpp is the file's real one.
-  """
-  from dfm_flax import fourier
-  from dfm_flax.errors import UserError
-  h, w, c = image_shape
-  budget_bits = bpp * h * w
-  fits = [(fourier.num_params(wd, d, c), wd, d) for wd in range(2, 11) for d in (4, 6, 8)
-          if fourier.num_params(wd, d, c) * bits <= budget_bits]
-  if not fits:
-    raise UserError(f"--bpp {bpp} is below the smallest net (width 2, depth 4) at {bits} bits "
-                    f"on a {w}x{h} image; raise --bpp or lower --bits")
-  _, width, depth = max(fits)
-  return width, depth
-
-
 def _encode(image_path: str):
   from dfm_flax import encoding, images
   from dfm_flax.errors import UserError
@@ -84,7 +65,8 @@ def _encode(image_path: str):
     with config.unlocked():
       config.image = os.path.abspath(image_path)
       if _BPP.value is not None:
-        config.model.width, config.model.depth = size_for_bpp(_BPP.value, image.shape, _BITS.value)
+        config.model.width, config.model.depth = encoding.size_for_bpp(
+            _BPP.value, image.shape, _BITS.value)
     source = _WORKDIR.value or out + ".run"
     train_and_evaluate(config, source)
   r = encoding.encode_run(source, image, out, _BITS.value, _CODER.value, _QAT.value)

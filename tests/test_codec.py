@@ -177,7 +177,7 @@ def test_rate_distortion_tool(tmp_path):
 
 
 def test_bpp_target_picks_a_net_that_fits():
-  from experiments.codec import size_for_bpp
+  from dfm_flax.encoding import size_for_bpp
   for bpp in (0.05, 0.3, 1.0):
     width, depth = size_for_bpp(bpp, (400, 400, 3), 8)
     assert fourier.num_params(width, depth, 3) * 8 <= bpp * 400 * 400

@@ -125,7 +125,8 @@ def evaluate_generator(model, dataset, coords, config, workdir: str,
       "recon_images": n_rec, "gaussian_prior_scale": float(priors["gaussian_scale"]),
       "num_params": count_params(model),
   }
-  write_grids(model, priors, dataset.images[:64], latents[:64], coords, shape, workdir, config.seed)
+  write_grids(model, priors, dataset.images[:64], latents[:64], recon[:32], coords, shape, workdir,
+              config.seed)
   metrics.update(score_samples(
       lambda prior, n: render_latents(model, sample_latents(priors, prior, n, latents.shape[1],
                                                             config.seed), coords, shape),
@@ -146,9 +147,9 @@ def count_params(model) -> dict:
   return out
 
 
-def write_grids(model, priors, originals, latents, coords, shape, workdir, seed) -> None:
-  rec = render_latents(model, latents[:32], coords, shape)
-  figures.image_grid(figures.interleave(originals[:32], rec), os.path.join(workdir, "reconstructions.png"),
+def write_grids(model, priors, originals, latents, recon, coords, shape, workdir, seed) -> None:
+  """recon: the reconstructions of originals[:len(recon)], already rendered."""
+  figures.image_grid(figures.interleave(originals[:len(recon)], recon), os.path.join(workdir, "reconstructions.png"),
                      cols=16, title="originals (odd columns) and reconstructions (even columns)")
   for prior in PRIORS:
     z = sample_latents(priors, prior, 64, latents.shape[1], seed)

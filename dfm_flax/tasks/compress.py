@@ -78,12 +78,7 @@ class Task(TaskBase):
     return model_from_meta(self.config, self.meta(), rngs)
 
   def lr_multiplier(self, model):
-    if self.config.model.get("kind", "fourier") != "fourier":
-      return None
-    return self._per_term_lr()
-
-  def _per_term_lr(self):
-    """With optim.scale_by_terms, layer l learns at optim.lr / 2^m_l.
+    """With optim.scale_by_terms (Fourier nets only), layer l learns at optim.lr / 2^m_l.
 
     A layer's output is a sum of 2^m cos/sin terms and Adam moves every
     coefficient by about lr per step, so the layer's output moves by up to
@@ -92,7 +87,8 @@ class Task(TaskBase):
     the middle ones when right for the first. Scaling by 1/2^m equalises the
     step each layer takes in function space.
     """
-    if not self.config.optim.get("scale_by_terms", False):
+    if (not self.config.optim.get("scale_by_terms", False)
+        or self.config.model.get("kind", "fourier") != "fourier"):
       return None
     dims = fourier.layer_dims(self.config.model.width, self.config.model.depth, self.channels)
 

@@ -36,16 +36,20 @@ class ImageBatches:
     self.batch_size = batch_size
     self.steps_per_epoch = len(ds) // batch_size
     self.key = jax.random.key(seed + 2)
-    self._get = jax.jit(self._batch)
+    self._permute = jax.jit(lambda epoch: jax.random.permutation(
+        jax.random.fold_in(self.key, epoch), self.images.shape[0]))
+    self._gather = jax.jit(lambda order, pos: self._slice(order, pos))
+    self._epoch, self._order = None, None
 
-  def _batch(self, step):
-    epoch, pos = step // self.steps_per_epoch, step % self.steps_per_epoch
-    order = jax.random.permutation(jax.random.fold_in(self.key, epoch), self.images.shape[0])
+  def _slice(self, order, pos):
     index = jax.lax.dynamic_slice_in_dim(order, pos * self.batch_size, self.batch_size)
     return {"index": index, "image": self.images[index].astype(jnp.float32) / 255.0}
 
   def __call__(self, step: int):
-    return self._get(step)
+    epoch, pos = divmod(int(step), self.steps_per_epoch)
+    if epoch != self._epoch:  # One permutation per epoch, not one per step.
+      self._epoch, self._order = epoch, self._permute(epoch)
+    return self._gather(self._order, pos)
 
 
 def model_from_meta(config, meta: dict, rngs: nnx.Rngs):

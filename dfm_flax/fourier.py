@@ -216,7 +216,8 @@ class FourierNet(nnx.Module):
   """2 -> width -> ... -> width -> channels Fourier layers, tanh output.
 
   `init_variance` is one number for all layers (the thesis) or a sequence, one per
-  layer.
+  layer. `FourierNet.stack(nets)` makes one module of several same-size nets (one per
+  image), weights stacked on a leading axis, evaluated with vmap: `count` > 0.
   """
 
   def __init__(self, width: int, depth: int, channels: int, *,
@@ -231,15 +232,39 @@ class FourierNet(nnx.Module):
       raise UserError(f"model.init_variance has {len(variances)} entries for {len(dims)} layers")
     self.width, self.depth, self.channels, self.method = width, depth, channels, method
     self.quant_bits = quant_bits  # > 0: forward pass sees the weights as the codec stores them.
+    self.count = 0  # Nets stacked in this module; 0: one plain net.
     self.layers = nnx.List([
         FourierLayer(m, n, init_variance=v, method=method, rngs=rngs)
         for (m, n), v in zip(dims, variances)])
 
+  @staticmethod
+  def stack(nets: Sequence["FourierNet"]) -> "FourierNet":
+    """One module holding `nets` (same sizes), each net's weights unchanged."""
+    first = nets[0]
+    for i, layer in enumerate(first.layers):
+      layer.a = nnx.Param(jnp.stack([net.layers[i].a[...] for net in nets]))
+      layer.b = nnx.Param(jnp.stack([net.layers[i].b[...] for net in nets]))
+    first.count = len(nets)
+    return first
+
   def params_list(self) -> list[tuple[jax.Array, jax.Array]]:
+    """Each layer's (a, b); (count, 2^m, n) arrays for stacked nets."""
     params = [(layer.a[...], layer.b[...]) for layer in self.layers]
     if self.quant_bits:
-      params = [fake_quantize(a, b, self.quant_bits) for a, b in params]
+      quantize = lambda a, b: fake_quantize(a, b, self.quant_bits)  # noqa: E731
+      params = [(jax.vmap(quantize) if self.count else quantize)(a, b) for a, b in params]
     return params
 
+  def net_params(self, index: int | None = None) -> list[tuple[jax.Array, jax.Array]]:
+    """One net's (a, b) per layer: net `index` of a stack, or the plain net."""
+    if not self.count:
+      return self.params_list()
+    if index is None or not 0 <= index < self.count:
+      raise UserError(f"this module stacks {self.count} nets; pick one of 0..{self.count - 1}")
+    return [(a[index], b[index]) for a, b in self.params_list()]
+
   def __call__(self, coords: jax.Array) -> jax.Array:
+    """coords (..., 2) -> (..., channels); stacked nets take (count, ..., 2)."""
+    if self.count:
+      return jax.vmap(lambda p, c: net_apply(p, c, self.method))(self.params_list(), coords)
     return net_apply(self.params_list(), coords, self.method)

@@ -1,15 +1,18 @@
 """Rate-distortion: DFM files vs JPEG, WebP and a SIREN (COIN) at matched bytes.
 
   python -m experiments.rd IMAGES... --out DIR [--sizes 4x6,6x6,8x6] [--bits 6,8,10]
-                           [--steps 3000] [--qat_steps 300] [--siren]
+      [--steps 3000] [--qat_steps 300] [--siren] [--siren_bits 8] [--siren_steps N]
 
 IMAGES are files or the built-in names coffee, astronaut, chelsea, camera (scikit-image).
-For each image and each DFM size (width x depth) one net is trained (compress:best,
---steps; DIR/runs, resumable), then coded at each bit depth with a quantisation-aware
-fine-tune; JPEG and WebP get the largest quality whose file is no larger than the DFM
-file; with --siren a SIREN whose fp16 weights take about the same bytes is trained for
-the same number of steps. Writes DIR/rd.csv (image, codec, setting, bytes, bpp, psnr,
-ssim, encode_s, decode_s) and DIR/rd.png (PSNR vs bpp, mean over images per setting).
+For each DFM size (width x depth) one net per image is trained (compress:best, --steps;
+DIR/runs, resumable). The images with the same channel count are fitted at once: one
+stack of nets, vmapped over images, each net exactly as if trained alone. Each net is
+then coded at each bit depth after a quantisation-aware fine-tune; JPEG and WebP get
+the largest quality whose file is no larger than the DFM file; with --siren a SIREN
+whose fp16 weights take about the same bytes is trained (--siren_steps) for the files
+of --siren_bits. Writes DIR/rd.csv (image, codec, setting, bytes, bpp, psnr, ssim,
+encode_s, decode_s), DIR/rd.png (PSNR vs bpp, mean over images per setting) and
+DIR/fits.csv (images fitted at once, size, steps, seconds).
 """
 import csv
 import os
@@ -26,6 +29,10 @@ _BITS = flags.DEFINE_string("bits", "6,8,10", "Bit depths of the .dfm files.")
 _STEPS = flags.DEFINE_integer("steps", 3000, "Training steps per net.", lower_bound=1)
 _QAT = flags.DEFINE_integer("qat_steps", 300, "Quantisation-aware fine-tune steps.", lower_bound=0)
 _SIREN = flags.DEFINE_bool("siren", True, "Also train a SIREN at matched bytes.")
+_SIREN_BITS = flags.DEFINE_string("siren_bits", "", "Match SIRENs to the DFM files of these bit "
+                                  "depths only (default: all of --bits); each SIREN is a full fit.")
+_SIREN_STEPS = flags.DEFINE_integer("siren_steps", 0, "SIREN training steps (default: --steps).",
+                                    lower_bound=0)
 flags.mark_flags_as_required(["out"])
 
 BUILTIN = {"coffee": lambda d: d.coffee()[:, 100:500], "astronaut": lambda d: d.astronaut(),
@@ -55,9 +62,10 @@ def image_path(name: str, directory: str) -> str:
 def train(image: str, run_dir: str, overrides: dict) -> dict:
   from dfm_flax.train import train_and_evaluate
   from experiments.compress import get_config
-  config = get_config("siren" if overrides.get("model.kind") == "siren" else "best")
-  config.image = os.path.abspath(image)
-  config.train.steps = _STEPS.value
+  siren = overrides.get("model.kind") == "siren"
+  config = get_config("siren" if siren else "best")
+  config.image = image
+  config.train.steps = (siren and _SIREN_STEPS.value) or _STEPS.value
   config.train.quiet = True
   config.wandb.mode = "disabled"
   for key, value in overrides.items():
@@ -83,7 +91,7 @@ def siren_row(name, path, image, nbytes, out_dir) -> dict:
   from dfm_flax.restore import load_model
   hidden = siren_hidden_for(nbytes, image.shape[2])
   run_dir = os.path.join(out_dir, "runs", f"{name}_siren{hidden}")
-  metrics = train(path, run_dir, {"model.kind": "siren", "model.siren_hidden": hidden})
+  metrics = train(os.path.abspath(path), run_dir, {"model.kind": "siren", "model.siren_hidden": hidden})
   _, _, model = load_model(run_dir)
   state = nnx.state(model, nnx.Param)
   nnx.update(model, jax.tree.map(lambda x: x.astype("float16").astype("float32"), state))
@@ -98,28 +106,47 @@ def siren_row(name, path, image, nbytes, out_dir) -> dict:
           "encode_s": metrics["seconds"], "decode_s": decode_s}
 
 
-def rows_for(name: str, path: str, out_dir: str):
+def rows_for(group: list, out_dir: str):
+  """Rows for a group of (label, path, image) with one channel count: at each size
+  one stack of nets fits all of them at once (vmap), then each is coded and compared."""
   from dfm_flax import images
-  from dfm_flax.encoding import encode_run
-  image = images.load_image(path)
-  h, w, _ = image.shape
+  from dfm_flax.encoding import encode_runs
+  labels = [label for label, _, _ in group]
   for size in _SIZES.value.split(","):
     width, depth = (int(v) for v in size.split("x"))
-    run_dir = os.path.join(out_dir, "runs", f"{name}_{size}")
-    metrics = train(path, run_dir, {"model.width": width, "model.depth": depth})
+    run_dir = os.path.join(out_dir, "runs", f"{'+'.join(labels)}_{size}")
+    metrics = train(",".join(os.path.abspath(p) for _, p, _ in group), run_dir,
+                    {"model.width": width, "model.depth": depth})
+    print(f"fitted {len(group)} image(s) at {size} in {metrics['seconds']:.1f} s: "
+          f"{len(group) / metrics['seconds']:.4f} images/s", flush=True)
+    with open(os.path.join(out_dir, "fits.csv"), "a") as f:
+      f.write(f"{'+'.join(labels)},{size},{metrics['steps']},{metrics['seconds']}\n")
     for bits in (int(b) for b in _BITS.value.split(",")):
-      out = os.path.join(out_dir, "files", f"{name}_{size}_{bits}bit.dfm")
-      r = encode_run(run_dir, image, out, bits, "ans", _QAT.value)
-      r["encode_s"] += metrics["seconds"]
-      yield {"image": name, "codec": "dfm", "setting": f"{size} {bits}-bit", **r}
-      for fmt in ("JPEG", "WEBP"):
-        tic = time.perf_counter()
-        j = images.jpeg_at_size(image, r["bytes"], fmt)
-        yield {"image": name, "codec": fmt.lower(), "setting": f"q={j['quality']}",
-               "bytes": j["bytes"], "bpp": j["bpp"], "psnr": j["psnr"], "ssim": j["ssim"],
-               "encode_s": time.perf_counter() - tic, "decode_s": 0.0}
-      if _SIREN.value:
-        yield siren_row(name, path, image, r["bytes"], out_dir)
+      outs = [os.path.join(out_dir, "files", f"{label}_{size}_{bits}bit.dfm") for label in labels]
+      coded = encode_runs(run_dir, [im for _, _, im in group], outs, bits, "ans", _QAT.value)
+      for (name, path, image), r in zip(group, coded):
+        r["encode_s"] += metrics["seconds"] / len(group)  # The fit's share of each image.
+        yield {"image": name, "codec": "dfm", "setting": f"{size} {bits}-bit", **r}
+        for fmt in ("JPEG", "WEBP"):
+          tic = time.perf_counter()
+          j = images.jpeg_at_size(image, r["bytes"], fmt)
+          yield {"image": name, "codec": fmt.lower(), "setting": f"q={j['quality']}",
+                 "bytes": j["bytes"], "bpp": j["bpp"], "psnr": j["psnr"], "ssim": j["ssim"],
+                 "encode_s": time.perf_counter() - tic, "decode_s": 0.0}
+        if _SIREN.value and str(bits) in (_SIREN_BITS.value or _BITS.value).split(","):
+          yield siren_row(name, path, image, r["bytes"], out_dir)
+
+
+def groups(names: list[str], out_dir: str) -> list[list]:
+  """(label, path, image) per image, grouped by channel count (fitted together)."""
+  from dfm_flax import images
+  by_channels = {}
+  for name in names:
+    path = image_path(name, out_dir)
+    image = images.load_image(path)
+    label = os.path.splitext(os.path.basename(name))[0]
+    by_channels.setdefault(image.shape[2], []).append((label, path, image))
+  return list(by_channels.values())
 
 
 def plot(rows, path):
@@ -158,10 +185,8 @@ def _rd(argv):
   with open(csv_path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=FIELDS)
     writer.writeheader()
-    for name in argv[1:]:
-      path = image_path(name, _OUT.value)
-      label = os.path.splitext(os.path.basename(name))[0]
-      for row in rows_for(label, path, _OUT.value):
+    for group in groups(argv[1:], _OUT.value):
+      for row in rows_for(group, _OUT.value):
         row = {k: row[k] for k in FIELDS}
         writer.writerow(row)
         f.flush()

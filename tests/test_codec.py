@@ -164,15 +164,19 @@ def test_siren_parameter_count():
 def test_rate_distortion_tool(tmp_path):
   import csv
   out = tmp_path / "rd"
-  proc = run_cli("experiments.rd", "coffee", "--out", str(out), "--sizes", "3x4", "--bits", "8",
-                 "--steps", "40", "--qat_steps", "10")
+  proc = run_cli("experiments.rd", "coffee", "chelsea", "--out", str(out), "--sizes", "3x4",
+                 "--bits", "8", "--steps", "40", "--qat_steps", "10")
   assert proc.returncode == 0, proc.stderr
+  assert "fitted 2 image(s) at 3x4" in proc.stdout  # both RGB photos in one stack
   rows = list(csv.DictReader(open(out / "rd.csv")))
-  assert [r["codec"] for r in rows] == ["dfm", "jpeg", "webp", "siren-fp16"]
-  dfm = rows[0]
-  assert int(dfm["bytes"]) == os.path.getsize(out / "files" / "coffee_3x4_8bit.dfm")
-  assert float(dfm["bpp"]) == pytest.approx(8 * int(dfm["bytes"]) / (400 * 400))
-  assert int(rows[3]["bytes"]) <= int(dfm["bytes"])  # SIREN at no more bytes than the DFM
+  assert [(r["image"], r["codec"]) for r in rows] == [
+      (image, codec) for image in ("coffee", "chelsea")
+      for codec in ("dfm", "jpeg", "webp", "siren-fp16")]
+  for i, (name, pixels) in enumerate((("coffee", 400 * 400), ("chelsea", 300 * 451))):
+    dfm, siren_row = rows[4 * i], rows[4 * i + 3]
+    assert int(dfm["bytes"]) == os.path.getsize(out / "files" / f"{name}_3x4_8bit.dfm")
+    assert float(dfm["bpp"]) == pytest.approx(8 * int(dfm["bytes"]) / pixels)
+    assert int(siren_row["bytes"]) <= int(dfm["bytes"])  # SIREN at no more bytes than the DFM
   assert os.path.getsize(out / "rd.png") > 1000
 
 

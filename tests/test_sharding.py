@@ -38,7 +38,15 @@ def train(config, devices, steps=3):
 out = {}
 assert len(jax.devices()) == 4
 c = compress.get_config("smoke"); c.optim.scale_by_terms = True; c.optim.lr = 0.05
-for name, config in (("compress", c), ("mnist", mnist.get_config("smoke"))):
+# Three images fitted at once: the pixels, not the 3 images, are split over 4 devices.
+import tempfile
+from PIL import Image
+tmp = tempfile.mkdtemp()
+for i in range(3):
+  Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 30 + i, 3), np.uint8)).save(f"{tmp}/{i}.png")
+stack = c.copy_and_resolve_references(); stack.image = ",".join(f"{tmp}/{i}.png" for i in range(3))
+stack.train.batch_size = 256
+for name, config in (("compress", c), ("stack", stack), ("mnist", mnist.get_config("smoke"))):
   if name == "mnist":
     config.mesh.shard_latents = True
     # At the thesis init (variance 2e-2) the rendered nets are chaotic: the order of a
@@ -63,7 +71,7 @@ def test_four_device_steps_match_one_device():
   proc = run_python(STEP_SCRIPT, FOUR)
   assert proc.returncode == 0, proc.stderr
   out = json.loads(proc.stdout.strip().splitlines()[-1])
-  for name in ("compress", "mnist"):
+  for name in ("compress", "stack", "mnist"):
     assert out[name]["loss"][0] == pytest.approx(out[name]["loss"][1], abs=1e-5)
     assert out[name]["max_diff"] < 1e-5, out
   assert "P('data',)" in out["mnist"]["specs"]  # the latent table is split

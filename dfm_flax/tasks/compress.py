@@ -33,8 +33,24 @@ def init_variances(model_cfg, channels: int) -> list[float]:
   raise UserError(f"unknown model.init {model_cfg.init!r}; use constant or fan_in")
 
 
+def image_paths(config) -> list[str]:
+  """config.image: one path, several joined by commas (fitted at once), or '' (built-in)."""
+  return [p.strip() for p in config.image.split(",") if p.strip()] if config.image else []
+
+
 def model_from_meta(config, meta: dict, rngs: nnx.Rngs):
-  m, channels = config.model, meta["image_shape"][2]
+  """One net, or (meta["image_shapes"] of several images) a stack of nets, net i seeded
+  seed + i: each trains exactly as it would alone with --config.seed=seed+i."""
+  m, shapes = config.model, meta.get("image_shapes") or [meta["image_shape"]]
+  if len(shapes) == 1:
+    return _one_net(m, shapes[0][2], rngs)
+  if m.get("kind", "fourier") != "fourier":
+    raise UserError("only Fourier nets can fit several images at once; give one image")
+  return fourier.FourierNet.stack(
+      [_one_net(m, shapes[0][2], nnx.Rngs(config.seed + i)) for i in range(len(shapes))])
+
+
+def _one_net(m, channels: int, rngs: nnx.Rngs):
   if m.get("kind", "fourier") == "siren":
     from dfm_flax.siren import Siren
     return Siren(m.siren_hidden, m.siren_layers, channels, w0=m.siren_w0, rngs=rngs)
@@ -42,37 +58,56 @@ def model_from_meta(config, meta: dict, rngs: nnx.Rngs):
                             method=m.method, quant_bits=m.get("quant_bits", 0), rngs=rngs)
 
 
-def model_function(model, model_cfg):
-  """coords -> pixels in [-1, 1]: the net itself, or SIREN clipped like the 8-bit image."""
+def model_function(model, model_cfg, index: int | None = None):
+  """coords -> pixels in [-1, 1]: the net (net `index` of a stack), or SIREN clipped like
+  the 8-bit image."""
   if model_cfg.get("kind", "fourier") == "siren":
     return lambda xy: jnp.clip(model(xy), -1, 1)
+  if getattr(model, "count", 0):
+    params = model.net_params(index)
+    return lambda xy: fourier.net_apply(params, xy, model.method)
   return model
 
 
 class Task(TaskBase):
-  """Fit one image. Batches are random pixels, drawn from (seed, step)."""
+  """Fit one image, or several at once (one net each, vmapped). Batches are random
+  pixels, drawn from (seed + i, step) for image i."""
 
   def __init__(self, config):
     self.config = config
-    if config.image:
-      self.image = images.load_image(config.image)
-      self.image_name = os.path.basename(config.image)
+    paths = image_paths(config)
+    if paths:
+      self.images = [images.load_image(p) for p in paths]
+      self.image_names = [os.path.basename(p) for p in paths]
     else:
-      self.image = images.default_image()
-      self.image_name = "coffee (skimage, centre 400x400)"
-    self.height, self.width, self.channels = self.image.shape
+      self.images = [images.default_image()]
+      self.image_names = ["coffee (skimage, centre 400x400)"]
+    self.shapes = [list(im.shape) for im in self.images]
+    self.channels = self.images[0].shape[2]
+    if any(im.shape[2] != self.channels for im in self.images):
+      raise UserError("images fitted at once need the same number of channels, got "
+                      + ", ".join(f"{n} ({s[2]})" for n, s in zip(self.image_names, self.shapes)))
+    # Single-image attributes (most of the code and all old runs have one image).
+    self.image, self.image_name = self.images[0], self.image_names[0]
+    self.height, self.width = self.image.shape[:2]
     m = config.model
-    points = max(min(config.train.batch_size, self.height * self.width), config.train.eval_chunk)
+    points = len(self.images) * max(min(config.train.batch_size, self.height * self.width),
+                                    config.train.eval_chunk)
     fourier.check_fits_memory(m.width, m.depth, self.channels, points,
                               psutil.virtual_memory().available)
-    self.coords = jnp.asarray(images.pixel_grid(self.height, self.width, tuple(m.coord_range)))
-    self.targets = jnp.asarray(self.image.reshape(-1, self.channels) * 2 - 1)
-    self.num_pixels = self.height * self.width
+    grids = [images.pixel_grid(h, w, tuple(m.coord_range)) for h, w, _ in self.shapes]
+    targets = [im.reshape(-1, self.channels) * 2 - 1 for im in self.images]
+    self.num_pixels = np.array([len(g) for g in grids])
+    # Images of different sizes are padded to the largest; sampling never reads the padding.
+    self.coords = jnp.asarray(_stack_padded(grids))
+    self.targets = jnp.asarray(_stack_padded(targets))
     self._batch = jax.jit(self._make_batch)
 
   # --- the task interface -------------------------------------------------
   def meta(self) -> dict:
-    return {"image_shape": [self.height, self.width, self.channels]}
+    if len(self.images) == 1:
+      return {"image_shape": self.shapes[0]}
+    return {"image_shape": self.shapes[0], "image_shapes": self.shapes}
 
   def build_model(self, rngs: nnx.Rngs) -> fourier.FourierNet:
     return model_from_meta(self.config, self.meta(), rngs)
@@ -98,12 +133,20 @@ class Task(TaskBase):
     return multiplier
 
   def _make_batch(self, step):
-    size = self.config.train.batch_size
-    if size >= self.num_pixels:  # Full-image steps: no sampling needed.
-      return self.coords, self.targets
-    key = jax.random.fold_in(jax.random.key(self.config.seed + 1), step)
-    idx = jax.random.randint(key, (size,), 0, self.num_pixels)
-    return self.coords[idx], self.targets[idx]
+    """(coords, targets): (pixels, 2) and (pixels, channels) for one image; for n
+    images (pixels, n, 2) and (pixels, n, channels), pixels first so that the mesh
+    splits pixels, whatever n is."""
+    size, n = self.config.train.batch_size, len(self.images)
+    if n == 1 and size >= self.num_pixels[0]:  # Full-image steps: no sampling needed.
+      return self.coords[0], self.targets[0]
+    idx = jnp.stack([
+        jax.random.randint(jax.random.fold_in(jax.random.key(self.config.seed + i + 1), step),
+                           (size,), 0, int(self.num_pixels[i])) for i in range(n)])
+    coords = jnp.take_along_axis(self.coords, idx[..., None], axis=1)
+    targets = jnp.take_along_axis(self.targets, idx[..., None], axis=1)
+    if n == 1:
+      return coords[0], targets[0]
+    return jnp.swapaxes(coords, 0, 1), jnp.swapaxes(targets, 0, 1)
 
   def batch(self, step: int):
     return self._batch(step)
@@ -111,23 +154,59 @@ class Task(TaskBase):
   @staticmethod
   def loss(model, batch):
     coords, targets = batch
-    err = jnp.mean((model(coords) - targets) ** 2)
-    # Targets span [-1, 1]: the MSE on the [0, 1] scale is err / 4.
-    return err, {"psnr": -10 * jnp.log10(err / 4)}
+    if not getattr(model, "count", 0):
+      err = jnp.mean((model(coords) - targets) ** 2)
+      # Targets span [-1, 1]: the MSE on the [0, 1] scale is err / 4.
+      return err, {"psnr": -10 * jnp.log10(err / 4)}
+    pred = model(jnp.swapaxes(coords, 0, 1))
+    err = jnp.mean((pred - jnp.swapaxes(targets, 0, 1)) ** 2, axis=(1, 2))
+    # A sum, not a mean: each net gets exactly the gradient it would get alone.
+    return jnp.sum(err), {"psnr": jnp.mean(-10 * jnp.log10(err / 4))}
 
   def evaluate(self, model, workdir: str) -> dict:
-    recon = images.render_fn(jax.jit(model_function(model, self.config.model)), self.height,
-                             self.width, tuple(self.config.model.coord_range),
+    if len(self.images) == 1:
+      return self._evaluate_one(model, None, workdir)
+    reports = [self._evaluate_one(model, i, os.path.join(workdir, f"image{i}"))
+               for i in range(len(self.images))]
+    figures.training_curves(logs.read_history(workdir), ["loss", "psnr"],
+                            os.path.join(workdir, "training.png"))
+    mean = {k: float(np.mean([r[k] for r in reports]))
+            for k in ("psnr", "ssim", "mse", "bytes", "bpp")}
+    return {"num_images": len(reports), "model_width": self.config.model.width,
+            "model_depth": self.config.model.depth, **mean,
+            "jpeg_psnr": float(np.mean([r["jpeg"]["psnr"] for r in reports])),
+            "images": reports}
+
+  def _evaluate_one(self, model, index, workdir: str) -> dict:
+    i = index or 0
+    h, w, _ = self.shapes[i]
+    os.makedirs(workdir, exist_ok=True)
+    recon = images.render_fn(jax.jit(model_function(model, self.config.model, index)), h, w, tuple(self.config.model.coord_range),
                              self.config.train.eval_chunk)
-    return compression_report(self.image, recon, model, self.config, workdir, self.image_name)
+    return compression_report(self.images[i], recon, self.config, workdir,
+                              self.image_names[i], _num_weights(model))
 
 
-def compression_report(original, recon, model, config, workdir: str, image_name: str) -> dict:
-  """Metrics (SPEC section 2) and figures for a fitted image."""
+def _num_weights(model) -> int:
+  """Weights of one net (of one of the stacked nets)."""
+  n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  return n // max(getattr(model, "count", 0), 1)
+
+
+def _stack_padded(arrays: list) -> np.ndarray:
+  """(n, max rows, ...) from arrays of different row counts, zero-padded."""
+  out = np.zeros((len(arrays), max(len(a) for a in arrays)) + arrays[0].shape[1:], np.float32)
+  for i, a in enumerate(arrays):
+    out[i, :len(a)] = a
+  return out
+
+
+def compression_report(original, recon, config, workdir: str, image_name: str,
+                       n: int) -> dict:
+  """Metrics (SPEC section 2) and figures for an image fitted by a net of n weights."""
   h, w, c = original.shape
   ref8 = images.to_uint8(original) / 255.0
   rec8 = images.to_uint8(recon) / 255.0
-  n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   nbytes = 4 * n
   jpeg = images.jpeg_at_size(original, nbytes)
   metrics = {

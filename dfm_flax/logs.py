@@ -61,10 +61,13 @@ def _jsonable(x):
 class MetricLogger:
   """Sends scalars to W&B and appends them to WORKDIR/history.jsonl."""
 
-  def __init__(self, config, workdir: str, resume_step: int):
-    self.history_path = os.path.join(workdir, "history.jsonl")
-    self._truncate_history(resume_step)
+  def __init__(self, config, workdir: str, resume_step: int, enabled: bool = True):
+    """enabled=False (processes other than 0 of a multi-process run): writes nothing."""
+    self.history_path = os.path.join(workdir, "history.jsonl") if enabled else None
     self.run = None
+    if not enabled:
+      return
+    self._truncate_history(resume_step)
     mode = wandb_mode(config.wandb.mode)
     if mode == "disabled":
       return
@@ -96,6 +99,8 @@ class MetricLogger:
 
   def log(self, step: int, scalars: dict[str, float]) -> None:
     scalars = {k: float(v) for k, v in scalars.items()}
+    if self.history_path is None:
+      return
     with open(self.history_path, "a") as f:
       f.write(json.dumps({"step": step, **{k: (v if math.isfinite(v) else None)
                                            for k, v in scalars.items()}}) + "\n")

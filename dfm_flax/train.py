@@ -23,12 +23,15 @@ import ml_collections
 from flax import nnx
 from tqdm.auto import tqdm
 
-from dfm_flax import logs, optim, sharding, tasks
+import numpy as np
+
+from dfm_flax import distributed, logs, optim, sharding, tasks
 from dfm_flax.checkpoint import Checkpointer
 from dfm_flax.errors import UserError
 
-# Keys that may change between a run and its resume without changing its result.
-_RESUMABLE_KEYS = ("wandb",)
+# Keys that may change between a run and its resume without changing its result
+# (a run may resume on another number of processes).
+_RESUMABLE_KEYS = ("wandb", "dist")
 
 
 def _flat(cfg: dict, prefix: str = "") -> dict:
@@ -116,7 +119,7 @@ def _init_from(model, source: str) -> None:
     source_ckpt.restore(model)
   finally:
     source_ckpt.close()
-  print(f"initialised from the weights in {source}", file=sys.stderr)
+  _say(f"initialised from the weights in {source}")
 
 
 def place_on_mesh(config, model, optimizer):
@@ -129,33 +132,44 @@ def place_on_mesh(config, model, optimizer):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Train the task named by `config.task` in `workdir` (resuming), then evaluate it."""
+  """Train the task named by `config.task` in `workdir` (resuming), then evaluate it.
+
+  In a multi-process run (dfm_flax/distributed.py) every process calls this; each
+  feeds its own rows of every batch, all write their shards of each checkpoint, and
+  process 0 alone writes config.json, logs, figures and metrics.json (the others
+  return {}).
+  """
   _check_config(config, workdir)
   done = finished_metrics(config, workdir)
   if done is not None:
     print(f"{workdir} already finished {done['steps']} steps; metrics.json kept", file=sys.stderr)
     return done
 
+  main = distributed.is_main()
   task = tasks.make(config)  # Validates the inputs before anything is written.
   os.makedirs(workdir, exist_ok=True)
-  logs.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+  if main:
+    logs.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
   model, optimizer = build(config, task)
+  mesh = place_on_mesh(config, model, optimizer)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
   meta = {"seconds": 0.0}
-  if ckpt.latest_step() is not None:
+  if ckpt.latest_step() is not None:  # Restored straight onto this run's mesh.
     meta = ckpt.restore(model, optimizer)
-    print(f"resumed from checkpoint at step {meta['step']}", file=sys.stderr)
+    _say(f"resumed from checkpoint at step {meta['step']}")
   elif config.get("init_from", ""):
     _init_from(model, config.init_from)
   start = int(meta.get("step", 0))
-  mesh = place_on_mesh(config, model, optimizer)
-  sharding.shard_batch(task.batch(start), mesh)  # A batch that does not divide fails here.
+  sharding.global_batch(task, start, mesh)  # A batch that does not divide fails here.
 
-  logger = logs.MetricLogger(config, workdir, resume_step=start)
+  logger = logs.MetricLogger(config, workdir, resume_step=start, enabled=main)
   try:
     seconds = _loop(config, task, model, optimizer, ckpt, logger, start, meta["seconds"], mesh)
-    # Evaluation runs on one device, whatever the training mesh was.
-    nnx.update(model, jax.device_put(nnx.state(model), jax.devices()[0]))
+    # Evaluation runs on one device of process 0, whatever the training mesh was.
+    state = sharding.to_host(nnx.state(model))
+    if not main:
+      return {}
+    nnx.update(model, jax.device_put(state, jax.local_devices()[0]))
     metrics = task.evaluate(model, workdir)
     metrics.update(steps=config.train.steps, seconds=round(seconds, 2))
     logs.write_json(os.path.join(workdir, "metrics.json"), metrics)
@@ -164,6 +178,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   finally:
     logger.close()
     ckpt.close()
+
+
+def _say(message: str) -> None:
+  """A progress message, from process 0 only."""
+  if distributed.is_main():
+    print(message, file=sys.stderr)
+
+
+def _stop_requested(stop, step: int, every: int) -> bool:
+  """Ctrl-C on any process stops all of them at the same step (checked every `every`)."""
+  if jax.process_count() == 1:
+    return stop.requested
+  if step % every:
+    return False
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.int32(stop.requested))))
 
 
 def _mesh_config(config) -> ml_collections.ConfigDict:
@@ -177,7 +207,7 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
   step, last_saved = start, start
   # On a terminal the bar redraws in place; in a log file it writes a line every 30 s.
   bar = tqdm(total=steps, initial=start, desc=config.task, unit="step", dynamic_ncols=True,
-             disable=config.train.get("quiet", False),
+             disable=config.train.get("quiet", False) or not distributed.is_main(),
              mininterval=0.1 if sys.stderr.isatty() else 30)
   tic = time.perf_counter()
 
@@ -187,22 +217,22 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
 
   with _StopOnSigint() as stop:
     while step < steps:
-      if stop.requested:
+      if _stop_requested(stop, step, config.train.log_every):
         save(step)
         bar.close()
         raise UserError(f"interrupted; checkpoint saved at step {step}; rerun the same "
                         f"command to resume", exit_code=130)
-      loss, aux = train_step(model, optimizer, sharding.shard_batch(task.batch(step), mesh))
+      loss, aux = train_step(model, optimizer, sharding.global_batch(task, step, mesh))
       step += 1
       will_save = step % every == 0 and step < steps
       if step % config.train.log_every == 0 or step == steps or will_save:
-        loss = float(loss)
+        loss = float(sharding.to_host(loss))
         if not math.isfinite(loss):  # Checked before any save: saved states are finite.
           raise UserError(
               f"loss became {loss} at step {step}; stopped. The last good checkpoint "
               f"(step {last_saved}) is kept; lower optim.lr or change the init")
       if step % config.train.log_every == 0 or step == steps:
-        scalars = {"loss": loss, **{k: float(v) for k, v in aux.items()}}
+        scalars = {"loss": loss, **{k: float(v) for k, v in sharding.to_host(aux).items()}}
         logger.log(step, scalars)
         bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()}, refresh=False)
       bar.update(1)

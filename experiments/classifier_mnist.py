@@ -22,6 +22,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.optim = common.adam(1e-3, "cosine")
   c.wandb = common.wandb()
   c.mesh = common.mesh()
+  c.dist = common.dist()  # Multi-process runs: SLURM or experiments.launch.
   if variant == "smoke":
     c.data = common.bundled_mnist()
     c.data.test_fraction = 0.2

@@ -51,3 +51,15 @@ def mnist_smoke(c: ml_collections.ConfigDict) -> None:
   c.eval = evaluation(fid_samples=500)
   c.eval.recon_images = 200
   c.wandb.mode = "disabled"
+
+
+def dist() -> ml_collections.ConfigDict:
+  """Multi-process runs (dfm_flax/distributed.py). Under SLURM (srun) nothing need be set;
+  by hand, every process gets the same coordinator and num_processes and its own
+  process_id (python -m experiments.launch does this on one machine)."""
+  return ml_collections.ConfigDict({
+      "coordinator": "",    # HOST:PORT of process 0.
+      "num_processes": 1,
+      "process_id": -1,
+      "timeout_s": 120,     # To join the run and to find every other process started.
+      "heartbeat_s": 30})   # A process silent this long is taken for dead: the others exit.

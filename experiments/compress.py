@@ -58,6 +58,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   c.wandb = common.wandb()  # mode auto: online if logged in, else offline.
   c.mesh = common.mesh()  # Pixels of each batch split over all devices.
+  c.dist = common.dist()  # Multi-process runs: SLURM or experiments.launch.
 
   if variant == "smoke":
     c.train.steps = 60

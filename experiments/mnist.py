@@ -47,6 +47,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.eval = common.evaluation(fid_samples=10_000)
   c.wandb = common.wandb()
   c.mesh = common.mesh()
+  c.dist = common.dist()  # Multi-process runs: SLURM or experiments.launch.
 
   if variant == "smoke":
     common.mnist_smoke(c)

@@ -3,6 +3,10 @@
   python -m experiments.run --config experiments/NAME.py[:VARIANT] --workdir DIR [--config.KEY=VALUE ...]
 
 Rerunning the same command resumes from the last checkpoint; a finished run is not redone.
+Several processes (several servers) run one job when started by SLURM (`srun python -m
+experiments.run ...`, see experiments/slurm.sbatch) or with --config.dist.coordinator,
+--config.dist.num_processes and --config.dist.process_id (python -m experiments.launch
+starts N such processes on this machine).
 """
 import re
 
@@ -36,9 +40,14 @@ def expand_workdir(template: str, config) -> str:
 
 
 def _train(_):
-  from dfm_flax.train import train_and_evaluate  # Heavy imports after flag parsing.
+  from dfm_flax import distributed
   config = config_value(_CONFIG)
+  distributed.initialize(config)  # Before jax touches a device; no-op for one process.
+  from dfm_flax.train import train_and_evaluate  # Heavy imports after flag parsing.
   metrics = train_and_evaluate(config, expand_workdir(_WORKDIR.value, config))
+  distributed.finish()
+  if not distributed.is_main():
+    return
   summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
   print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                  for k, v in summary.items()))

@@ -7,7 +7,9 @@ data), for sampling and feature extraction. A Task object has:
   build_model(rngs) -> nnx.Module
   param_labels(model) -> pytree (or function of the params) of optimizer-group names, or None
   lr_multiplier(model) -> function of a parameter's path giving its lr factor, or None
-  batch(step) -> pytree of arrays, a pure function of (seed, step)
+  batch(step, rows=None) -> pytree of arrays, a pure function of (seed, step); rows
+      (start, stop) asks for only those rows of the leading axis (a process's share)
+  batch_rows() -> the leading size of a whole batch (default train.batch_size)
   loss(model, batch) -> (scalar loss, dict of scalar diagnostics)
   evaluate(model, workdir) -> dict of final metrics (and writes figures)
 """
@@ -50,3 +52,6 @@ class TaskBase:
 
   def lr_multiplier(self, model):
     return None
+
+  def batch_rows(self) -> int:
+    return self.config.train.batch_size

@@ -71,8 +71,8 @@ class Task(TaskBase):
     return model_from_meta(self.config, self.meta(), rngs)
 
 
-  def batch(self, step: int):
-    b = self.batches(step)
+  def batch(self, step: int, rows=None):
+    b = self.batches(step, rows)
     return {"image": b["image"], "label": self.labels[b["index"]]}
 
   @staticmethod

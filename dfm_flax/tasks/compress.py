@@ -101,7 +101,7 @@ class Task(TaskBase):
     # Images of different sizes are padded to the largest; sampling never reads the padding.
     self.coords = jnp.asarray(_stack_padded(grids))
     self.targets = jnp.asarray(_stack_padded(targets))
-    self._batch = jax.jit(self._make_batch)
+    self._batch = jax.jit(self._make_batch, static_argnums=(1,))
 
   # --- the task interface -------------------------------------------------
   def meta(self) -> dict:
@@ -132,24 +132,31 @@ class Task(TaskBase):
       return 1.0 / 2**dims[layer][0]
     return multiplier
 
-  def _make_batch(self, step):
+  def _full_image(self) -> bool:
+    return len(self.images) == 1 and self.config.train.batch_size >= self.num_pixels[0]
+
+  def batch_rows(self) -> int:
+    return int(self.num_pixels[0]) if self._full_image() else self.config.train.batch_size
+
+  def _make_batch(self, step, rows):
     """(coords, targets): (pixels, 2) and (pixels, channels) for one image; for n
     images (pixels, n, 2) and (pixels, n, channels), pixels first so that the mesh
-    splits pixels, whatever n is."""
+    splits pixels, whatever n is. Only rows[0]:rows[1] of the pixels are gathered."""
     size, n = self.config.train.batch_size, len(self.images)
-    if n == 1 and size >= self.num_pixels[0]:  # Full-image steps: no sampling needed.
-      return self.coords[0], self.targets[0]
+    if self._full_image():  # Full-image steps: no sampling needed.
+      return self.coords[0, rows[0]:rows[1]], self.targets[0, rows[0]:rows[1]]
     idx = jnp.stack([
         jax.random.randint(jax.random.fold_in(jax.random.key(self.config.seed + i + 1), step),
-                           (size,), 0, int(self.num_pixels[i])) for i in range(n)])
+                           (size,), 0, int(self.num_pixels[i]))[rows[0]:rows[1]]
+        for i in range(n)])
     coords = jnp.take_along_axis(self.coords, idx[..., None], axis=1)
     targets = jnp.take_along_axis(self.targets, idx[..., None], axis=1)
     if n == 1:
       return coords[0], targets[0]
     return jnp.swapaxes(coords, 0, 1), jnp.swapaxes(targets, 0, 1)
 
-  def batch(self, step: int):
-    return self._batch(step)
+  def batch(self, step: int, rows=None):
+    return self._batch(step, rows or (0, self.batch_rows()))
 
   @staticmethod
   def loss(model, batch):

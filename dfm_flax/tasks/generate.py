@@ -26,7 +26,12 @@ def latent_group(path) -> str:
 
 
 class ImageBatches:
-  """Epoch-wise shuffled batches of dataset images, a pure function of (seed, step)."""
+  """Epoch-wise shuffled batches of dataset images, a pure function of (seed, step).
+
+  `rows=(start, stop)` gathers only those rows of the batch (one process's share in a
+  multi-process run): the batch's composition never depends on the process count, and
+  within an epoch no image is drawn twice, by any process.
+  """
 
   def __init__(self, ds: data.Dataset, batch_size: int, seed: int):
     if batch_size > len(ds):
@@ -38,18 +43,19 @@ class ImageBatches:
     self.key = jax.random.key(seed + 2)
     self._permute = jax.jit(lambda epoch: jax.random.permutation(
         jax.random.fold_in(self.key, epoch), self.images.shape[0]))
-    self._gather = jax.jit(lambda order, pos: self._slice(order, pos))
+    self._gather = jax.jit(self._slice, static_argnums=(2,))
     self._epoch, self._order = None, None
 
-  def _slice(self, order, pos):
+  def _slice(self, order, pos, rows):
     index = jax.lax.dynamic_slice_in_dim(order, pos * self.batch_size, self.batch_size)
+    index = index[rows[0]:rows[1]]
     return {"index": index, "image": self.images[index].astype(jnp.float32) / 255.0}
 
-  def __call__(self, step: int):
+  def __call__(self, step: int, rows: tuple[int, int] | None = None):
     epoch, pos = divmod(int(step), self.steps_per_epoch)
     if epoch != self._epoch:  # One permutation per epoch, not one per step.
       self._epoch, self._order = epoch, self._permute(epoch)
-    return self._gather(self._order, pos)
+    return self._gather(self._order, pos, rows or (0, self.batch_size))
 
 
 def model_from_meta(config, meta: dict, rngs: nnx.Rngs):
@@ -89,8 +95,8 @@ class Task(TaskBase):
   def param_labels(self, model):
     return lambda params: jax.tree_util.tree_map_with_path(lambda p, _: latent_group(p), params)
 
-  def batch(self, step: int):
-    return self.batches(step)
+  def batch(self, step: int, rows=None):
+    return self.batches(step, rows)
 
   def loss(self, model, batch):
     z = model.encode(batch)

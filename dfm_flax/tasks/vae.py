@@ -64,8 +64,9 @@ class Task(TaskBase):
     return model_from_meta(self.config, self.meta(), rngs)
 
 
-  def batch(self, step: int):
-    return {**self.batches(step), "key": jax.random.fold_in(self.key, step)}
+  def batch(self, step: int, rows=None):
+    # One key for the whole batch: the noise is drawn for the global batch in the loss.
+    return {**self.batches(step, rows), "key": jax.random.fold_in(self.key, step)}
 
   @staticmethod
   def loss(model, batch):

@@ -25,13 +25,14 @@ def load_config(spec: str):
 
 
 def measure(config, devices: int, steps: int, repeats: int):
+  """Median steps/s of the train step on `devices` (-1: all, of all processes)."""
   config = config.copy_and_resolve_references()
   config.mesh.data = devices
   task = tasks.make(config)
   model, opt = build(config, task)
   mesh = place_on_mesh(config, model, opt)
   step = make_train_step(task)
-  batches = [sharding.shard_batch(task.batch(s), mesh) for s in range(steps)]
+  batches = [sharding.global_batch(task, s, mesh) for s in range(steps)]
   jax.block_until_ready(step(model, opt, batches[0]))  # compile
   times = []
   for _ in range(repeats):

@@ -171,3 +171,20 @@ def test_bad_launches_are_refused_on_every_process(tmp_path):
   assert all("different configs (seed:" in line for line in lines), lines
   assert time.time() - tic < 120  # Each case is bounded by dist.timeout_s (5 s here).
   assert _snapshot(wd) == before
+
+
+def test_slurm_environment_starts_a_multi_process_run(tmp_path):
+  """What `srun` sets (experiments/slurm.sbatch): no dist flags, JAX finds the coordinator."""
+  wd, reference = str(tmp_path / "srun"), str(tmp_path / "reference")
+  assert run_cli("experiments.run", *COMPRESS, "--workdir", reference, env_extra=FOUR).returncode == 0
+  env = dict(launch.environment(2, cpu=True), WANDB_MODE="disabled", SLURM_JOB_ID="4321",
+             SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2")
+  procs = [subprocess.Popen([sys.executable, "-m", "experiments.run", *COMPRESS, "--workdir", wd],
+                            cwd=ROOT, env=dict(env, SLURM_PROCID=str(i), SLURM_LOCALID=str(i)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  assert "psnr=" in outs[0][0] and "psnr=" not in outs[1][0]  # process 0 alone reports
+  for key, value in scalars(metrics(reference)).items():
+    assert metrics(wd)[key] == pytest.approx(value, rel=1e-5), key

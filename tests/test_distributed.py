@@ -114,6 +114,22 @@ def test_a_killed_process_stops_the_others_and_the_run_resumes(tmp_path):
   assert metrics(wd)["steps"] == 200
 
 
+def test_a_killed_coordinator_stops_the_others_too(tmp_path):
+  wd = str(tmp_path / "run")
+  procs = _start([*COMPRESS, "--workdir", wd, "--config.train.steps=2000",
+                  "--config.dist.heartbeat_s=5"])
+  ckpt = os.path.join(wd, "checkpoints")
+  deadline = time.time() + 120
+  while not (os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt))):
+    assert time.time() < deadline and procs[1].poll() is None, procs[1].communicate()
+    time.sleep(0.1)
+  procs[0].kill()  # process 0 hosts the coordination service
+  killed_at = time.time()
+  _, err = procs[1].communicate(timeout=60)
+  assert procs[1].returncode != 0 and time.time() - killed_at < 30
+  assert "process 0" in err or "leader task" in err, err[-2000:]
+
+
 def _errors(procs, timeout=60):
   out = []
   for p in procs:

@@ -11,14 +11,16 @@ then coded at each bit depth after a quantisation-aware fine-tune; JPEG and WebP
 the largest quality whose file is no larger than the DFM file; with --siren a SIREN
 whose fp16 weights take about the same bytes is trained (--siren_steps) for the files
 of --siren_bits. Writes DIR/rd.csv (image, codec, setting, bytes, bpp, psnr, ssim,
-encode_s, decode_s), DIR/rd.png (PSNR vs bpp, mean over images per setting) and
-DIR/fits.csv (images fitted at once, size, steps, seconds).
+encode_s, decode_s), DIR/rd.png (PSNR vs bpp, mean over images per setting),
+DIR/summary.md (per DFM setting: the mean over images of every codec at the DFM file's
+bytes; * counts images where even JPEG quality 1 is larger than the DFM file) and
+DIR/fits.csv (images fitted at once, size, steps, seconds). --replot redraws rd.png and
+summary.md from rd.csv alone.
 """
 import csv
 import os
 import time
 
-import numpy as np
 from absl import app, flags
 
 from experiments.cli import parse_flags, run_main
@@ -31,6 +33,8 @@ _QAT = flags.DEFINE_integer("qat_steps", 300, "Quantisation-aware fine-tune step
 _SIREN = flags.DEFINE_bool("siren", True, "Also train a SIREN at matched bytes.")
 _SIREN_BITS = flags.DEFINE_string("siren_bits", "", "Match SIRENs to the DFM files of these bit "
                                   "depths only (default: all of --bits); each SIREN is a full fit.")
+_REPLOT = flags.DEFINE_bool("replot", False, "Only redraw DIR/rd.png and DIR/summary.md from "
+                            "DIR/rd.csv (no training; for a study still running).")
 _SIREN_STEPS = flags.DEFINE_integer("siren_steps", 0, "SIREN training steps (default: --steps).",
                                     lower_bound=0)
 flags.mark_flags_as_required(["out"])
@@ -38,14 +42,6 @@ flags.mark_flags_as_required(["out"])
 BUILTIN = {"coffee": lambda d: d.coffee()[:, 100:500], "astronaut": lambda d: d.astronaut(),
            "chelsea": lambda d: d.chelsea(), "camera": lambda d: d.camera()}
 FIELDS = ["image", "codec", "setting", "bytes", "bpp", "psnr", "ssim", "encode_s", "decode_s"]
-# Published (bpp, PSNR) points on Kodak (24 images, 768x512): other images, for orientation.
-PUBLISHED = {
-    "JPEG (Kodak)": [(0.33, 26.6), (0.51, 29.0), (0.59, 29.8), (0.96, 32.4), (2.35, 37.9)],
-    "WebP (Kodak)": [(0.30, 29.2), (0.51, 31.4), (1.00, 35.1)],
-    "COIN (Kodak)": [(0.07, 23.2), (0.31, 26.4), (0.61, 28.4), (1.21, 30.6)],
-    "COIN++ (Kodak)": [(0.27, 26.1)],
-    "Struempler et al. (Kodak)": [(0.10, 25.6), (0.30, 28.4), (0.95, 32.3)],
-}
 
 
 def image_path(name: str, directory: str) -> str:
@@ -149,38 +145,17 @@ def groups(names: list[str], out_dir: str) -> list[list]:
   return list(by_channels.values())
 
 
-def plot(rows, path):
-  from dfm_flax import figures  # noqa: F401  (Agg backend)
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6.5, 4.5))
-  for codec in sorted({r["codec"] for r in rows}):
-    points = {}
-    for r in rows:
-      if r["codec"] == codec:
-        key = r["setting"] if codec == "dfm" else (r["setting"], round(float(r["bpp"]), 1))
-        points.setdefault(key, []).append((float(r["bpp"]), float(r["psnr"])))
-    xy = sorted((np.mean([p[0] for p in v]), np.mean([p[1] for p in v])) for v in points.values())
-    ax.plot([p[0] for p in xy], [p[1] for p in xy], "o-", label=codec)
-  xmax = max(float(r["bpp"]) for r in rows) * 1.1
-  for i, (name, pts) in enumerate(PUBLISHED.items()):
-    pts = [p for p in pts if p[0] <= xmax] or pts[:1]
-    ax.plot(*zip(*pts), ls=":", marker="x^svd"[i], color="gray", alpha=0.8, label=f"{name}, published")
-  ax.set_xlabel("bits per pixel")
-  ax.set_ylabel("PSNR (dB)")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  ax.set_title("rate-distortion, mean over images (grey: published, other images)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
 def _rd(argv):
   from dfm_flax.errors import UserError
+  csv_path = os.path.join(_OUT.value, "rd.csv")
+  if _REPLOT.value:
+    if not os.path.exists(csv_path):
+      raise UserError(f"--replot: no {csv_path} to read")
+    with open(csv_path, newline="") as f:
+      return report(list(csv.DictReader(f)), _OUT.value)
   if len(argv) < 2:
     raise UserError("usage: python -m experiments.rd IMAGES... --out DIR")
   os.makedirs(os.path.join(_OUT.value, "files"), exist_ok=True)
-  csv_path = os.path.join(_OUT.value, "rd.csv")
   rows = []
   with open(csv_path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=FIELDS)
@@ -193,8 +168,20 @@ def _rd(argv):
         rows.append(row)
         print(f"{row['image']:>10} {row['codec']:>10} {row['setting']:>12} {row['bytes']:>8,} B "
               f"{row['bpp']:.3f} bpp {row['psnr']:.2f} dB", flush=True)
-  plot(rows, os.path.join(_OUT.value, "rd.png"))
-  print(f"wrote {csv_path} and {os.path.join(_OUT.value, 'rd.png')}")
+  report(rows, _OUT.value)
+
+
+def report(rows, out_dir: str) -> None:
+  """rd.png and summary.md (the per-setting means, printed too) from the rows."""
+  if not rows:
+    return
+  from dfm_flax import rate_distortion
+  rate_distortion.plot(rows, os.path.join(out_dir, "rd.png"))
+  table = rate_distortion.summarize(rows)
+  with open(os.path.join(out_dir, "summary.md"), "w") as f:
+    f.write(table)
+  print(table)
+  print(f"wrote {os.path.join(out_dir, 'rd.csv')}, rd.png and summary.md in {out_dir}")
 
 
 def main(argv):

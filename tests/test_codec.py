@@ -200,3 +200,20 @@ def test_image_too_small_for_the_net(tmp_path):
                             "--from", wd))
   assert "too small for this net" in line
   assert not (tmp_path / "t.dfm").exists()
+
+
+def test_rd_summary_pairs_each_file_with_its_competitors():
+  from dfm_flax.rate_distortion import summarize
+  rows = [
+      {"image": "a", "codec": "dfm", "setting": "4x6 8-bit", "bpp": "0.1", "psnr": "25", "encode_s": "10"},
+      {"image": "a", "codec": "jpeg", "setting": "q=None", "bpp": "0.2", "psnr": "21", "encode_s": "0"},
+      {"image": "a", "codec": "siren-fp16", "setting": "5x9", "bpp": "0.1", "psnr": "22", "encode_s": "4"},
+      {"image": "b", "codec": "dfm", "setting": "4x6 8-bit", "bpp": "0.3", "psnr": "27", "encode_s": "20"},
+      {"image": "b", "codec": "jpeg", "setting": "q=5", "bpp": "0.3", "psnr": "28", "encode_s": "0"},
+  ]
+  [_, _, line] = summarize(rows).strip().splitlines()
+  cells = [c.strip() for c in line.strip("|").split("|")]
+  # setting, images, bpp, DFM, JPEG (1 image without a JPEG that small), WebP, SIREN,
+  # DFM - JPEG = mean(25 - 21, 27 - 28), DFM - SIREN over the one image that has one.
+  assert cells == ["4x6 8-bit", "2", "0.200", "26.00", "24.50 (1*)", "-", "22.00", "+1.50",
+                   "+3.00", "15 / 4"]

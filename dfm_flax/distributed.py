@@ -115,21 +115,32 @@ def initialize(config) -> Settings | None:
   s = settings(config)
   if s is None:
     return None
-  host_port = _check(s)
   dist = config.get("dist") or {}
-  timeout = int(dist.get("timeout_s", 120))
-  heartbeat = int(dist.get("heartbeat_s", 30))
+  timeout, heartbeat = int(dist.get("timeout_s", 120)), int(dist.get("heartbeat_s", 30))
   who = f"process {s.process_id} of {s.num_processes}"
+  _preflight(s, timeout, who)
+  _join(s, timeout, heartbeat, who)
+  _agree(config, s, timeout)
+  global _watchdog
+  _watchdog = _Watchdog(s.process_id, s.num_processes, heartbeat)
+  _watchdog.start()
+  return s
+
+
+def _preflight(s: Settings, timeout: int, who: str) -> None:
+  """What can be checked before JAX's runtime starts (it aborts rather than raise)."""
+  host_port = _check(s)
   if host_port and s.process_id == 0 and not _port_free(host_port[1]):
     raise UserError(f"{who}: the coordinator port {host_port[1]} is in use on this machine; "
                     f"pick another port in dist.coordinator")
   if host_port and s.process_id > 0:
     _wait_for_coordinator(*host_port, timeout, who)
+
+
+def _join(s: Settings, timeout: int, heartbeat: int, who: str) -> None:
   import jax
   # CPU collectives across processes go over gloo (GPUs use NCCL whatever this says).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  # JAX aborts the process (no exception) when the run does not assemble in its own
-  # timeout, so a timer of ours, shorter, says what went wrong first.
   kwargs = dict(initialization_timeout=timeout + 30,
                 # JAX's own detector is the backstop; ours (heartbeat) speaks first.
                 heartbeat_timeout_seconds=3 * heartbeat, shutdown_timeout_seconds=3600)
@@ -139,6 +150,8 @@ def initialize(config) -> Settings | None:
   elif s.coordinator:
     kwargs.update(coordinator_address=s.coordinator)
   where = s.coordinator or "the SLURM coordinator"
+  # JAX aborts the process (no exception) when the run does not assemble within its
+  # own timeout, so a timer of ours, shorter, says what went wrong first.
   guard = threading.Timer(timeout, _die, [
       f"{who}: the {s.num_processes} processes did not all join the run at {where} within "
       f"{timeout} s; check that every process was started, with the same dist.coordinator "
@@ -154,15 +167,11 @@ def initialize(config) -> Settings | None:
                     f"num_processes") from None
   finally:
     guard.cancel()
-  _agree(config, s, timeout)
-  global _watchdog
-  _watchdog = _Watchdog(s.process_id, s.num_processes, heartbeat)
-  _watchdog.start()
-  return s
 
 
 def _client():
-  from jax._src import distributed as jax_distributed  # The runtime's key-value store.
+  # The runtime's key-value store; JAX has no public handle to it yet.
+  from jax._src import distributed as jax_distributed
   return jax_distributed.global_state.client
 
 

@@ -86,7 +86,8 @@ def siren_row(name, path, image, nbytes, out_dir) -> dict:
   from dfm_flax import images
   from dfm_flax.restore import load_model
   hidden = siren_hidden_for(nbytes, image.shape[2])
-  run_dir = os.path.join(out_dir, "runs", f"{name}_siren{hidden}")
+  steps = _SIREN_STEPS.value or _STEPS.value
+  run_dir = os.path.join(out_dir, "runs", f"{name}_siren{hidden}_{steps}steps")
   metrics = train(os.path.abspath(path), run_dir, {"model.kind": "siren", "model.siren_hidden": hidden})
   _, _, model = load_model(run_dir)
   state = nnx.state(model, nnx.Param)
@@ -97,7 +98,7 @@ def siren_row(name, path, image, nbytes, out_dir) -> dict:
   decode_s = time.perf_counter() - tic
   ref, rec = images.to_uint8(image) / 255, images.to_uint8(rec) / 255
   n = 2 * sum(x.size for x in jax.tree.leaves(state))
-  return {"image": name, "codec": "siren-fp16", "setting": f"5x{hidden}", "bytes": n,
+  return {"image": name, "codec": "siren-fp16", "setting": f"5x{hidden}, {steps} steps", "bytes": n,
           "bpp": 8 * n / (h * w), "psnr": images.psnr(ref, rec), "ssim": images.ssim(ref, rec),
           "encode_s": metrics["seconds"], "decode_s": decode_s}
 

@@ -1,7 +1,7 @@
 """Rate-distortion: DFM files vs JPEG, WebP and a SIREN (COIN) at matched bytes.
 
   python -m experiments.rd IMAGES... --out DIR [--sizes 4x6,6x6,8x6] [--bits 6,8,10]
-      [--steps 3000] [--qat_steps 300] [--siren] [--siren_bits 8] [--siren_steps N]
+      [--steps 3000] [--qat_steps 300] [--siren] [--siren_bits 8] [--siren_steps N] [--seed 0]
 
 IMAGES are files or the built-in names coffee, astronaut, chelsea, camera (scikit-image).
 For each DFM size (width x depth) one net per image is trained (compress:best, --steps;
@@ -33,6 +33,8 @@ _QAT = flags.DEFINE_integer("qat_steps", 300, "Quantisation-aware fine-tune step
 _SIREN = flags.DEFINE_bool("siren", True, "Also train a SIREN at matched bytes.")
 _SIREN_BITS = flags.DEFINE_string("siren_bits", "", "Match SIRENs to the DFM files of these bit "
                                   "depths only (default: all of --bits); each SIREN is a full fit.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the first image's nets (image i of a group: "
+                             "seed + i); another seed refits a net that diverged.")
 _REPLOT = flags.DEFINE_bool("replot", False, "Only redraw DIR/rd.png and DIR/summary.md from "
                             "DIR/rd.csv (no training; for a study still running).")
 _SIREN_STEPS = flags.DEFINE_integer("siren_steps", 0, "SIREN training steps (default: --steps).",
@@ -62,6 +64,7 @@ def train(image: str, run_dir: str, overrides: dict) -> dict:
   config = get_config("siren" if siren else "best")
   config.image = image
   config.train.steps = (siren and _SIREN_STEPS.value) or _STEPS.value
+  config.seed = _SEED.value
   config.train.quiet = True
   config.wandb.mode = "disabled"
   for key, value in overrides.items():

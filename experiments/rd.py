@@ -117,8 +117,10 @@ def rows_for(group: list, out_dir: str):
     run_dir = os.path.join(out_dir, "runs", f"{'+'.join(labels)}_{size}")
     metrics = train(",".join(os.path.abspath(p) for _, p, _ in group), run_dir,
                     {"model.width": width, "model.depth": depth})
+    per_image = [r["psnr"] for r in metrics.get("images", [metrics])]
     print(f"fitted {len(group)} image(s) at {size} in {metrics['seconds']:.1f} s: "
-          f"{len(group) / metrics['seconds']:.4f} images/s", flush=True)
+          f"{len(group) / metrics['seconds']:.4f} images/s; float PSNR "
+          + ", ".join(f"{label} {p:.2f} dB" for label, p in zip(labels, per_image)), flush=True)
     with open(os.path.join(out_dir, "fits.csv"), "a") as f:
       f.write(f"{'+'.join(labels)},{size},{metrics['steps']},{metrics['seconds']}\n")
     for bits in (int(b) for b in _BITS.value.split(",")):

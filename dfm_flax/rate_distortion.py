@@ -24,6 +24,17 @@ def records(rows) -> list[dict]:
   return out
 
 
+def merge(tables: list[list[dict]]) -> list[dict]:
+  """Rows of several rd.csv files; a later file's DFM file (with the rows compared with
+  it) replaces an earlier one of the same image and setting."""
+  blocks = {}
+  for rows in tables:
+    for rec in records(rows):
+      key = (rec["dfm"]["image"], rec["dfm"]["setting"])
+      blocks[key] = [rec["dfm"]] + [r for c, r in rec.items() if c != "dfm"]
+  return [row for block in blocks.values() for row in block]
+
+
 def summarize(rows) -> str:
   """Markdown: per DFM setting, the mean over images of each codec at the DFM file's bytes."""
   by_setting = {}

@@ -15,7 +15,8 @@ encode_s, decode_s), DIR/rd.png (PSNR vs bpp, mean over images per setting),
 DIR/summary.md (per DFM setting: the mean over images of every codec at the DFM file's
 bytes; * counts images where even JPEG quality 1 is larger than the DFM file) and
 DIR/fits.csv (images fitted at once, size, steps, seconds). --replot redraws rd.png and
-summary.md from rd.csv alone.
+summary.md from rd.csv alone, with the rows of each --also OTHER/rd.csv replacing those of
+the same image and DFM setting (e.g. a net refitted with another --seed).
 """
 import csv
 import os
@@ -37,6 +38,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the first image's nets (image i
                              "seed + i); another seed refits a net that diverged.")
 _REPLOT = flags.DEFINE_bool("replot", False, "Only redraw DIR/rd.png and DIR/summary.md from "
                             "DIR/rd.csv (no training; for a study still running).")
+_ALSO = flags.DEFINE_multi_string("also", [], "--replot: another rd.csv whose DFM files (and "
+                                  "their comparisons) replace those of the same image and setting.")
 _SIREN_STEPS = flags.DEFINE_integer("siren_steps", 0, "SIREN training steps (default: --steps).",
                                     lower_bound=0)
 flags.mark_flags_as_required(["out"])
@@ -157,8 +160,15 @@ def _rd(argv):
   if _REPLOT.value:
     if not os.path.exists(csv_path):
       raise UserError(f"--replot: no {csv_path} to read")
-    with open(csv_path, newline="") as f:
-      return report(list(csv.DictReader(f)), _OUT.value)
+    from dfm_flax.rate_distortion import merge
+    tables = []
+    for path in [csv_path, *_ALSO.value]:
+      try:
+        with open(path, newline="") as f:
+          tables.append(list(csv.DictReader(f)))
+      except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    return report(merge(tables), _OUT.value)
   if len(argv) < 2:
     raise UserError("usage: python -m experiments.rd IMAGES... --out DIR")
   os.makedirs(os.path.join(_OUT.value, "files"), exist_ok=True)

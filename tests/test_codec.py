@@ -217,3 +217,15 @@ def test_rd_summary_pairs_each_file_with_its_competitors():
   # DFM - JPEG = mean(25 - 21, 27 - 28), DFM - SIREN over the one image that has one.
   assert cells == ["4x6 8-bit", "2", "0.200", "26.00", "24.50 (1*)", "-", "22.00", "+1.50",
                    "+3.00", "15 / 4"]
+
+
+def test_rd_merge_replaces_a_refitted_file_with_its_comparisons():
+  from dfm_flax.rate_distortion import merge
+  first = [{"image": "a", "codec": "dfm", "setting": "8x6 8-bit", "psnr": "12"},
+           {"image": "a", "codec": "jpeg", "setting": "q=40", "psnr": "30"},
+           {"image": "b", "codec": "dfm", "setting": "8x6 8-bit", "psnr": "29"}]
+  refit = [{"image": "a", "codec": "dfm", "setting": "8x6 8-bit", "psnr": "28"},
+           {"image": "a", "codec": "jpeg", "setting": "q=41", "psnr": "30.1"}]
+  merged = merge([first, refit])
+  assert [(r["image"], r["codec"], r["psnr"]) for r in merged] == [
+      ("a", "dfm", "28"), ("a", "jpeg", "30.1"), ("b", "dfm", "29")]

@@ -63,18 +63,39 @@ def summarize(rows) -> str:
   return "\n".join(lines) + "\n"
 
 
+def codec_points(rows) -> dict[str, list[tuple[float, float]]]:
+  """Per codec, one (mean bpp, mean PSNR) point per DFM setting: the mean over images of
+  the codec's files matched to that setting's DFM files; sorted by bpp."""
+  by_setting = {}
+  for rec in records(rows):
+    for codec, r in rec.items():
+      by_setting.setdefault((codec, rec["dfm"]["setting"]), []).append(
+          (float(r["bpp"]), float(r["psnr"])))
+  points = {}
+  for (codec, _), pts in by_setting.items():
+    points.setdefault(codec, []).append(tuple(np.mean(pts, axis=0)))
+  return {codec: sorted(pts) for codec, pts in points.items()}
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+  """The points no other point beats on both rate and PSNR, by rate."""
+  front, best = [], -np.inf
+  for bpp, psnr in sorted(points):
+    if psnr > best:
+      front.append((bpp, psnr))
+      best = psnr
+  return front
+
+
 def plot(rows, path):
+  """PSNR vs bpp: every setting's mean as a dot, each codec's best settings joined."""
   from dfm_flax import figures  # noqa: F401  (Agg backend)
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6.5, 4.5))
-  for codec in sorted({r["codec"] for r in rows}):
-    points = {}
-    for r in rows:
-      if r["codec"] == codec:
-        key = r["setting"] if codec == "dfm" else (r["setting"], round(float(r["bpp"]), 1))
-        points.setdefault(key, []).append((float(r["bpp"]), float(r["psnr"])))
-    xy = sorted((np.mean([p[0] for p in v]), np.mean([p[1] for p in v])) for v in points.values())
-    ax.plot([p[0] for p in xy], [p[1] for p in xy], "o-", label=codec)
+  fig, ax = plt.subplots(figsize=(7, 4.8))
+  for i, (codec, pts) in enumerate(sorted(codec_points(rows).items())):
+    color = f"C{i}"
+    ax.plot(*zip(*pts), "o", color=color, alpha=0.35, ms=4)
+    ax.plot(*zip(*pareto(pts)), "o-", color=color, label=codec)
   xmax = max(float(r["bpp"]) for r in rows) * 1.1
   for i, (name, pts) in enumerate(PUBLISHED.items()):
     pts = [p for p in pts if p[0] <= xmax] or pts[:1]
@@ -83,7 +104,8 @@ def plot(rows, path):
   ax.set_ylabel("PSNR (dB)")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
-  ax.set_title("rate-distortion, mean over images (grey: published, other images)")
+  ax.set_title("mean over images at each DFM setting; lines join each codec's best\n"
+               "(faint dots: dominated settings; grey: published, other images)", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -229,3 +229,10 @@ def test_rd_merge_replaces_a_refitted_file_with_its_comparisons():
   merged = merge([first, refit])
   assert [(r["image"], r["codec"], r["psnr"]) for r in merged] == [
       ("a", "dfm", "28"), ("a", "jpeg", "30.1"), ("b", "dfm", "29")]
+
+
+def test_rd_pareto_front_keeps_only_undominated_settings():
+  from dfm_flax.rate_distortion import pareto
+  # (0.44, 23.3) is beaten by (0.37, 28.5): fewer bits and more dB.
+  points = [(0.06, 24.8), (0.44, 23.3), (0.37, 28.5), (0.04, 22.0), (0.82, 30.0)]
+  assert pareto(points) == [(0.04, 22.0), (0.06, 24.8), (0.37, 28.5), (0.82, 30.0)]

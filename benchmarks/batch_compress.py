@@ -10,17 +10,13 @@ fit of the config's train.steps (compile time excluded), against N=1 in the same
 """
 import argparse
 import os
-import statistics
 import tempfile
-import time
 
 import jax
 import numpy as np
 from PIL import Image
 
-from benchmarks.scaling import load_config
-from dfm_flax import tasks
-from dfm_flax.train import build, make_train_step
+from benchmarks.scaling import load_config, measure
 
 
 def crops(n: int, size: int, directory: str) -> list[str]:
@@ -35,22 +31,6 @@ def crops(n: int, size: int, directory: str) -> list[str]:
     paths.append(os.path.join(directory, f"{i}.png"))
     Image.fromarray(photo[y:y + size, x:x + size]).save(paths[-1])
   return paths
-
-
-def seconds_per_step(config, steps: int, repeats: int) -> float:
-  task = tasks.make(config)
-  model, opt = build(config, task)
-  step = make_train_step(task)
-  batches = [task.batch(s) for s in range(steps)]
-  jax.block_until_ready(step(model, opt, batches[0]))  # compile
-  times = []
-  for _ in range(repeats):
-    tic = time.perf_counter()
-    for b in batches:
-      loss, _ = step(model, opt, b)
-    jax.block_until_ready(loss)
-    times.append((time.perf_counter() - tic) / steps)
-  return statistics.median(times)
 
 
 def main():
@@ -76,7 +56,7 @@ def main():
     for n in counts:
       config = base.copy_and_resolve_references()
       config.image = ",".join(paths[:n])
-      per_step = seconds_per_step(config, args.steps, args.repeats)
+      per_step = 1 / measure(config, 1, args.steps, args.repeats)
       rate = n / (per_step * base.train.steps)
       single = single or (rate if n == 1 else None)
       print(f"{n:>6} {1e3 * per_step:>9.2f} {rate:>9.4f} {1 / rate:>8.1f} "

@@ -8,6 +8,8 @@ pixels per batch, weights N(0, 2e-10), input positions in the unit square.
   python -m experiments.run --config experiments/compress.py:smoke --workdir /tmp/smoke
   python -m experiments.run --config experiments/compress.py --workdir runs/mine \
       --config.image=photo.png --config.model.width=6
+  python -m experiments.run --config experiments/compress.py:best --workdir runs/many \
+      --config.image=a.png,b.png,c.png   # one net per image, fitted at once (vmap)
 
 Variants: (none) thesis recipe; `best` the better recipe at the same size
 (README, "Closing the gap"); `smoke` a tiny run for tests (< 60 s on 2 cores).

@@ -23,6 +23,7 @@ from dfm_flax.errors import UserError
 
 MAGIC = b"DFMc"
 VERSION = 1
+# Frozen: files store the index into these tuples (not fourier.METHODS, which may grow).
 METHODS = ("auto", "product", "direct")
 CODERS = ("raw", "ans")
 _HEAD = struct.Struct("<4sBHHBBBffBBB")

@@ -172,6 +172,7 @@ def _rd(argv):
   if len(argv) < 2:
     raise UserError("usage: python -m experiments.rd IMAGES... --out DIR")
   os.makedirs(os.path.join(_OUT.value, "files"), exist_ok=True)
+  open(os.path.join(_OUT.value, "fits.csv"), "w").close()  # Rewritten, like rd.csv, each study.
   rows = []
   with open(csv_path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=FIELDS)

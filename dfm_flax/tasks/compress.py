@@ -87,12 +87,10 @@ class Task(TaskBase):
     if any(im.shape[2] != self.channels for im in self.images):
       raise UserError("images fitted at once need the same number of channels, got "
                       + ", ".join(f"{n} ({s[2]})" for n, s in zip(self.image_names, self.shapes)))
-    # Single-image attributes (most of the code and all old runs have one image).
-    self.image, self.image_name = self.images[0], self.image_names[0]
-    self.height, self.width = self.image.shape[:2]
     m = config.model
-    points = len(self.images) * max(min(config.train.batch_size, self.height * self.width),
-                                    config.train.eval_chunk)
+    # A step sees batch_size pixels of every image; evaluation renders one image at a time.
+    h, w, _ = self.shapes[0]
+    points = max(len(self.images) * min(config.train.batch_size, h * w), config.train.eval_chunk)
     fourier.check_fits_memory(m.width, m.depth, self.channels, points,
                               psutil.virtual_memory().available)
     grids = [images.pixel_grid(h, w, tuple(m.coord_range)) for h, w, _ in self.shapes]

@@ -72,11 +72,16 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None,
-           meta: dict[str, Any]) -> None:
+           meta: dict[str, Any], good=None) -> None:
+    """good: (model state, optimizer state) of the divergence guard's last good step,
+    when it is not this step; saved beside, so that a resumed run can still roll back."""
     items = {"model": ocp.args.StandardSave(nnx.state(model)),
              "meta": ocp.args.JsonSave(dict(meta, step=step))}
     if optimizer is not None:
       items["optimizer"] = ocp.args.StandardSave(nnx.state(optimizer))
+    if good is not None:
+      items["good_model"] = ocp.args.StandardSave(good[0])
+      items["good_optimizer"] = ocp.args.StandardSave(good[1])
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
     self.manager.wait_until_finished()
 
@@ -105,6 +110,25 @@ class Checkpointer:
     if optimizer is not None:
       nnx.update(optimizer, restored["optimizer"])
     return dict(restored["meta"])
+
+  def delete_after(self, step: int) -> None:
+    """Drop checkpoints later than `step` (the guard rolled back past them: they were
+    taken on the way into a collapse, and the replay saves those steps again)."""
+    for s in self.manager.all_steps():
+      if s > step:
+        self.manager.delete(s)
+
+  def restore_good(self, model: nnx.Module, optimizer: nnx.Optimizer, step: int | None = None):
+    """The guard's good (model state, optimizer state) saved with a checkpoint."""
+    step = self.latest_step() if step is None else step
+    items = {"good_model": ocp.args.StandardRestore(_abstract(nnx.state(model))),
+             "good_optimizer": ocp.args.StandardRestore(_abstract(nnx.state(optimizer)))}
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:
+      raise UserError(f"checkpoint {self.directory}/{step} is corrupt: its guard state cannot "
+                      f"be read ({type(e).__name__}); move it away or use another --workdir") from None
+    return restored["good_model"], restored["good_optimizer"]
 
   def read_meta(self, step: int | None = None) -> dict[str, Any]:
     """The metadata of a checkpoint (latest by default), without touching its arrays."""

@@ -65,6 +65,9 @@ class MetricLogger:
     """enabled=False (processes other than 0 of a multi-process run): writes nothing."""
     self.history_path = os.path.join(workdir, "history.jsonl") if enabled else None
     self.run = None
+    # W&B wants increasing steps; after a rollback the loop replays steps, so W&B gets
+    # step + the steps replayed so far (the loop's own step is logged as `train_step`).
+    self._replayed = 0
     if not enabled:
       return
     self._truncate_history(resume_step)
@@ -105,7 +108,20 @@ class MetricLogger:
       f.write(json.dumps({"step": step, **{k: (v if math.isfinite(v) else None)
                                            for k, v in scalars.items()}}) + "\n")
     if self.run is not None:
-      self.run.log(scalars, step=step)
+      self.run.log(dict(scalars, train_step=step), step=step + self._replayed)
+
+  def event(self, step: int, back_to: int, fields: dict) -> None:
+    """A rollback from `step` to `back_to` (divergence guard): the history keeps the
+    path the run goes on from, plus one event row; W&B gets the event as scalars."""
+    if self.history_path is None:
+      return
+    self._truncate_history(back_to)
+    with open(self.history_path, "a") as f:
+      f.write(json.dumps({"step": back_to, "event": "rollback", "from_step": step,
+                          **fields}) + "\n")
+    if self.run is not None:
+      self.run.log(dict(fields, train_step=step), step=step + self._replayed)
+    self._replayed += step - back_to
 
   def summary(self, metrics: dict[str, Any]) -> None:
     if self.run is not None:

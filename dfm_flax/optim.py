@@ -8,9 +8,10 @@ group its own optimizer (e.g. the auto-decoder's latent table).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from dfm_flax.errors import UserError
@@ -57,6 +58,45 @@ def scale_by_path(multiplier: Callable[[tuple], float]) -> optax.GradientTransfo
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+class LrScaleState(NamedTuple):
+  lr_scale: jax.Array
+
+
+def scale_by_lr_scale() -> optax.GradientTransformation:
+  """Multiply every update by a scalar kept in the optimizer state (1 at the start).
+
+  The divergence guard (guard.py) lowers it after a collapse. It lives in the state,
+  not in the schedule, so that it is checkpointed and a resumed run keeps it; every
+  optimizer has it, so that a run with the guard off computes exactly what a run with
+  the guard on computes until the guard intervenes (x * 1.0 == x in floating point).
+  """
+  def init(params):
+    del params
+    return LrScaleState(jnp.ones((), jnp.float32))
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype), updates), state
+  return optax.GradientTransformation(init, update)
+
+
+def _lr_scale_var(optimizer):
+  state = optimizer.opt_state[-1]
+  if not isinstance(state, LrScaleState):
+    raise TypeError("this optimizer was not made by optim.build")
+  return state.lr_scale
+
+
+def get_lr_scale(optimizer) -> float:
+  return float(jax.device_get(_lr_scale_var(optimizer)[...]))
+
+
+def set_lr_scale(optimizer, value: float) -> None:
+  var = _lr_scale_var(optimizer)
+  old = var[...]
+  var[...] = jax.device_put(jnp.asarray(value, old.dtype), old.sharding)
+
+
 def build(cfg, total_steps: int, labels=None, lr_multiplier=None) -> optax.GradientTransformation:
   """The optimizer for `cfg`.
 
@@ -64,11 +104,12 @@ def build(cfg, total_steps: int, labels=None, lr_multiplier=None) -> optax.Gradi
   each group in cfg.groups gets cfg overridden by its own entries.
   lr_multiplier: path -> factor applied to that parameter's update (e.g. the
   compression task's per-layer 1/2^m learning rates).
+  Every optimizer ends with `scale_by_lr_scale` (the divergence guard's handle).
   """
   tx = _grouped(cfg, total_steps, labels)
   if lr_multiplier is not None:
     tx = optax.chain(tx, scale_by_path(lr_multiplier))
-  return tx
+  return optax.chain(tx, scale_by_lr_scale())  # Last: optimizer.opt_state[-1].
 
 
 def _grouped(cfg, total_steps: int, labels) -> optax.GradientTransformation:

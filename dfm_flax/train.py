@@ -25,13 +25,15 @@ from tqdm.auto import tqdm
 
 import numpy as np
 
-from dfm_flax import distributed, logs, optim, sharding, tasks
+from dfm_flax import distributed, guard, logs, optim, sharding, tasks
 from dfm_flax.checkpoint import Checkpointer
 from dfm_flax.errors import UserError
 
 # Keys that may change between a run and its resume without changing its result
-# (a run may resume on another number of processes).
+# (a run may resume on another number of processes; a run stopped at train.stop_at
+# may be continued further along the same schedule).
 _RESUMABLE_KEYS = ("wandb", "dist")
+_RESUMABLE_FLAT = ("train.stop_at",)
 
 
 def _flat(cfg: dict, prefix: str = "") -> dict:
@@ -54,16 +56,24 @@ def _check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if saved is not None:
     old, new = _flat(saved), _flat(current)
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)]
+            if old.get(k) != new.get(k) and k not in _RESUMABLE_FLAT]
     if diff:
       raise UserError(f"{workdir} holds a run with a different config ({'; '.join(diff)}); "
                       f"use a new --workdir or the original settings")
 
 
+def end_step(config) -> int:
+  """Where the run stops: train.steps, or train.stop_at when set (> 0). The lr schedule
+  always spans train.steps: a run cut at stop_at took exactly the first stop_at steps of
+  the full run (benchmarks/panel.py probes warm-up and peak this way)."""
+  stop_at = int(config.train.get("stop_at", 0) or 0)
+  return min(stop_at, config.train.steps) if stop_at > 0 else config.train.steps
+
+
 def finished_metrics(config, workdir: str) -> dict | None:
-  """metrics.json of a run that already reached train.steps, else None."""
+  """metrics.json of a run that already reached its end step, else None."""
   metrics = logs.read_json(os.path.join(workdir, "metrics.json"))
-  if metrics and metrics.get("steps") == config.train.steps:
+  if metrics and metrics.get("steps") == end_step(config):
     return metrics
   return None
 
@@ -154,8 +164,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = place_on_mesh(config, model, optimizer)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
   meta = {"seconds": 0.0}
+  watch = guard.DivergenceGuard(guard.config_of(config), task.reference_loss())
   if ckpt.latest_step() is not None:  # Restored straight onto this run's mesh.
     meta = ckpt.restore(model, optimizer)
+    _resume_guard(watch, meta, ckpt, model, optimizer)
     _say(f"resumed from checkpoint at step {meta['step']}")
   elif config.get("init_from", ""):
     _init_from(model, config.init_from)
@@ -164,20 +176,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   logger = logs.MetricLogger(config, workdir, resume_step=start, enabled=main)
   try:
-    seconds = _loop(config, task, model, optimizer, ckpt, logger, start, meta["seconds"], mesh)
+    seconds = _loop(config, task, model, optimizer, ckpt, logger, start, meta["seconds"], mesh,
+                    watch)
     # Evaluation runs on one device of process 0, whatever the training mesh was.
     state = sharding.to_host(nnx.state(model))
     if not main:
       return {}
     nnx.update(model, jax.device_put(state, jax.local_devices()[0]))
     metrics = task.evaluate(model, workdir)
-    metrics.update(steps=config.train.steps, seconds=round(seconds, 2))
+    metrics.update(steps=end_step(config), seconds=round(seconds, 2),
+                   recoveries=watch.state.recoveries, collapsed=_ended_collapsed(watch, metrics))
+    if metrics["collapsed"]:
+      _say(f"warning: this run ended collapsed (its loss stayed far above its best for the "
+           f"last {watch.state.bad} log steps; see dfm_flax/guard.py): its figures are not a "
+           f"result; rerun with another seed or a lower optim.lr")
     logs.write_json(os.path.join(workdir, "metrics.json"), metrics)
     logger.summary(metrics)
     return metrics
   finally:
     logger.close()
     ckpt.close()
+
+
+def _resume_guard(watch, meta: dict, ckpt, model, optimizer) -> None:
+  """The guard as it was at the checkpoint, with its last good state (kept in the
+  checkpoint when it is older than the checkpoint itself)."""
+  watch.state = guard.GuardState.from_meta(meta.get("guard"))
+  step, good = int(meta["step"]), watch.state.good_step
+  if good == step:
+    watch.keep(step, model, optimizer)
+  elif good >= 0:
+    watch.restore_kept(*ckpt.restore_good(model, optimizer, step), good)
+
+
+def _ended_collapsed(watch, metrics: dict) -> bool:
+  """The guard's verdict on the last log steps, or the task's own (e.g. a compressed
+  image no better than its flat mean colour)."""
+  return (watch.cfg.mode != "off" and watch.state.collapsed) or bool(metrics.get("collapsed"))
 
 
 def _say(message: str) -> None:
@@ -200,9 +235,10 @@ def _mesh_config(config) -> ml_collections.ConfigDict:
   return config.get("mesh") or ml_collections.ConfigDict({"data": -1, "shard_latents": False})
 
 
-def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: float, mesh) -> float:
-  """Run steps start..train.steps; returns the accumulated training seconds."""
-  steps, every = config.train.steps, config.train.checkpoint_every
+def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: float, mesh,
+          watch) -> float:
+  """Run steps start..end_step; returns the accumulated training seconds."""
+  steps, every, log_every = end_step(config), config.train.checkpoint_every, config.train.log_every
   train_step = make_train_step(task)
   step, last_saved = start, start
   # On a terminal the bar redraws in place; in a log file it writes a line every 30 s.
@@ -212,12 +248,14 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
   tic = time.perf_counter()
 
   def save(at):
+    good = watch.kept() if 0 <= watch.state.good_step != at else None
     ckpt.save(at, model, optimizer, {"seconds": seconds + time.perf_counter() - tic,
-                                     "seed": config.seed, **task.meta()})
+                                     "seed": config.seed, "guard": watch.state.to_meta(),
+                                     **task.meta()}, good=good)
 
   with _StopOnSigint() as stop:
     while step < steps:
-      if _stop_requested(stop, step, config.train.log_every):
+      if _stop_requested(stop, step, log_every):
         save(step)
         bar.close()
         raise UserError(f"interrupted; checkpoint saved at step {step}; rerun the same "
@@ -225,13 +263,24 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
       loss, aux = train_step(model, optimizer, sharding.global_batch(task, step, mesh))
       step += 1
       will_save = step % every == 0 and step < steps
-      if step % config.train.log_every == 0 or step == steps or will_save:
+      if step % log_every == 0 or step == steps or will_save:
         loss = float(sharding.to_host(loss))
+        if watch.observe(step, loss, model, optimizer) == "rollback":
+          line = watch.rollback(step, loss, model, optimizer)
+          if distributed.is_main():
+            bar.write(line, file=sys.stderr)  # On its own line, above the bar.
+          logger.event(step, watch.state.good_step,
+                       {"recovery": watch.state.recoveries, "lr_scale": optim.get_lr_scale(optimizer)})
+          step = watch.state.good_step
+          ckpt.delete_after(step)
+          last_saved = min(last_saved, step)
+          bar.n = step
+          continue
         if not math.isfinite(loss):  # Checked before any save: saved states are finite.
           raise UserError(
               f"loss became {loss} at step {step}; stopped. The last good checkpoint "
               f"(step {last_saved}) is kept; lower optim.lr or change the init")
-      if step % config.train.log_every == 0 or step == steps:
+      if step % log_every == 0 or step == steps:
         scalars = {"loss": loss, **{k: float(v) for k, v in sharding.to_host(aux).items()}}
         logger.log(step, scalars)
         bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()}, refresh=False)

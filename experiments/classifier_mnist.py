@@ -20,6 +20,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({"features": 128})
   c.train = common.train(steps=3000, batch_size=128, log_every=100, checkpoint_every=1000)
   c.optim = common.adam(1e-3, "cosine")
+  c.guard = common.guard("recover")  # roll back and lower the lr on a collapse
   c.wandb = common.wandb()
   c.mesh = common.mesh()
   c.dist = common.dist()  # Multi-process runs: SLURM or experiments.launch.

@@ -9,9 +9,18 @@ def wandb(mode: str = "auto") -> ml_collections.ConfigDict:
 
 
 def train(steps: int, batch_size: int, log_every: int = 100, checkpoint_every: int = 2000):
+  """stop_at > 0 ends the run there, the lr schedule still spanning `steps`."""
   return ml_collections.ConfigDict({
       "steps": steps, "batch_size": batch_size, "log_every": log_every,
-      "checkpoint_every": checkpoint_every, "quiet": False})
+      "checkpoint_every": checkpoint_every, "quiet": False, "stop_at": 0})
+
+
+def guard(mode: str = "recover") -> ml_collections.ConfigDict:
+  """The divergence guard (dfm_flax/guard.py): recover | detect | off."""
+  from dfm_flax import guard as guard_lib
+  c = guard_lib.defaults()
+  c.mode = mode
+  return c
 
 
 def adam(lr: float, schedule: str = "constant", end_lr: float = 0.0) -> ml_collections.ConfigDict:

@@ -46,6 +46,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.train.eval_chunk = 2**16  # Pixels rendered at once in evaluation.
   c.train.quiet = False
+  c.train.stop_at = 0  # > 0: stop there, the lr schedule still spanning train.steps.
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"
@@ -58,6 +59,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.optim.grad_clip = 0.0
   c.optim.scale_by_terms = False  # True: layer lr = optim.lr / 2^m (see tasks/compress.py).
 
+  # Thesis recipe: the guard reports a collapse but never intervenes (dfm_flax/guard.py).
+  c.guard = common.guard("detect")
   c.wandb = common.wandb()  # mode auto: online if logged in, else offline.
   c.mesh = common.mesh()  # Pixels of each batch split over all devices.
   c.dist = common.dist()  # Multi-process runs: SLURM or experiments.launch.
@@ -89,6 +92,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.train.steps = 10_000
     c.train.log_every = 100
     c.train.checkpoint_every = 1000
+    c.guard.mode = "recover"
   elif variant == "siren":
     # COIN's recipe: sine MLP, w0 = 30, Adam 5e-4 (2e-4 in COIN), batch 2^14; the
     # default size (5 x 64) has 17,027 weights, about the width-8/depth-6 DFM's 17,984.

@@ -45,6 +45,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.optim = common.adam(1e-3, "linear", end_lr=1e-7)
   c.optim.groups = ml_collections.ConfigDict({"latent": {"lr": 1e-9, "end_lr": 1e-13}})
   c.eval = common.evaluation(fid_samples=10_000)
+  c.guard = common.guard("detect")  # thesis settings: report a collapse, never intervene
   c.wandb = common.wandb()
   c.mesh = common.mesh()
   c.dist = common.dist()  # Multi-process runs: SLURM or experiments.launch.

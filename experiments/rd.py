@@ -44,20 +44,12 @@ _SIREN_STEPS = flags.DEFINE_integer("siren_steps", 0, "SIREN training steps (def
                                     lower_bound=0)
 flags.mark_flags_as_required(["out"])
 
-BUILTIN = {"coffee": lambda d: d.coffee()[:, 100:500], "astronaut": lambda d: d.astronaut(),
-           "chelsea": lambda d: d.chelsea(), "camera": lambda d: d.camera()}
 FIELDS = ["image", "codec", "setting", "bytes", "bpp", "psnr", "ssim", "encode_s", "decode_s"]
 
 
 def image_path(name: str, directory: str) -> str:
-  if name not in BUILTIN:
-    return name
-  import skimage.data
-  from PIL import Image
-  path = os.path.join(directory, f"{name}.png")
-  if not os.path.exists(path):
-    Image.fromarray(BUILTIN[name](skimage.data)).save(path)
-  return path
+  from dfm_flax import photos
+  return photos.path(name, directory)
 
 
 def train(image: str, run_dir: str, overrides: dict) -> dict:

@@ -23,6 +23,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.train = common.train(steps=20_000, batch_size=64)
   c.optim = common.adam(1e-3, "linear", end_lr=1e-5)
   c.eval = common.evaluation(fid_samples=10_000)
+  c.guard = common.guard("recover")  # roll back and lower the lr on a collapse
   c.wandb = common.wandb()
   c.mesh = common.mesh()
   c.dist = common.dist()  # Multi-process runs: SLURM or experiments.launch.

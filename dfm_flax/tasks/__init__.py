@@ -12,6 +12,8 @@ data), for sampling and feature extraction. A Task object has:
   batch_rows() -> the leading size of a whole batch (default train.batch_size)
   loss(model, batch) -> (scalar loss, dict of scalar diagnostics)
   evaluate(model, workdir) -> dict of final metrics (and writes figures)
+  reference_loss() -> the loss of the task's flat prediction (e.g. an image's mean
+      colour), or None: the divergence guard's yardstick for a collapse (guard.py)
 """
 from __future__ import annotations
 
@@ -55,3 +57,6 @@ class TaskBase:
 
   def batch_rows(self) -> int:
     return self.config.train.batch_size
+
+  def reference_loss(self) -> float | None:
+    return None

@@ -130,6 +130,12 @@ class Task(TaskBase):
       return 1.0 / 2**dims[layer][0]
     return multiplier
 
+  def reference_loss(self) -> float:
+    """The loss of the flat mean-colour image (what a collapsed net outputs): the sum
+    over images of each image's per-channel variance on the [-1, 1] scale."""
+    return float(sum(np.mean((2 * im - 1 - np.mean(2 * im - 1, axis=(0, 1))) ** 2)
+                     for im in self.images))
+
   def _full_image(self) -> bool:
     return len(self.images) == 1 and self.config.train.batch_size >= self.num_pixels[0]
 

@@ -1,0 +1,121 @@
+"""Stability map of the compression recipe: peak lr x width x depth x image, collapse or not.
+
+  python -m benchmarks.stability --out runs/stability --images cat,clock,gravel \
+      --sizes 6x6,7x6,7x8,8x6,8x8,6x10 --lrs 0.05,0.1,0.2 [--stop_at 1300] [--shard 0/2]
+  python -m benchmarks.stability --out runs/stability --report   # table + figure only
+
+Each cell is one `compress.py:best` fit (per-layer lr = optim.lr / 2^m, warm-up 1,000
+steps then cosine over 10,000) with the divergence guard in `detect` mode, so it never
+intervenes and says whether the fit collapsed. Fits stop at --stop_at (default 1,300:
+warm-up, peak and 300 steps past it, where the collapses happen; the schedule is the
+full run's). Cells run one after another, skipping finished ones (rerun to resume);
+--shard i/n runs every n-th cell, for n processes side by side. Writes
+DIR/stability.csv (image, width, depth, lr, seed, psnr, best_logged_psnr, collapsed)
+and DIR/stability.png (final PSNR per lr and size, collapses marked).
+"""
+import argparse
+import csv
+import itertools
+import json
+import os
+
+FIELDS = ["image", "width", "depth", "lr", "seed", "psnr", "best_logged_psnr", "collapsed",
+          "seconds"]
+
+
+def cell_dir(out, image, w, d, lr, seed):
+  return os.path.join(out, "runs", f"{image}_{w}x{d}_lr{lr:g}_s{seed}")
+
+
+def run_cell(out, image, w, d, lr, seed, stop_at, overrides):
+  from dfm_flax import photos
+  from dfm_flax.train import train_and_evaluate
+  from experiments.compress import get_config
+  c = get_config("best")
+  c.image = photos.path(image, os.path.join(out, "images"))
+  c.model.width, c.model.depth, c.optim.lr, c.seed = w, d, lr, seed
+  c.train.stop_at, c.train.quiet, c.wandb.mode = stop_at, True, "disabled"
+  c.train.checkpoint_every = stop_at
+  c.guard.mode = "detect"
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    c[section][name] = type(c[section][name])(value)
+  return train_and_evaluate(c, cell_dir(out, image, w, d, lr, seed))
+
+
+def row(out, image, w, d, lr, seed):
+  from dfm_flax import logs
+  wd = cell_dir(out, image, w, d, lr, seed)
+  m = logs.read_json(os.path.join(wd, "metrics.json"))
+  if not m:
+    return None
+  logged = [r["psnr"] for r in logs.read_history(wd) if r.get("psnr") is not None]
+  return {"image": image, "width": w, "depth": d, "lr": lr, "seed": seed,
+          "psnr": round(m["psnr"], 2), "best_logged_psnr": round(max(logged), 2),
+          "collapsed": bool(m.get("collapsed")), "seconds": m["seconds"]}
+
+
+def plot(rows, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  images = sorted({r["image"] for r in rows})
+  sizes = sorted({(r["width"], r["depth"]) for r in rows}, key=lambda s: (s[1], s[0]))
+  fig, axes = plt.subplots(1, len(images), figsize=(4.2 * len(images), 3.6), squeeze=False)
+  for ax, image in zip(axes[0], images):
+    for w, d in sizes:
+      pts = sorted((r["lr"], r["psnr"], r["collapsed"]) for r in rows
+                   if r["image"] == image and (r["width"], r["depth"]) == (w, d))
+      if not pts:
+        continue
+      line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=4, label=f"{w}x{d}")
+      bad = [p for p in pts if p[2]]
+      ax.plot([p[0] for p in bad], [p[1] for p in bad], "x", ms=11, mew=2.5, color="tab:red")
+    ax.set_xscale("log")
+    ax.set_xlabel("peak lr (per layer: lr / 2^m)")
+    ax.set_title(image)
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel("PSNR after warm-up + peak (dB)")
+  axes[0][-1].legend(title="width x depth", fontsize=8)
+  fig.suptitle("Stability map of compress.py:best (red x: collapsed)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--out", required=True)
+  p.add_argument("--images", default="cat,clock,gravel")
+  p.add_argument("--sizes", default="6x6,7x6,7x8,8x6,8x8,6x10")
+  p.add_argument("--lrs", default="0.05,0.1,0.2")
+  p.add_argument("--seeds", default="0")
+  p.add_argument("--stop_at", type=int, default=1300)
+  p.add_argument("--shard", default="0/1")
+  p.add_argument("--set", action="append", default=[], help="KEY=VALUE config override")
+  p.add_argument("--report", action="store_true", help="only write the table and figure")
+  a = p.parse_args()
+  sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",")]
+  cells = list(itertools.product(a.images.split(","), sizes, [float(x) for x in a.lrs.split(",")],
+                                 [int(s) for s in a.seeds.split(",")]))
+  index, count = (int(v) for v in a.shard.split("/"))
+  overrides = dict(kv.split("=", 1) for kv in a.set)
+  if not a.report:
+    for i, (image, (w, d), lr, seed) in enumerate(cells):
+      if i % count == index:
+        m = run_cell(a.out, image, w, d, lr, seed, a.stop_at, overrides)
+        print(f"{image} {w}x{d} lr {lr:g} seed {seed}: {m['psnr']:.2f} dB"
+              f"{'  COLLAPSED' if m.get('collapsed') else ''}", flush=True)
+  rows = [r for r in (row(a.out, im, w, d, lr, s) for im, (w, d), lr, s in cells) if r]
+  with open(os.path.join(a.out, "stability.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+  if rows:
+    plot(rows, os.path.join(a.out, "stability.png"))
+  print(json.dumps({"cells": len(cells), "done": len(rows),
+                    "collapsed": sum(r["collapsed"] for r in rows)}))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,59 @@
+"""Photographs that ship with scikit-image (offline), by name, saved as PNG on demand.
+
+The first four are the built-in photographs of the README's studies; the rest make up
+the robustness panel (benchmarks/panel.py) and the stability map
+(benchmarks/stability.py), colour and grey, several larger than 512 px.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+_CROPS = {
+    "coffee": lambda d: d.coffee()[:, 100:500],  # The built-in 400x400 default image.
+    "astronaut": lambda d: d.astronaut(),
+    "chelsea": lambda d: d.chelsea(),
+    "camera": lambda d: d.camera(),
+    "coffee_full": lambda d: d.coffee(),
+    "rocket": lambda d: d.rocket(),
+    "retina": lambda d: d.retina(),
+    "hubble": lambda d: d.hubble_deep_field(),
+    "ihc": lambda d: d.immunohistochemistry(),
+    "brick": lambda d: d.brick(),
+    "grass": lambda d: d.grass(),
+    "moon": lambda d: d.moon(),
+    "page": lambda d: d.page(),
+    "text": lambda d: d.text(),
+    "coins": lambda d: d.coins(),
+    "cell": lambda d: d.cell(),
+    "cat": lambda d: d.cat(),
+    "clock": lambda d: d.clock(),
+    "gravel": lambda d: d.gravel(),
+    "colorwheel": lambda d: d.colorwheel(),
+}
+BUILTIN_FOUR = ("coffee", "astronaut", "chelsea", "camera")
+
+
+def names() -> list[str]:
+  return list(_CROPS)
+
+
+def pixels(name: str) -> np.ndarray:
+  """The photograph as uint8 (H, W) or (H, W, 3)."""
+  import skimage.data
+  return np.asarray(_CROPS[name](skimage.data), np.uint8)
+
+
+def path(name: str, directory: str) -> str:
+  """A built-in name saved as DIR/NAME.png (once); any other string is taken as a path."""
+  if name not in _CROPS:
+    return name
+  from PIL import Image
+  os.makedirs(directory, exist_ok=True)
+  out = os.path.join(directory, f"{name}.png")
+  if not os.path.exists(out):
+    tmp = out + ".partial.png"
+    Image.fromarray(pixels(name)).save(tmp)
+    os.replace(tmp, out)
+  return out

@@ -1,0 +1,135 @@
+"""The divergence guard (dfm_flax/guard.py) in the shared loop: a forced collapse is
+recovered, a healthy run is unchanged by it, and resume stays exact with it on."""
+import json
+import math
+import os
+import signal
+
+import pytest
+
+from tests.helpers import popen_cli, run_cli
+from tests.test_compress import checkpoint_steps, read_metrics, wait_for_checkpoint
+
+# Learns for ~100 steps (lr still small in a long warm-up), then the absurd peak lr
+# (8 / 2^m per layer) makes it collapse to the flat mean colour.
+FORCED = ["--config", "experiments/compress.py:smoke", "--config.optim.scale_by_terms=True",
+          "--config.optim.lr=8", "--config.optim.schedule=cosine",
+          "--config.optim.warmup_steps=2000", "--config.train.steps=4000",
+          "--config.train.stop_at=600", "--config.train.checkpoint_every=100",
+          "--config.model.coord_range=(0.0,0.5)", "--config.guard.mode=recover"]
+
+
+def flat_psnr():
+  """PSNR of the built-in image's mean colour: where a collapsed net ends."""
+  import numpy as np
+  from dfm_flax import images
+  img = images.default_image()
+  ref = images.to_uint8(img) / 255
+  flat = images.to_uint8(np.broadcast_to(img.mean(axis=(0, 1)), img.shape)) / 255
+  return images.psnr(ref, flat)
+
+
+def history(wd):
+  with open(os.path.join(wd, "history.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+def test_forced_collapse_is_recovered_and_detect_mode_reports_it(tmp_path):
+  flat = flat_psnr()
+  detect = str(tmp_path / "detect")
+  proc = run_cli("experiments.run", *FORCED, "--config.guard.mode=detect", "--workdir", detect)
+  assert proc.returncode == 0, proc.stderr
+  m = read_metrics(detect)
+  assert m["collapsed"] is True and m["recoveries"] == 0
+  assert m["psnr"] < flat + 1  # Really collapsed: the flat image.
+  assert "warning: this run ended collapsed" in proc.stderr
+
+  recover = str(tmp_path / "recover")
+  proc = run_cli("experiments.run", *FORCED, "--config.guard.mode=recover", "--workdir", recover)
+  assert proc.returncode == 0, proc.stderr
+  m = read_metrics(recover)
+  assert m["collapsed"] is False and 1 <= m["recoveries"] <= 4
+  assert m["psnr"] > flat + 4
+  lines = [line for line in proc.stderr.splitlines() if line.startswith("guard: ")]
+  assert len(lines) == m["recoveries"]
+  events = [r for r in history(recover) if r.get("event") == "rollback"]
+  assert [e["recovery"] for e in events] == list(range(1, m["recoveries"] + 1))
+  assert events[-1]["lr_scale"] == 0.5 ** m["recoveries"]
+  # The history holds the path the run went on from: steps increase.
+  steps = [r["step"] for r in history(recover) if "loss" in r]
+  assert steps == sorted(steps) and steps[-1] == 600
+  assert "warning" not in proc.stderr
+
+
+def test_healthy_run_is_bit_identical_with_the_guard_on_and_off(tmp_path):
+  runs = {}
+  for mode in ("recover", "off"):
+    wd = str(tmp_path / mode)
+    proc = run_cli("experiments.run", "--config", "experiments/compress.py:smoke",
+                   "--config.train.steps=120", f"--config.guard.mode={mode}", "--workdir", wd)
+    assert proc.returncode == 0, proc.stderr
+    runs[mode] = read_metrics(wd)
+  on, off = runs["recover"], runs["off"]
+  assert on["recoveries"] == 0 and on["collapsed"] is False
+  for key in ("psnr", "ssim", "mse", "final_loss"):
+    assert on[key] == off[key], key  # Exactly: the guard only watches a healthy run.
+
+
+@pytest.mark.slow
+def test_resume_with_the_guard_on_is_exact(tmp_path):
+  whole = str(tmp_path / "whole")
+  assert run_cli("experiments.run", *FORCED, "--workdir", whole).returncode == 0
+  a = read_metrics(whole)
+  assert a["recoveries"] >= 2
+
+  # Stopped between a rollback and the next good state, then continued: the checkpoint
+  # must carry the guard's state and its last good weights.
+  split = str(tmp_path / "split")
+  events = [r for r in history(whole) if r.get("event") == "rollback"]
+  cut = next(((e["step"] // 100 + 1) * 100 for e in events), 200)
+  assert run_cli("experiments.run", *FORCED, f"--config.train.stop_at={cut}",
+                 "--workdir", split).returncode == 0
+  rerun = run_cli("experiments.run", *FORCED, "--workdir", split)
+  assert rerun.returncode == 0, rerun.stderr
+  assert f"resumed from checkpoint at step {cut}" in rerun.stderr
+
+  killed = str(tmp_path / "killed")
+  proc = popen_cli("experiments.run", *FORCED, "--workdir", killed)
+  wait_for_checkpoint(proc, killed, 300)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert run_cli("experiments.run", *FORCED, "--workdir", killed).returncode == 0
+
+  for wd in (split, killed):
+    b = read_metrics(wd)
+    assert b["recoveries"] == a["recoveries"], wd
+    for key in ("psnr", "ssim", "mse", "final_loss"):
+      assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (wd, key)
+
+
+def test_guard_decisions():
+  from dfm_flax import guard
+  cfg = guard.defaults()
+  g = guard.DivergenceGuard(cfg, reference_loss=1.0)
+  g.keep = lambda step, model, optimizer: setattr(g.state, "good_step", step)  # No arrays.
+  g._good = "kept"
+  acts = [g.observe(s, loss, None, None) for s, loss in
+          [(10, 0.5), (20, 0.1), (30, 0.12), (40, 0.5), (50, 0.5), (60, 0.5)]]
+  # 0.5 > sqrt(0.1 * 1.0): lost more than half of its 10 dB gain over flat, 3 times in a row.
+  assert acts == ["ok"] * 5 + ["rollback"] and g.state.good_step == 30
+  g2 = guard.DivergenceGuard(cfg)  # No reference: only the ratio counts.
+  g2._good = "kept"
+  g2.keep = g.keep
+  assert [g2.observe(s, x, None, None) for s, x in [(1, 0.1), (2, 0.35), (3, 0.35), (4, 0.35)]] \
+      == ["ok"] * 4
+  assert g2.observe(5, math.nan, None, None) == "rollback"  # Non-finite: at once.
+  g2.state.bad = 0
+  assert [g2.observe(s, x, None, None) for s, x in [(6, 0.5), (7, 0.5), (8, 0.5)]] \
+      == ["ok", "ok", "rollback"]
+  g3 = guard.DivergenceGuard(guard.config_of({"guard": {"mode": "detect"}}))
+  for s in range(1, 5):
+    assert g3.observe(s, 1.0 if s == 1 else 10.0, None, None) == "ok"
+  assert g3.state.collapsed
+  state = guard.GuardState(best=math.inf, bad=2, recoveries=1, good_step=30)
+  assert guard.GuardState.from_meta(json.loads(json.dumps(state.to_meta()))) == state

@@ -30,6 +30,11 @@ _HEAD = struct.Struct("<4sBHHBBBffBBB")
 _LAYER = struct.Struct("<fff")
 
 
+def header_bytes(depth: int) -> int:
+  """Bytes of a file that are not the coded weights: header, layer stats, length, CRC."""
+  return _HEAD.size + _LAYER.size * depth + 8
+
+
 def _levels(bits: int) -> int:
   return 2 ** (bits - 1) - 1
 

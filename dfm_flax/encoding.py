@@ -50,7 +50,7 @@ def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder:
                       f"at {bits} bits take more bytes than the raw pixels; use a smaller net")
   tic = time.perf_counter()
   if qat_steps and bits != 16:
-    config, model = fine_tune(source, outs[0] + ".qat", bits, qat_steps)
+    config, model = fine_tune(source, outs[0] + f".qat{bits}", bits, qat_steps)
   shared_s = (time.perf_counter() - tic) / len(outs)
   m = config.model
   rows = []
@@ -73,6 +73,38 @@ def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder:
   return rows
 
 
+def encode_to_bpp(source: str, image, out: str, bpp: float, bits: int, coder: str,
+                  qat_steps: int, tolerance: float = 0.1) -> tuple[dict, int, str]:
+  """Code the run's net into `out` at the bit depth that lands within `tolerance` of
+  `bpp`: first at `bits`, then (at most 3 more tries) at the depth the measured file
+  size points to. Returns (row, bits used, a note when the target could not be met)."""
+  h, w, _ = image.shape
+  target = bpp * h * w / 8
+  tried = {}
+  while bits not in tried:
+    tried[bits] = encode_run(source, image, out, bits, coder, qat_steps)
+    got = tried[bits]["bytes"]
+    if abs(got / target - 1) <= tolerance or bits == 16 or len(tried) == 4:
+      break
+    from dfm_flax.restore import load_config
+    bits = nearest_bits(bits, got, target, load_config(source).model.depth)
+  bits = min(tried, key=lambda b: abs(tried[b]["bytes"] / target - 1))
+  row = tried[bits]
+  if len(tried) > 1 and list(tried)[-1] != bits:
+    row = encode_run(source, image, out, bits, coder, qat_steps)  # The file on disk: the best.
+  note = ""
+  if abs(row["bytes"] / target - 1) > tolerance:
+    note = (f"note: no bit depth of this {_net_name(source)} net comes within "
+            f"{tolerance:.0%} of {bpp:g} bpp; the nearest is {row['bpp']:.4f} bpp at {bits} bits")
+  return row, bits, note
+
+
+def _net_name(source: str) -> str:
+  from dfm_flax.restore import load_config
+  m = load_config(source).model
+  return f"{m.width}x{m.depth}"
+
+
 def fine_tune(source: str, workdir: str, bits: int, steps: int):
   """Continue the source run for `steps` with the forward pass on the codec's grid."""
   from dfm_flax.restore import load_config, load_model
@@ -89,20 +121,46 @@ def fine_tune(source: str, workdir: str, bits: int, steps: int):
   return config, model
 
 
-def size_for_bpp(bpp: float, image_shape, bits: int) -> tuple[int, int]:
-  """The largest (width, depth) whose weights, at `bits` each, fit the bpp budget.
+# Coded bits per weight = bits - CODING_GAIN_BITS, measured with ANS on compress:best
+# nets: 1.0-1.4 bits below the bit depth after 1,300 steps (benchmarks/stability.py
+# nets, 6-10 bits), 1.7 after a full fit and fine-tune (README, codec table). The middle
+# value predicts a file within about 5%; encode_to_bpp corrects the rest.
+CODING_GAIN_BITS = 1.4
+# Net shapes the picker considers. Depth 6-10 is where the recipe was measured
+# (benchmarks/stability.py); within a size budget the picker spends it on width first
+# (more terms per layer) as long as the depth stays at least MIN_DEPTH.
+WIDTHS, DEPTHS, MIN_DEPTH = range(3, 11), range(3, 13), 5
 
-  Entropy coding usually shrinks the file a further 10-25%, so the result lands at or
-  a little under the target; the printed bpp is the file's real one.
+
+def predicted_bytes(width: int, depth: int, channels: int, bits: int) -> float:
+  """The .dfm file size the model of coded bits per weight predicts."""
+  from dfm_flax import codec, fourier
+  per_weight = 16 if bits == 16 else bits - CODING_GAIN_BITS
+  return codec.header_bytes(depth) + fourier.num_params(width, depth, channels) * per_weight / 8
+
+
+def size_for_bpp(bpp: float, image_shape, bits: int) -> tuple[int, int]:
+  """(width, depth) whose .dfm file at `bits` should come closest to `bpp`.
+
+  Among the shapes predicted within 7% of the budget, the widest with depth >= MIN_DEPTH
+  (then the deepest of that width); with none that close, the closest one. Below the
+  smallest net this returns the smallest (encode_to_bpp says so).
   """
-  from dfm_flax import fourier
-  from dfm_flax.errors import UserError
   h, w, c = image_shape
-  budget_bits = bpp * h * w
-  fits = [(fourier.num_params(wd, d, c), wd, d) for wd in range(2, 11) for d in (4, 6, 8)
-          if fourier.num_params(wd, d, c) * bits <= budget_bits]
-  if not fits:
-    raise UserError(f"--bpp {bpp} is below the smallest net (width 2, depth 4) at {bits} bits "
-                    f"on a {w}x{h} image; raise --bpp or lower --bits")
-  _, width, depth = max(fits)
-  return width, depth
+  target = bpp * h * w / 8
+  shapes = [(wd, d) for wd in WIDTHS for d in DEPTHS]
+  error = {s: predicted_bytes(*s, c, bits) / target - 1 for s in shapes}
+  close = [s for s in shapes if abs(error[s]) <= 0.07]
+  if close:
+    return max(close, key=lambda s: (s[1] >= MIN_DEPTH, s[0], -abs(error[s])))
+  return min(shapes, key=lambda s: abs(error[s]))
+
+
+def nearest_bits(bits: int, got_bytes: int, target_bytes: float, depth: int) -> int:
+  """The bit depth whose file should land nearest the target, given the file at `bits`:
+  one bit more or less changes every coded weight by about one bit."""
+  from dfm_flax import codec
+  payload = got_bytes - codec.header_bytes(depth)
+  per_bit = payload / max(bits - CODING_GAIN_BITS, 1.0)  # bytes per bit of depth.
+  best = bits + round((target_bytes - got_bytes) / per_bit)
+  return int(min(max(best, 4), 12))

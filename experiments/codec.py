@@ -8,13 +8,17 @@ encode trains a net on IMAGE with the compress config (`:best` by default; its r
 directory is --workdir, default FILE.dfm.run, so rerunning resumes) or takes the net
 of a finished compress run (--from DIR), fine-tunes it for --qat-steps with the
 weights rounded as the file stores them (straight-through gradients; run directory
-FILE.dfm.qat), quantises and codes it, writes FILE.dfm and prints bytes, bpp and the
-PSNR of what the file decodes to. decode needs no training
+FILE.dfm.qatBITS), quantises and codes it, writes FILE.dfm and prints bytes, bpp and the
+PSNR of what the file decodes to. With --bpp the net size comes from a model of coded
+bits per weight (encoding.size_for_bpp), and the bit depth is then moved (from --bits)
+until the file is within 10% of the target, or the nearest is said in one line. decode
+needs no training
 code; --size renders the continuous image at any resolution. Output files appear
 whole or not at all.
 """
 import os
 import re
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -69,9 +73,16 @@ def _encode(image_path: str):
             _BPP.value, image.shape, _BITS.value)
     source = _WORKDIR.value or out + ".run"
     train_and_evaluate(config, source)
-  r = encoding.encode_run(source, image, out, _BITS.value, _CODER.value, _QAT.value)
+  bits = _BITS.value
+  if _BPP.value is not None:
+    r, bits, note = encoding.encode_to_bpp(source, image, out, _BPP.value, bits, _CODER.value,
+                                           _QAT.value)
+    if note:
+      print(note, file=sys.stderr)
+  else:
+    r = encoding.encode_run(source, image, out, bits, _CODER.value, _QAT.value)
   print(f"wrote {out}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp, PSNR {r['psnr']:.2f} dB "
-        f"({_BITS.value}-bit, {_CODER.value if _BITS.value != 16 else 'fp16'})")
+        f"({bits}-bit, {_CODER.value if bits != 16 else 'fp16'})")
 
 
 def _decode(path: str):

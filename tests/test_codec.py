@@ -180,14 +180,34 @@ def test_rate_distortion_tool(tmp_path):
   assert os.path.getsize(out / "rd.png") > 1000
 
 
-def test_bpp_target_picks_a_net_that_fits():
-  from dfm_flax.encoding import size_for_bpp
-  for bpp in (0.05, 0.3, 1.0):
-    width, depth = size_for_bpp(bpp, (400, 400, 3), 8)
-    assert fourier.num_params(width, depth, 3) * 8 <= bpp * 400 * 400
-    assert fourier.num_params(width + 1, depth, 3) * 8 > bpp * 400 * 400 or width == 10
-  with pytest.raises(UserError, match="below the smallest net"):
-    size_for_bpp(0.001, (400, 400, 3), 8)
+def test_bpp_target_picks_a_net_predicted_near_the_target():
+  from dfm_flax.encoding import predicted_bytes, size_for_bpp
+  for shape in ((512, 768, 3), (512, 512, 1), (400, 400, 3), (1411, 1411, 3)):
+    h, w, c = shape
+    for bpp in (0.1, 0.3, 0.6):
+      width, depth = size_for_bpp(bpp, shape, 8)
+      assert predicted_bytes(width, depth, c, 8) == pytest.approx(bpp * h * w / 8, rel=0.07)
+      assert depth >= 5
+  # Below the smallest net: the smallest, not an error (encode says it is the nearest).
+  assert size_for_bpp(0.0001, (400, 400, 3), 8) == (3, 3)
+
+
+def test_encode_to_bpp_moves_the_bit_depth_to_hit_the_target(tmp_path):
+  from dfm_flax.encoding import encode_run, encode_to_bpp
+  wd = str(tmp_path / "run")
+  assert run_cli("experiments.run", "--config", "experiments/compress.py:smoke",
+                 "--workdir", wd).returncode == 0
+  image = images.default_image()
+  at8 = encode_run(wd, image, str(tmp_path / "a.dfm"), 8, "ans", 0)
+  for factor in (1.35, 0.7):
+    target_bpp = factor * at8["bpp"]
+    out = str(tmp_path / f"b{factor}.dfm")
+    row, bits, note = encode_to_bpp(wd, image, out, target_bpp, 8, "ans", 0)
+    assert abs(row["bpp"] / target_bpp - 1) <= 0.1 and not note
+    assert (bits > 8) == (factor > 1) and bits != 8
+    assert os.path.getsize(out) == row["bytes"]
+  row, bits, note = encode_to_bpp(wd, image, str(tmp_path / "c.dfm"), 50 * at8["bpp"], 8, "ans", 0)
+  assert bits == 12 and "nearest" in note
 
 
 def test_image_too_small_for_the_net(tmp_path):

@@ -28,6 +28,13 @@ METHODS = ("auto", "product", "direct")
 CODERS = ("raw", "ans")
 _HEAD = struct.Struct("<4sBHHBBBffBBB")
 _LAYER = struct.Struct("<fff")
+# The format's limits, checked on every header field before anything is allocated: a
+# CRC guards against accidents, not against a crafted file.
+MAX_PIXELS = 2**28  # Stored image size (16384 x 16384), as for decode's --size.
+MAX_NET_WIDTH = 14  # 2^14 terms per layer: far beyond any net the encoder writes (<= 10).
+MAX_NET_DEPTH = 64
+MAX_WEIGHTS = 2**22  # 16 MiB of float32 weights.
+MAX_COORD = 1e3
 
 
 def header_bytes(depth: int) -> int:
@@ -92,7 +99,11 @@ def encode(params, image_shape, width: int, depth: int, coord_range=(0.0, 1.0),
 
 
 def decode(data: bytes) -> tuple[dict, list]:
-  """(header, per-layer (a, b)) from .dfm bytes; UserError for anything malformed."""
+  """(header, per-layer (a, b)) from .dfm bytes; UserError for anything malformed.
+
+  Every header field is checked against the format's limits and the file's own length
+  before any weight is decoded, so a crafted file costs at most MAX_WEIGHTS floats.
+  """
   if len(data) < 4 or data[:4] != MAGIC:
     raise UserError("not a .dfm file (wrong magic bytes)")
   if len(data) < _HEAD.size + 8:
@@ -102,42 +113,87 @@ def decode(data: bytes) -> tuple[dict, list]:
     raise UserError(f".dfm format version {version} is not supported (this reader: {VERSION})")
   if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
     raise UserError(".dfm checksum mismatch: the file is truncated or corrupted")
-  if method >= len(METHODS) or coder >= len(CODERS) or not (bits == 16 or 4 <= bits <= 12):
-    raise UserError(".dfm header has invalid settings")
+  _check_header(h, w, c, width, depth, lo, hi, method, bits, coder)
   header = {"height": h, "width": w, "channels": c, "net_width": width, "net_depth": depth,
             "coord_range": (lo, hi), "method": METHODS[method], "bits": bits,
             "coder": CODERS[coder]}
   offset = _HEAD.size
+  if len(data) < header_bytes(depth):
+    raise UserError(f".dfm file too short for the {depth} layers its header names")
   stats = [_LAYER.unpack_from(data, offset + i * _LAYER.size) for i in range(depth)]
+  _check_stats(stats, bits)
   offset += depth * _LAYER.size
   (length,) = struct.unpack_from("<I", data, offset)
   payload = data[offset + 4:offset + 4 + length]
   if len(payload) != length or offset + 4 + length + 4 != len(data):
-    raise UserError("truncated .dfm file (payload shorter than its header says)")
+    raise UserError("truncated .dfm file (payload length differs from its header)")
   shapes = fourier.param_shapes(width, depth, c)
   sizes = [2 * r * n for r, n in shapes]
   layers = _decode_layers(payload, bits, header["coder"], stats, sizes)
+  if not all(np.all(np.isfinite(x)) for x in layers):
+    raise UserError(".dfm weights are not finite numbers")
   params = []
   for flat, (r, n) in zip(layers, shapes):
     params.append((flat[:r * n].reshape(r, n), flat[r * n:].reshape(r, n)))
   return header, params
 
 
+def _check_header(h, w, c, width, depth, lo, hi, method, bits, coder) -> None:
+  if method >= len(METHODS) or coder >= len(CODERS) or not (bits == 16 or 4 <= bits <= 12):
+    raise UserError(".dfm header has invalid settings (method, coder or bit depth)")
+  if not (1 <= h and 1 <= w and h * w <= MAX_PIXELS and c in (1, 3)):
+    raise UserError(f".dfm header names an invalid image ({w}x{h}x{c}; at most "
+                    f"{MAX_PIXELS:,} pixels, 1 or 3 channels)")
+  if not (1 <= width <= MAX_NET_WIDTH and 1 <= depth <= MAX_NET_DEPTH):
+    raise UserError(f".dfm header names an invalid net (width {width}, depth {depth}; at most "
+                    f"{MAX_NET_WIDTH} and {MAX_NET_DEPTH})")
+  if fourier.num_params(width, depth, c) > MAX_WEIGHTS:
+    raise UserError(f".dfm header names a net of {fourier.num_params(width, depth, c):,} "
+                    f"weights, more than the format allows ({MAX_WEIGHTS:,})")
+  if not (np.isfinite(lo) and np.isfinite(hi) and -MAX_COORD <= lo < hi <= MAX_COORD):
+    raise UserError(f".dfm header has an invalid coordinate range ({lo}, {hi})")
+
+
+def _check_stats(stats, bits: int) -> None:
+  if bits == 16:
+    return
+  for step, loc, spread in stats:
+    if not (np.isfinite(step) and step > 0 and np.isfinite(loc) and abs(loc) <= 2**bits
+            and np.isfinite(spread) and 0 < spread <= 2**bits):
+      raise UserError(".dfm header has invalid quantisation parameters")
+
+
 def _decode_layers(payload: bytes, bits: int, coder: str, stats, sizes) -> list[np.ndarray]:
   if bits == 16:
-    flat = np.frombuffer(payload, "<f2").astype(np.float32)
-    if flat.size != sum(sizes):
+    if len(payload) != 2 * sum(sizes):
       raise UserError(".dfm payload does not match the net size in its header")
+    flat = np.frombuffer(payload, "<f2").astype(np.float32)
     return np.split(flat, np.cumsum(sizes)[:-1])
   if coder == "raw":
+    if len(payload) != (sum(sizes) * bits + 7) // 8:
+      raise UserError(".dfm payload does not match the net size in its header")
     ints = _unpack(payload, bits, sum(sizes))
     chunks = np.split(ints, np.cumsum(sizes)[:-1])
   else:
-    constriction, model = _ans(bits)
+    chunks = _decode_ans(payload, bits, stats, sizes)
+  return [q.astype(np.float32) * np.float32(step) for q, (step, _, _) in zip(chunks, stats)]
+
+
+def _decode_ans(payload: bytes, bits: int, stats, sizes) -> list[np.ndarray]:
+  """The ANS-coded integers; a payload must decode to exactly the expected count (a
+  coder left with unread words held something else)."""
+  if len(payload) % 4:
+    raise UserError(".dfm payload is not a whole number of ANS words")
+  constriction, model = _ans(bits)
+  try:
     dec = constriction.stream.stack.AnsCoder(np.frombuffer(payload, "<u4").copy())
     chunks = [dec.decode(model, np.full(n, loc), np.full(n, spread))
               for n, (_, loc, spread) in zip(sizes, stats)]
-  return [q.astype(np.float32) * np.float32(step) for q, (step, _, _) in zip(chunks, stats)]
+  except (ValueError, RuntimeError) as e:  # constriction's word for invalid data.
+    raise UserError(f".dfm payload is not valid ANS data ({e})") from None
+  if not dec.is_empty():
+    raise UserError(".dfm payload does not decode to the number of weights its header names")
+  return chunks
 
 
 def _pack(q: np.ndarray, bits: int) -> bytes:

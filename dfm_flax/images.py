@@ -121,9 +121,17 @@ def jpeg_at_size(img01: np.ndarray, max_bytes: int, fmt: str = "JPEG") -> dict:
   figures describe quality 1) when even quality 1 is larger than max_bytes.
   """
   h, w = img01.shape[:2]
-  sizes = {q: len(jpeg_bytes(img01, q, fmt)) for q in range(1, 101)}
-  fitting = [q for q, n in sizes.items() if n <= max_bytes]
-  quality = max(fitting) if fitting else None
+  # File size grows with quality: bisect (7 encodes, not 100: large images and WebP are
+  # slow to encode). The file returned always fits; where size is not monotonic in
+  # quality it may be a quality or two below the largest that fits.
+  lo, hi = 0, 100  # Invariant: quality lo fits (0: none known), hi+1.. do not.
+  while lo < hi:
+    mid = (lo + hi + 1) // 2
+    if len(jpeg_bytes(img01, mid, fmt)) <= max_bytes:
+      lo = mid
+    else:
+      hi = mid - 1
+  quality = lo or None
   data = jpeg_bytes(img01, quality or 1, fmt)
   decoded = decode_image_bytes(data, img01.shape[-1])
   return {

@@ -41,7 +41,7 @@ _QAT = flags.DEFINE_integer("qat_steps", 300, "Quantisation-aware fine-tuning st
 flags.DEFINE_alias("qat-steps", "qat_steps")
 flags.mark_flags_as_required(["out"])
 
-MAX_PIXELS = 2**28  # 16384 x 16384
+from dfm_flax.codec import MAX_PIXELS  # 16384 x 16384, for --size as for stored sizes.
 
 
 def parse_size(text: str):

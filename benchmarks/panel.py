@@ -1,0 +1,145 @@
+"""Robustness panel: the codec's recipe on many photographs, sizes and seeds.
+
+  python -m benchmarks.panel --out runs/panel                      # the whole panel
+  python -m benchmarks.panel --out runs/panel --images coffee,moon --bpps 0.3 --seeds 0
+  python -m benchmarks.panel --out runs/panel --stop_at 0          # full-length fits
+  python -m benchmarks.panel --out runs/panel --report             # table only
+
+For each photograph (scikit-image, offline), target bpp and seed: the net size the
+codec picks for that bpp (encoding.size_for_bpp), one `compress.py:best` fit with the
+divergence guard on, cut at --stop_at (default 1,300: the recipe's full warm-up and
+peak, where collapses happen, and 300 steps past it; the lr schedule is the full
+10,000-step one), then the .dfm file at the bit depth that hits the target
+(encoding.encode_to_bpp), and JPEG and WebP (Pillow) at the file's bytes. Cells are
+resumable (rerun the same command). Writes DIR/panel.csv (one row per fit) and
+DIR/panel.md (per image and bpp: PSNR per seed, collapses, recoveries, delivered bpp,
+JPEG and WebP), and prints the table.
+
+A collapse here: a fit whose guard says it ended collapsed, or a seed more than 3 dB
+below the best seed of its cell.
+"""
+import argparse
+import csv
+import itertools
+import os
+
+DEFAULT_IMAGES = ("astronaut,chelsea,coffee,camera,rocket,retina,hubble,ihc,brick,grass,moon,"
+                  "page,text,coins")
+FIELDS = ["image", "pixels", "target_bpp", "seed", "net", "bits", "bytes", "bpp", "psnr",
+          "float_psnr", "recoveries", "collapsed", "jpeg_psnr", "jpeg_bytes", "webp_psnr",
+          "webp_bytes", "seconds"]
+
+
+def fit_and_code(out, name, bpp, seed, stop_at, qat_steps):
+  from dfm_flax import encoding, images, logs, photos
+  from dfm_flax.train import train_and_evaluate
+  from experiments.compress import get_config
+  path = photos.path(name, os.path.join(out, "images"))
+  image = images.load_image(path)
+  h, w, _ = image.shape
+  cell = os.path.join(out, "runs", f"{name}_{bpp:g}bpp_s{seed}")
+  c = get_config("best")
+  c.image, c.seed = path, seed
+  c.model.width, c.model.depth = encoding.size_for_bpp(bpp, image.shape, 8)
+  c.train.stop_at, c.train.quiet, c.wandb.mode = stop_at, True, "disabled"
+  m = train_and_evaluate(c, os.path.join(cell, "run"))
+  row, bits, note = encoding.encode_to_bpp(os.path.join(cell, "run"), image,
+                                           os.path.join(cell, "file.dfm"), bpp, 8, "ans",
+                                           qat_steps)
+  if note:
+    print(f"{name} {bpp:g} bpp: {note}", flush=True)
+  jpeg = images.jpeg_at_size(image, row["bytes"])
+  webp = images.jpeg_at_size(image, row["bytes"], "WEBP")
+  result = {"image": name, "pixels": f"{w}x{h}x{image.shape[2]}", "target_bpp": bpp,
+            "seed": seed, "net": f"{c.model.width}x{c.model.depth}", "bits": bits,
+            "bytes": row["bytes"], "bpp": round(row["bpp"], 4), "psnr": round(row["psnr"], 2),
+            "float_psnr": round(m["psnr"], 2), "recoveries": m["recoveries"],
+            "collapsed": m["collapsed"],
+            "jpeg_psnr": round(jpeg["psnr"], 2) if jpeg["quality"] else "",
+            "jpeg_bytes": jpeg["bytes"] if jpeg["quality"] else "",
+            "webp_psnr": round(webp["psnr"], 2) if webp["quality"] else "",
+            "webp_bytes": webp["bytes"] if webp["quality"] else "",
+            "seconds": m["seconds"]}
+  logs.write_json(os.path.join(cell, "row.json"), result)
+  return result
+
+
+def table(rows) -> str:
+  """Markdown: one line per (image, target bpp)."""
+  cells = {}
+  for r in rows:
+    cells.setdefault((r["image"], float(r["target_bpp"])), []).append(r)
+  lines = ["| image | pixels | target bpp | net | delivered bpp | PSNR per seed (dB) | "
+           "collapses | recoveries | JPEG same bytes | WebP same bytes | DFM - JPEG |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for (image, bpp), rs in sorted(cells.items()):
+    psnrs = [float(r["psnr"]) for r in rs]
+    bad = sum(1 for r in rs if str(r["collapsed"]) == "True" or float(r["psnr"]) < max(psnrs) - 3)
+    jpeg = [float(r["jpeg_psnr"]) for r in rs if r["jpeg_psnr"] != ""]
+    webp = [float(r["webp_psnr"]) for r in rs if r["webp_psnr"] != ""]
+    mean = sum(psnrs) / len(psnrs)
+    lines.append(
+        f"| {image} | {rs[0]['pixels']} | {bpp:g} | {rs[0]['net']} | "
+        f"{', '.join(str(r['bpp']) for r in rs)} | {', '.join(f'{p:.2f}' for p in psnrs)} | "
+        f"{bad} | {sum(int(r['recoveries']) for r in rs)} | "
+        f"{f'{sum(jpeg) / len(jpeg):.2f}' if jpeg else 'none that small'} | "
+        f"{f'{sum(webp) / len(webp):.2f}' if webp else 'none that small'} | "
+        f"{f'{mean - sum(jpeg) / len(jpeg):+.2f}' if jpeg else '-'} |")
+  return "\n".join(lines)
+
+
+def summary(rows) -> str:
+  """The goals' figures: collapses, bpp within 10%, mean gain over JPEG per target."""
+  out = []
+  for bpp in sorted({float(r["target_bpp"]) for r in rows}):
+    rs = [r for r in rows if float(r["target_bpp"]) == bpp]
+    within = sum(abs(float(r["bpp"]) / bpp - 1) <= 0.1 for r in rs)
+    gains = [float(r["psnr"]) - float(r["jpeg_psnr"]) for r in rs if r["jpeg_psnr"] != ""]
+    wgap = [float(r["webp_psnr"]) - float(r["psnr"]) for r in rs if r["webp_psnr"] != ""]
+    out.append(f"{bpp:g} bpp: {len(rs)} fits, {within} within 10% of the target; "
+               f"DFM - JPEG {sum(gains) / max(len(gains), 1):+.2f} dB over {len(gains)} fits "
+               f"where JPEG is that small; WebP - DFM {sum(wgap) / max(len(wgap), 1):+.2f} dB")
+  return "\n".join(out)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--out", required=True)
+  p.add_argument("--images", default=DEFAULT_IMAGES)
+  p.add_argument("--bpps", default="0.1,0.3,0.6")
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--stop_at", type=int, default=1300, help="0: full-length fits")
+  p.add_argument("--qat_steps", type=int, default=100)
+  p.add_argument("--shard", default="0/1", help="i/n: every n-th cell (n processes)")
+  p.add_argument("--report", action="store_true")
+  a = p.parse_args()
+  from absl import logging
+  logging.set_verbosity(logging.ERROR)  # orbax logs every checkpoint it writes.
+  from dfm_flax import logs
+  cells = list(itertools.product(a.images.split(","), [float(b) for b in a.bpps.split(",")],
+                                 [int(s) for s in a.seeds.split(",")]))
+  index, count = (int(v) for v in a.shard.split("/"))
+  rows = []
+  for i, (name, bpp, seed) in enumerate(cells):
+    done = logs.read_json(os.path.join(a.out, "runs", f"{name}_{bpp:g}bpp_s{seed}", "row.json"))
+    if done is None and not a.report and i % count == index:
+      done = fit_and_code(a.out, name, bpp, seed, a.stop_at, a.qat_steps)
+      print(f"{name} {bpp:g} bpp seed {seed}: {done['net']} {done['bits']}-bit "
+            f"{done['bpp']} bpp {done['psnr']} dB (JPEG {done['jpeg_psnr'] or '-'}, "
+            f"WebP {done['webp_psnr'] or '-'}), recoveries {done['recoveries']}"
+            f"{', COLLAPSED' if done['collapsed'] else ''}", flush=True)
+    if done is not None:
+      rows.append(done)
+  os.makedirs(a.out, exist_ok=True)
+  with open(os.path.join(a.out, "panel.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+  text = table(rows) + "\n\n" + summary(rows) + "\n"
+  with open(os.path.join(a.out, "panel.md"), "w") as f:
+    f.write(text)
+  print(text)
+
+
+if __name__ == "__main__":
+  main()

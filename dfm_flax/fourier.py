@@ -49,8 +49,26 @@ def frequencies(m: int) -> np.ndarray:
   return ((idx >> np.arange(m)[None, :]) & 1).astype(np.float32)
 
 
+# Precision. On GPUs JAX runs float32 matrix products in TF32 (10-bit mantissa) by
+# default, and on TPUs in bfloat16: a phase 2 pi k.x computed that way is off by up to
+# ~0.016 rad (TF32) or ~0.12 rad (bfloat16), a pixel's width in a 400-px image, and a
+# .dfm file would decode to other pixels than on a CPU. So phases are never a matrix
+# product (k.x is a sum of subsets of x, built by doubling: float32 adds, exact to
+# rounding on every backend), and every contraction whose output feeds the next layer's
+# phases asks for full float32 (HIGHEST). tests/test_fourier.py checks the lowered HLO.
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _phases(x: jax.Array) -> jax.Array:
+  """k.x for every k in {0,1}^m (row order of `frequencies`), without a dot product."""
+  p = jnp.zeros(x.shape[:-1] + (1,), x.dtype)
+  for j in range(x.shape[-1]):
+    p = jnp.concatenate([p, p + x[..., j:j + 1]], -1)  # Terms with k_j = 1 add x_j.
+  return p
+
+
 def _features_direct(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  phase = 2 * jnp.pi * (x @ jnp.asarray(frequencies(x.shape[-1])).T)
+  phase = 2 * jnp.pi * _phases(x)
   return jnp.cos(phase), jnp.sin(phase)
 
 
@@ -88,10 +106,11 @@ def _layer_product(x: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
 
   a_, b_ = low_major(a), low_major(b)
   # [L_re, L_im] @ [[a, -b], [b, a]] = [Re, Im] of sum_low L_low * (a - i b).
-  mixed = jnp.concatenate([low_re, low_im], -1) @ jnp.block([[a_, -b_], [b_, a_]])
+  mixed = jnp.matmul(jnp.concatenate([low_re, low_im], -1), jnp.block([[a_, -b_], [b_, a_]]),
+                     precision=HIGHEST)
   mixed = mixed.reshape(x.shape[:-1] + (2, 2**m_high, n))
-  return (jnp.einsum("...h,...hn->...n", high_re, mixed[..., 0, :, :])
-          - jnp.einsum("...h,...hn->...n", high_im, mixed[..., 1, :, :]))
+  return (jnp.einsum("...h,...hn->...n", high_re, mixed[..., 0, :, :], precision=HIGHEST)
+          - jnp.einsum("...h,...hn->...n", high_im, mixed[..., 1, :, :], precision=HIGHEST))
 
 
 def layer_apply(x: jax.Array, a: jax.Array, b: jax.Array, method: str = "auto") -> jax.Array:
@@ -102,7 +121,7 @@ def layer_apply(x: jax.Array, a: jax.Array, b: jax.Array, method: str = "auto") 
     y = _layer_product(x, a, b)
   else:
     cos, sin = fourier_features(x, method)
-    y = cos @ a + sin @ b
+    y = jnp.matmul(cos, a, precision=HIGHEST) + jnp.matmul(sin, b, precision=HIGHEST)
   if x.shape[-1] == a.shape[-1]:
     y = y + x
   return y

@@ -123,12 +123,54 @@ def test_init_variance_is_honoured():
   assert np.abs(np.asarray(net.layers[2].a[...])).max() < 1e-3
 
 
-def test_gradients_flow_through_both_methods():
+def numpy_net_loss(weights, coords, width, depth, channels):
+  """sum(tanh(net(coords))^2) in float64 with the numpy loop, for finite differences."""
+  h = np.asarray(coords, np.float64)
+  offset = 0
+  for r, n in fourier.param_shapes(width, depth, channels):
+    a = weights[offset:offset + r * n].reshape(r, n)
+    b = weights[offset + r * n:offset + 2 * r * n].reshape(r, n)
+    offset += 2 * r * n
+    h = numpy_layer(h, a, b)
+  return np.sum(np.tanh(h) ** 2)
+
+
+@pytest.mark.parametrize("method", fourier.METHODS)
+def test_gradients_match_finite_differences_of_the_numpy_loop(method):
   coords = jax.random.uniform(jax.random.key(0), (32, 2))
   weights = realistic_weights(jax.random.key(1), 5, 4, 3, gain=0.1)
-  grads = [jax.grad(lambda w: jnp.sum(fourier.render(w, coords, 5, 4, 3, m) ** 2))(weights)
-           for m in fourier.METHODS]
-  np.testing.assert_allclose(grads[0], grads[1], atol=1e-4)
+  grad = jax.grad(lambda w: jnp.sum(fourier.render(w, coords, 5, 4, 3, method) ** 2))(weights)
+  w64 = np.asarray(weights, np.float64)
+  for seed in range(3):  # Directional derivatives along random directions.
+    v = np.random.default_rng(seed).normal(size=w64.shape)
+    eps = 1e-5
+    fd = (numpy_net_loss(w64 + eps * v, coords, 5, 4, 3)
+          - numpy_net_loss(w64 - eps * v, coords, 5, 4, 3)) / (2 * eps)
+    assert float(np.dot(np.asarray(grad, np.float64), v)) == pytest.approx(fd, rel=1e-3, abs=1e-4)
+
+
+@pytest.mark.parametrize("method", fourier.METHODS)
+@pytest.mark.parametrize("precision", ["bfloat16", "tensorfloat32"])
+def test_every_contraction_is_full_precision_whatever_the_default(method, precision):
+  """On GPU/TPU the default float32 matmul is TF32/bfloat16: phases would be off by a
+  pixel. The lowered net (forward and gradient) must ask for HIGHEST in every dot."""
+  coords = jnp.zeros((8, 2))
+  weights = realistic_weights(jax.random.key(1), 6, 4, 3, gain=0.1)
+  loss = lambda w: jnp.sum(fourier.render(w, coords, 6, 4, 3, method) ** 2)  # noqa: E731
+  with jax.default_matmul_precision(precision):
+    text = jax.jit(jax.value_and_grad(loss)).lower(weights).as_text()
+  dots = [line for line in text.splitlines() if "dot_general" in line]
+  assert dots
+  for line in dots:
+    assert "precision = [HIGHEST, HIGHEST]" in line, line
+
+
+def test_phases_need_no_dot_product():
+  x = jax.random.uniform(jax.random.key(2), (5, 7))
+  text = jax.jit(fourier._phases).lower(x).as_text()
+  assert "dot_general" not in text
+  expect = np.asarray(x, np.float64) @ fourier.frequencies(7).astype(np.float64).T
+  np.testing.assert_allclose(fourier._phases(x), expect, atol=1e-6)
 
 
 def test_too_wide_is_refused_before_allocating():

@@ -78,12 +78,55 @@ def finished_metrics(config, workdir: str) -> dict | None:
   return None
 
 
-def make_train_step(task):
-  @nnx.jit
-  def train_step(model, optimizer, batch):
-    (loss, aux), grads = nnx.value_and_grad(task.loss, has_aux=True)(model, batch)
-    optimizer.update(model, grads)
+class TrainStep:
+  """One optimizer step as a plain `jax.jit` over the split (model, optimizer) state.
+
+  `nnx.jit` walks the module graph in Python on every call, which for these small
+  nets costs more than the step itself on an accelerator (benchmarks/step_overhead.py).
+  Here the graph is split once; the state is donated, so the update happens in place.
+  Donation invalidates the arrays the nnx objects hold: call `sync()` before reading the
+  model or optimizer, and `reload()` after changing them from outside (restore,
+  rollback).
+  """
+
+  def __init__(self, task, model, optimizer):
+    self.model, self.optimizer = model, optimizer
+    self.graphdef, self.state = nnx.split((model, optimizer))
+
+    def step(state, batch):
+      model, optimizer = nnx.merge(self.graphdef, state)
+      (loss, aux), grads = nnx.value_and_grad(task.loss, has_aux=True)(model, batch)
+      optimizer.update(model, grads)
+      return nnx.state((model, optimizer)), loss, aux
+    self._step = jax.jit(step, donate_argnums=0)
+
+  def __call__(self, batch):
+    self.state, loss, aux = self._step(self.state, batch)
     return loss, aux
+
+  def sync(self) -> None:
+    """Point the nnx model and optimizer at the current state."""
+    nnx.update((self.model, self.optimizer), self.state)
+
+  def reload(self) -> None:
+    """Take the state from the nnx model and optimizer (changed from outside)."""
+    _, self.state = nnx.split((self.model, self.optimizer))
+
+
+def make_train_step(task):
+  """(model, optimizer, batch) -> (loss, aux), updating both in place: the convenient
+  form for tests and benchmarks; the loop uses TrainStep."""
+  steps = {}
+
+  def train_step(model, optimizer, batch):
+    key = (id(model), id(optimizer))
+    if key not in steps:
+      steps[key] = TrainStep(task, model, optimizer)
+    else:
+      steps[key].reload()
+    out = steps[key](batch)
+    steps[key].sync()
+    return out
   return train_step
 
 
@@ -239,7 +282,7 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
           watch) -> float:
   """Run steps start..end_step; returns the accumulated training seconds."""
   steps, every, log_every = end_step(config), config.train.checkpoint_every, config.train.log_every
-  train_step = make_train_step(task)
+  train_step = TrainStep(task, model, optimizer)
   step, last_saved = start, start
   # On a terminal the bar redraws in place; in a log file it writes a line every 30 s.
   bar = tqdm(total=steps, initial=start, desc=config.task, unit="step", dynamic_ncols=True,
@@ -248,6 +291,7 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
   tic = time.perf_counter()
 
   def save(at):
+    train_step.sync()
     good = watch.kept() if 0 <= watch.state.good_step != at else None
     ckpt.save(at, model, optimizer, {"seconds": seconds + time.perf_counter() - tic,
                                      "seed": config.seed, "guard": watch.state.to_meta(),
@@ -260,13 +304,15 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
         bar.close()
         raise UserError(f"interrupted; checkpoint saved at step {step}; rerun the same "
                         f"command to resume", exit_code=130)
-      loss, aux = train_step(model, optimizer, sharding.global_batch(task, step, mesh))
+      loss, aux = train_step(sharding.global_batch(task, step, mesh))
       step += 1
       will_save = step % every == 0 and step < steps
       if step % log_every == 0 or step == steps or will_save:
         loss = float(sharding.to_host(loss))
+        train_step.sync()  # The guard may copy the state.
         if watch.observe(step, loss, model, optimizer) == "rollback":
           line = watch.rollback(step, loss, model, optimizer)
+          train_step.reload()
           if distributed.is_main():
             bar.write(line, file=sys.stderr)  # On its own line, above the bar.
           logger.event(step, watch.state.good_step,
@@ -290,5 +336,6 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
         last_saved = step
     if step != last_saved:  # Not when resuming a run whose last step was already saved.
       save(step)
+  train_step.sync()
   bar.close()
   return seconds + time.perf_counter() - tic

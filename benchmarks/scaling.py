@@ -12,7 +12,7 @@ import time
 
 import jax
 from dfm_flax import sharding, tasks
-from dfm_flax.train import build, make_train_step, place_on_mesh
+from dfm_flax.train import TrainStep, build, place_on_mesh
 
 
 def load_config(spec: str):
@@ -31,14 +31,14 @@ def measure(config, devices: int, steps: int, repeats: int):
   task = tasks.make(config)
   model, opt = build(config, task)
   mesh = place_on_mesh(config, model, opt)
-  step = make_train_step(task)
+  step = TrainStep(task, model, opt)
   batches = [sharding.global_batch(task, s, mesh) for s in range(steps)]
-  jax.block_until_ready(step(model, opt, batches[0]))  # compile
+  jax.block_until_ready(step(batches[0]))  # compile
   times = []
   for _ in range(repeats):
     tic = time.perf_counter()
     for b in batches:
-      loss, _ = step(model, opt, b)
+      loss, _ = step(b)
     jax.block_until_ready(loss)
     times.append(time.perf_counter() - tic)
   return steps / statistics.median(times)

@@ -44,7 +44,7 @@ def check_shapes(item_dir: str, abstract_state) -> None:
     saved = _shapes(ocp.StandardCheckpointer().metadata(item_dir).item_metadata)
   except Exception as e:
     raise UserError(f"checkpoint {item_dir} is corrupt: cannot read its metadata "
-                    f"({type(e).__name__}); move it away or use another --workdir") from None
+                    f"({type(e).__name__}); move it away or use another --workdir") from e
   wanted = _shapes(abstract_state)
   for key in sorted(set(saved) | set(wanted)):
     if saved.get(key) != wanted.get(key):
@@ -66,7 +66,7 @@ class Checkpointer:
     try:
       self.manager = ocp.CheckpointManager(self.directory, options=options)
     except Exception as e:  # orbax raises various types for unreadable directories.
-      raise UserError(f"cannot open checkpoint directory {self.directory}: {e}") from None
+      raise UserError(f"cannot open checkpoint directory {self.directory}: {e}") from e
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -105,7 +105,7 @@ class Checkpointer:
       msg = str(e).splitlines()[0] if str(e) else type(e).__name__
       raise UserError(
           f"checkpoint {self.directory}/{step} is corrupt or does not match this model "
-          f"({type(e).__name__}: {msg[:300]}); move it away or use another --workdir") from None
+          f"({type(e).__name__}: {msg[:300]}); move it away or use another --workdir") from e
     nnx.update(model, restored["model"])
     if optimizer is not None:
       nnx.update(optimizer, restored["optimizer"])
@@ -127,7 +127,7 @@ class Checkpointer:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:
       raise UserError(f"checkpoint {self.directory}/{step} is corrupt: its guard state cannot "
-                      f"be read ({type(e).__name__}); move it away or use another --workdir") from None
+                      f"be read ({type(e).__name__}); move it away or use another --workdir") from e
     return restored["good_model"], restored["good_optimizer"]
 
   def read_meta(self, step: int | None = None) -> dict[str, Any]:
@@ -139,7 +139,7 @@ class Checkpointer:
       restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     except Exception as e:
       raise UserError(f"checkpoint {self.directory}/{step} is corrupt: cannot read its "
-                      f"metadata ({type(e).__name__})") from None
+                      f"metadata ({type(e).__name__})") from e
     return dict(restored["meta"])
 
   def close(self) -> None:

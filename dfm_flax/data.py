@@ -59,7 +59,7 @@ def _read_idx(path: str) -> np.ndarray:
     with opener(path, "rb") as f:
       data = f.read()
   except (OSError, EOFError) as e:
-    raise UserError(f"cannot read IDX file {path}: {e}") from None
+    raise UserError(f"cannot read IDX file {path}: {e}") from e
   if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
     raise UserError(f"{path} is not an unsigned-byte IDX file")
   ndim = data[3]
@@ -105,7 +105,7 @@ def load_cifar_pickle(directory: str, split: str = "train") -> Dataset:
       data = np.asarray(batch[b"data"], np.uint8)
       labs = np.asarray(batch[b"labels"], np.int64)
     except Exception as e:  # Any damage in a pickle surfaces as one of many types.
-      raise UserError(f"cannot read CIFAR batch {path}: {type(e).__name__}: {e}") from None
+      raise UserError(f"cannot read CIFAR batch {path}: {type(e).__name__}: {e}") from e
     images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
     labels.append(labs)
   return Dataset(_as_float(np.concatenate(images)), np.concatenate(labels),
@@ -142,7 +142,7 @@ def load_npz(path: str) -> Dataset:
       images = f["images"]
       labels = f["labels"].astype(np.int64) if "labels" in f else np.full(len(images), -1)
   except (OSError, ValueError) as e:
-    raise UserError(f"cannot read {path}: {e}") from None
+    raise UserError(f"cannot read {path}: {e}") from e
   return Dataset(_as_float(images), labels, f"npz {path}")
 
 
@@ -169,11 +169,13 @@ def load_tfds(name: str, split: str, data_dir: str | None, download: bool) -> Da
   try:
     source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=download)
   except Exception as e:  # Not prepared and no network: TFDS raises several types.
+    first = (str(e).strip().splitlines() or [""])[0][:200]
     raise UserError(
-        f"TFDS dataset {name!r} (split {split!r}) is not available offline in "
-        f"{data_dir or '~/tensorflow_datasets'} ({type(e).__name__}); prepare it with network "
+        f"TFDS dataset {name!r} (split {split!r}) could not be loaded from "
+        f"{data_dir or '~/tensorflow_datasets'} ({type(e).__name__}: {first}; DFM_DEBUG=1 shows "
+        f"the traceback); if it is not prepared, prepare it with network "
         f"access, or use --config.data.source=idx|cifar_pickle|folder|npz with "
-        f"--config.data.dir=PATH") from None
+        f"--config.data.dir=PATH") from e
   records = [source[i] for i in range(len(source))]
   images = np.stack([r["image"] for r in records])
   labels = np.array([r.get("label", -1) for r in records], np.int64)

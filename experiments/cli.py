@@ -33,12 +33,16 @@ def parse_flags(argv):
 
 
 def run_main(fn, argv) -> None:
-  """Run fn(argv), turning UserError into one stderr line and its exit code."""
+  """Run fn(argv), turning UserError into one stderr line and its exit code
+  (DFM_DEBUG=1 prints the traceback first)."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   logging.set_verbosity(logging.ERROR)  # orbax logs every save at INFO, tfds warns of mock metadata.
   try:
     fn(argv)
   except UserError as e:
+    if os.environ.get("DFM_DEBUG"):  # The traceback, and the exception behind the message.
+      import traceback
+      traceback.print_exception(e)
     fail(str(e), e.exit_code)
 
 

@@ -111,7 +111,7 @@ def test_missing_sources_name_the_options(tmp_path):
     data.load(common.data("idx", directory=str(tmp_path / "nope")))
   with pytest.raises(UserError, match="needs --config.data.dir"):
     data.load(common.data("idx"))
-  with pytest.raises(UserError, match="not available offline.*idx\\|cifar_pickle"):
+  with pytest.raises(UserError, match="could not be loaded.*idx\\|cifar_pickle"):
     data.load(common.data("tfds", "mnist", directory=str(tmp_path)))
 
 

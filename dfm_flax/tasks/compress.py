@@ -99,7 +99,9 @@ class Task(TaskBase):
     # Images of different sizes are padded to the largest; sampling never reads the padding.
     self.coords = jnp.asarray(_stack_padded(grids))
     self.targets = jnp.asarray(_stack_padded(targets))
-    self._batch = jax.jit(self._make_batch, static_argnums=(1,))
+    # The pixels are arguments, not a closure: a jitted closure would compile the whole
+    # image into the program as a constant.
+    self._batch = jax.jit(self._make_batch, static_argnums=(3,))
 
   # --- the task interface -------------------------------------------------
   def meta(self) -> dict:
@@ -142,25 +144,25 @@ class Task(TaskBase):
   def batch_rows(self) -> int:
     return int(self.num_pixels[0]) if self._full_image() else self.config.train.batch_size
 
-  def _make_batch(self, step, rows):
+  def _make_batch(self, all_coords, all_targets, step, rows):
     """(coords, targets): (pixels, 2) and (pixels, channels) for one image; for n
     images (pixels, n, 2) and (pixels, n, channels), pixels first so that the mesh
     splits pixels, whatever n is. Only rows[0]:rows[1] of the pixels are gathered."""
     size, n = self.config.train.batch_size, len(self.images)
     if self._full_image():  # Full-image steps: no sampling needed.
-      return self.coords[0, rows[0]:rows[1]], self.targets[0, rows[0]:rows[1]]
+      return all_coords[0, rows[0]:rows[1]], all_targets[0, rows[0]:rows[1]]
     idx = jnp.stack([
         jax.random.randint(jax.random.fold_in(jax.random.key(self.config.seed + i + 1), step),
                            (size,), 0, int(self.num_pixels[i]))[rows[0]:rows[1]]
         for i in range(n)])
-    coords = jnp.take_along_axis(self.coords, idx[..., None], axis=1)
-    targets = jnp.take_along_axis(self.targets, idx[..., None], axis=1)
+    coords = jnp.take_along_axis(all_coords, idx[..., None], axis=1)
+    targets = jnp.take_along_axis(all_targets, idx[..., None], axis=1)
     if n == 1:
       return coords[0], targets[0]
     return jnp.swapaxes(coords, 0, 1), jnp.swapaxes(targets, 0, 1)
 
   def batch(self, step: int, rows=None):
-    return self._batch(step, rows or (0, self.batch_rows()))
+    return self._batch(self.coords, self.targets, step, rows or (0, self.batch_rows()))
 
   @staticmethod
   def loss(model, batch):

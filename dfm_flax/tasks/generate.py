@@ -41,21 +41,23 @@ class ImageBatches:
     self.batch_size = batch_size
     self.steps_per_epoch = len(ds) // batch_size
     self.key = jax.random.key(seed + 2)
-    self._permute = jax.jit(lambda epoch: jax.random.permutation(
-        jax.random.fold_in(self.key, epoch), self.images.shape[0]))
-    self._gather = jax.jit(self._slice, static_argnums=(2,))
+    self._permute = jax.jit(lambda key, epoch: jax.random.permutation(
+        jax.random.fold_in(key, epoch), len(ds)))
+    # The images are an argument, not a closure: a jitted closure would bake the whole
+    # dataset into the compiled program as a constant.
+    self._gather = jax.jit(self._slice, static_argnums=(3,))
     self._epoch, self._order = None, None
 
-  def _slice(self, order, pos, rows):
+  def _slice(self, images_u8, order, pos, rows):
     index = jax.lax.dynamic_slice_in_dim(order, pos * self.batch_size, self.batch_size)
     index = index[rows[0]:rows[1]]
-    return {"index": index, "image": self.images[index].astype(jnp.float32) / 255.0}
+    return {"index": index, "image": images_u8[index].astype(jnp.float32) / 255.0}
 
   def __call__(self, step: int, rows: tuple[int, int] | None = None):
     epoch, pos = divmod(int(step), self.steps_per_epoch)
     if epoch != self._epoch:  # One permutation per epoch, not one per step.
-      self._epoch, self._order = epoch, self._permute(epoch)
-    return self._gather(self._order, pos, rows or (0, self.batch_size))
+      self._epoch, self._order = epoch, self._permute(self.key, epoch)
+    return self._gather(self.images, self._order, pos, rows or (0, self.batch_size))
 
 
 def model_from_meta(config, meta: dict, rngs: nnx.Rngs):

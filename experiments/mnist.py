@@ -64,6 +64,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.optim.end_lr = 1e-5
     c.optim.groups.latent.lr = 1e-2       # latents learn (auto-decoder practice)
     c.optim.groups.latent.end_lr = 1e-5
+    c.guard.mode = "recover"              # roll back and lower the lr on a collapse
   elif variant:
     raise ValueError(f"unknown variant {variant!r} of mnist.py; use smoke or best")
   return c

@@ -79,13 +79,38 @@ def load_priors(workdir: str) -> dict:
 
 # --- batched model calls ----------------------------------------------------------------
 def in_batches(fn, array: np.ndarray, batch: int = 256) -> np.ndarray:
-  return np.concatenate([np.asarray(fn(array[i:i + batch])) for i in range(0, len(array), batch)])
+  """fn over `array` in batches of exactly `batch` rows (the last one padded), so that a
+  jitted fn compiles once whatever len(array) is."""
+  out = []
+  for i in range(0, len(array), batch):
+    chunk = array[i:i + batch]
+    pad = batch - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+    out.append(np.asarray(fn(chunk))[:batch - pad])
+  return np.concatenate(out)
+
+
+_COMPILED: dict = {}
+
+
+def compiled(model, method: str, *args):
+  """x -> model.method(x, *args), jitted once per (model, method): the model's state is
+  an argument (not baked into the program as constants), and evaluation's many calls
+  (reconstructions, grids, FID samples) share one compilation."""
+  from flax import nnx
+  key = (id(model), method)
+  if key not in _COMPILED:
+    graphdef, state = nnx.split(model)
+    fn = jax.jit(lambda st, x: getattr(nnx.merge(graphdef, st), method)(x, *args))
+    # The entry keeps the model alive, so its id cannot be reused by another model.
+    _COMPILED[key] = (model, lambda x: fn(state, x))
+  return _COMPILED[key][1]
 
 
 def render_latents(model, z: np.ndarray, coords, image_shape) -> np.ndarray:
-  """Images in [0, 1], shape (N, H, W, C), from latents (batched, jitted)."""
-  fn = jax.jit(lambda zz: model.images(zz, coords))
-  flat = in_batches(fn, np.asarray(z, np.float32), 128)
+  """Images in [0, 1], shape (N, H, W, C), from latents (batched, jitted once)."""
+  flat = in_batches(compiled(model, "images", coords), np.asarray(z, np.float32), 128)
   return ((flat + 1) / 2).reshape((len(z), *image_shape)).clip(0, 1)
 
 
@@ -108,6 +133,7 @@ def evaluate_generator(model, dataset, coords, config, workdir: str,
   """Reconstructions, priors, sample/reconstruction/interpolation grids, FIDs."""
   ev = config.eval
   shape = dataset.images.shape[1:]
+  _COMPILED.clear()  # Entries of an earlier evaluation may hold a model of the same id.
   latents = training_latents(model, dataset.images)
   priors = fit_priors(latents, ev.gmm_components, config.seed, gaussian_scale)
   save_priors(priors, workdir)

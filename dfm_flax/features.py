@@ -7,23 +7,22 @@
 """
 from __future__ import annotations
 
-import jax
 import numpy as np
 
 from dfm_flax.errors import UserError
 
 
 def classifier_features(workdir: str):
+  from dfm_flax.evaluation import compiled, in_batches
   from dfm_flax.restore import load_model
   _, meta, model = load_model(workdir, expect_task="classify")
-  fn = jax.jit(model.features)
+  fn = compiled(model, "features")  # One compilation for the reference and every prior.
   want = tuple(meta["image_shape"])
 
   def extract(images: np.ndarray) -> np.ndarray:
     if tuple(images.shape[1:]) != want:
       raise UserError(f"the classifier in {workdir} takes {want} images, not {images.shape[1:]}")
-    return np.concatenate([np.asarray(fn(images[i:i + 500].astype(np.float32)))
-                           for i in range(0, len(images), 500)])
+    return in_batches(fn, images.astype(np.float32), 500)
   return extract
 
 

@@ -12,16 +12,8 @@ import time
 
 import jax
 from dfm_flax import sharding, tasks
+from dfm_flax.files import load_config
 from dfm_flax.train import TrainStep, build, place_on_mesh
-
-
-def load_config(spec: str):
-  import importlib.util
-  path, _, variant = spec.partition(":")
-  spec_ = importlib.util.spec_from_file_location("cfg", path)
-  module = importlib.util.module_from_spec(spec_)
-  spec_.loader.exec_module(module)
-  return module.get_config(variant)
 
 
 def measure(config, devices: int, steps: int, repeats: int):

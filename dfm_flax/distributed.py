@@ -57,12 +57,8 @@ def settings(config) -> Settings | None:
 
 def _flat_config(config) -> dict:
   """The config as {dotted key: value}, without the per-process dist.process_id."""
-  def flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-      out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
-  d = flat(json.loads(config.to_json_best_effort()))
+  from dfm_flax import files
+  d = files.flatten(json.loads(config.to_json_best_effort()))
   d.pop("dist.process_id", None)
   return d
 

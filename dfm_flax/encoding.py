@@ -10,17 +10,6 @@ import os
 import time
 
 
-def write_atomically(path: str, data: bytes) -> None:
-  tmp = path + ".partial"
-  try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def encode_run(source: str, image, out: str, bits: int, coder: str, qat_steps: int) -> dict:
   """Code the net of a finished compress run into `out`; figures of the decoded file."""
   return encode_runs(source, [image], [out], bits, coder, qat_steps)[0]
@@ -31,7 +20,7 @@ def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder:
   """Code each net of a finished compress run (one, or several fitted at once) into
   its file in `outs`; the quantisation-aware fine-tune runs once for all of them and
   its time is shared equally in each row's encode_s."""
-  from dfm_flax import codec, images
+  from dfm_flax import codec, files, images
   from dfm_flax.errors import UserError
   from dfm_flax.restore import load_model
   config, meta, model = load_model(source, expect_task="compress")
@@ -65,7 +54,7 @@ def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder:
     _, decoded_params = codec.decode(data)  # What a reader gets: the PSNR reported is of this.
     decoded = images.render_params(decoded_params, h, w, tuple(m.coord_range), m.method)
     decode_s = time.perf_counter() - tic
-    write_atomically(out, data)
+    files.write_bytes(out, data)
     ref, rec = images.to_uint8(image) / 255, images.to_uint8(decoded) / 255
     rows.append({"bytes": len(data), "bpp": 8 * len(data) / (h * w),
                  "psnr": images.psnr(ref, rec), "ssim": images.ssim(ref, rec),
@@ -126,10 +115,13 @@ def fine_tune(source: str, workdir: str, bits: int, steps: int):
 # nets, 6-10 bits), 1.7 after a full fit and fine-tune (README, codec table). The middle
 # value predicts a file within about 5%; encode_to_bpp corrects the rest.
 CODING_GAIN_BITS = 1.4
-# Net shapes the picker considers. Depth 6-10 is where the recipe was measured
-# (benchmarks/stability.py); within a size budget the picker spends it on width first
-# (more terms per layer) as long as the depth stays at least MIN_DEPTH.
-WIDTHS, DEPTHS, MIN_DEPTH = range(3, 11), range(3, 13), 5
+# Net shapes the picker considers. Depth 4-7 only: at peak lr 0.1 / 2^m a 6x11 net
+# collapsed three times in one full fit of coffee (rescued by the guard, 26.2 dB) where
+# the 7x6 net of the same bytes reached 29.2 dB, and astronaut's 7x8 net ended 1.5 dB
+# below its 7x6 net with 45% more weights (benchmarks/panel.py, README). Within a size
+# budget the picker spends it on width first (more terms per layer) as long as the depth
+# stays at least MIN_DEPTH; the bit depth (encode_to_bpp) fills the gaps between sizes.
+WIDTHS, DEPTHS, MIN_DEPTH = range(3, 11), range(4, 8), 5
 
 
 def predicted_bytes(width: int, depth: int, channels: int, bits: int) -> float:
@@ -143,7 +135,7 @@ def size_for_bpp(bpp: float, image_shape, bits: int) -> tuple[int, int]:
   """(width, depth) whose .dfm file at `bits` should come closest to `bpp`.
 
   Among the shapes predicted within 7% of the budget, the widest with depth >= MIN_DEPTH
-  (then the deepest of that width); with none that close, the closest one. Below the
+  (then the closest of that width); with none that close, the closest one. Below the
   smallest net this returns the smallest (encode_to_bpp says so).
   """
   h, w, c = image_shape

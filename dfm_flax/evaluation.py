@@ -64,9 +64,9 @@ def sample_latents(priors: dict, prior: str, num: int, dim: int, seed: int) -> n
 
 
 def save_priors(priors: dict, workdir: str) -> None:
-  tmp = os.path.join(workdir, "priors.tmp.npz")
-  np.savez(tmp, **priors)
-  os.replace(tmp, os.path.join(workdir, "priors.npz"))
+  from dfm_flax import files
+  with files.atomic_path(os.path.join(workdir, "priors.npz"), ".tmp") as tmp:
+    np.savez(tmp, **priors)
 
 
 def load_priors(workdir: str) -> dict:

@@ -9,6 +9,8 @@ import sys
 import uuid
 from typing import Any
 
+from dfm_flax import files
+
 
 def _wandb_logged_in() -> bool:
   if os.environ.get("WANDB_API_KEY"):
@@ -44,11 +46,9 @@ def read_json(path: str) -> dict | None:
 
 def write_json(path: str, data: Any) -> None:
   """Write atomically, so a crash never leaves half a file."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with files.atomic_path(path, ".tmp") as tmp, open(tmp, "w") as f:
     json.dump(data, f, indent=2, sort_keys=True, default=_jsonable)
     f.write("\n")
-  os.replace(tmp, path)
 
 
 def _jsonable(x):
@@ -125,22 +125,12 @@ class MetricLogger:
 
   def summary(self, metrics: dict[str, Any]) -> None:
     if self.run is not None:
-      flat = {k: v for k, v in _flatten(metrics).items() if isinstance(v, (int, float))}
+      flat = {k: v for k, v in files.flatten(metrics, "/").items() if isinstance(v, (int, float))}
       self.run.summary.update(flat)
 
   def close(self) -> None:
     if self.run is not None:
       self.run.finish()
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}/"))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def read_history(workdir: str) -> list[dict]:

@@ -53,7 +53,7 @@ def path(name: str, directory: str) -> str:
   os.makedirs(directory, exist_ok=True)
   out = os.path.join(directory, f"{name}.png")
   if not os.path.exists(out):
-    tmp = out + ".partial.png"
-    Image.fromarray(pixels(name)).save(tmp)
-    os.replace(tmp, out)
+    from dfm_flax import files
+    with files.atomic_path(out) as tmp:
+      Image.fromarray(pixels(name)).save(tmp)
   return out

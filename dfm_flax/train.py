@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 import numpy as np
 
-from dfm_flax import distributed, guard, logs, optim, sharding, tasks
+from dfm_flax import distributed, files, guard, logs, optim, sharding, tasks
 from dfm_flax.checkpoint import Checkpointer
 from dfm_flax.errors import UserError
 
@@ -36,16 +36,8 @@ _RESUMABLE_KEYS = ("wandb", "dist")
 _RESUMABLE_FLAT = ("train.stop_at",)
 
 
-def _flat(cfg: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in cfg.items():
-    if k in _RESUMABLE_KEYS and not prefix:
-      continue
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[prefix + k] = v
-  return out
+def _flat(cfg: dict) -> dict:
+  return files.flatten({k: v for k, v in cfg.items() if k not in _RESUMABLE_KEYS})
 
 
 def _check_config(config: ml_collections.ConfigDict, workdir: str) -> None:

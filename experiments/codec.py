@@ -100,13 +100,9 @@ def _decode(path: str):
   header, params = codec.decode(data)
   w, h = size or (header["width"], header["height"])
   img = images.render_params(params, h, w, header["coord_range"], header["method"])
-  tmp = out + ".partial.png"
-  try:
+  from dfm_flax import files
+  with files.atomic_path(out) as tmp:
     images.save_png(img, tmp)
-    os.replace(tmp, out)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   print(f"wrote {out}: {w}x{h} from a {header['width']}x{header['height']} "
         f"{header['net_width']}x{header['net_depth']} net")
 

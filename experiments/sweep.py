@@ -73,15 +73,8 @@ def check_keys(config, keys, where: str) -> None:
 
 
 def load_config(cfg_spec: str):
-  import importlib.util
-  from dfm_flax.errors import UserError
-  path, _, variant = cfg_spec.partition(":")
-  if not os.path.exists(path):
-    raise UserError(f"config file {path} (from the sweep's command) does not exist")
-  spec = importlib.util.spec_from_file_location("sweep_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  from dfm_flax import files
+  return files.load_config(cfg_spec)
 
 
 def flat_metric(metrics: dict, name: str):
@@ -110,10 +103,9 @@ class SweepState:
     self.identity = identity
 
   def save(self) -> None:
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
+    from dfm_flax import files
+    with files.atomic_path(self.path, ".tmp") as tmp, open(tmp, "w") as f:
       json.dump({"identity": self.identity, "runs": self.runs}, f, indent=1, default=float)
-    os.replace(tmp, self.path)
 
 
 def propose(spec: dict, runs: list[dict]):

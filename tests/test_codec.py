@@ -184,12 +184,19 @@ def test_bpp_target_picks_a_net_predicted_near_the_target():
   from dfm_flax.encoding import predicted_bytes, size_for_bpp
   for shape in ((512, 768, 3), (512, 512, 1), (400, 400, 3), (1411, 1411, 3)):
     h, w, c = shape
-    for bpp in (0.1, 0.3, 0.6):
+    for bpp in (0.1, 0.3, 0.6) if h < 1000 else (0.1, 0.3):
       width, depth = size_for_bpp(bpp, shape, 8)
-      assert predicted_bytes(width, depth, c, 8) == pytest.approx(bpp * h * w / 8, rel=0.07)
-      assert depth >= 5
-  # Below the smallest net: the smallest, not an error (encode says it is the nearest).
-  assert size_for_bpp(0.0001, (400, 400, 3), 8) == (3, 3)
+      # Within 20% (the bit depth closes the rest: next test), at a depth that trains.
+      assert predicted_bytes(width, depth, c, 8) == pytest.approx(bpp * h * w / 8, rel=0.2)
+      assert 4 <= depth <= 7
+      closer = [(wd, d) for wd in range(3, 11) for d in range(4, 8)
+                if abs(predicted_bytes(wd, d, c, 8) / (bpp * h * w / 8) - 1) < 0.07 and d >= 5]
+      if closer:  # The widest of the close shapes.
+        assert width == max(wd for wd, _ in closer)
+  # Past the largest net (retina at 0.6 bpp) the largest; below the smallest the smallest:
+  # not an error (encode says it is the nearest).
+  assert size_for_bpp(0.6, (1411, 1411, 3), 8) == (10, 7)
+  assert size_for_bpp(0.0001, (400, 400, 3), 8) == (3, 4)
 
 
 def test_encode_to_bpp_moves_the_bit_depth_to_hit_the_target(tmp_path):

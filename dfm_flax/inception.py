@@ -291,9 +291,9 @@ def fid_features(weights_path: str, batch: int = 50):
   """A function images (N, H, W, C) in [0, 1] -> (N, 2048) features."""
   model = FIDInceptionV3(nnx.Rngs(0))
   load_weights(model, torch_state_dict(weights_path))
-  fn = nnx.jit(lambda m, x: m(x))
+  from dfm_flax.evaluation import compiled, in_batches
+  fn = compiled(model, "__call__")
 
   def extract(images: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(model, jnp.asarray(images[i:i + batch], jnp.float32)))
-                           for i in range(0, len(images), batch)])
+    return in_batches(fn, np.asarray(images, np.float32), batch)
   return extract

@@ -82,11 +82,11 @@ class Task(TaskBase):
     return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
   def evaluate(self, model, workdir: str) -> dict:
-    predict = jax.jit(lambda x: jnp.argmax(model(x), -1))
+    from dfm_flax.evaluation import compiled, in_batches
+    logits = compiled(model, "__call__")
 
     def accuracy(ds):
-      pred = np.concatenate([np.asarray(predict(ds.images[i:i + 1000]))
-                             for i in range(0, len(ds), 1000)])
+      pred = np.argmax(in_batches(logits, ds.images, 1000), -1)
       return float(np.mean(pred == ds.labels))
     return {"test_accuracy": accuracy(self.test), "train_accuracy": accuracy(self.train),
             "num_train": len(self.train), "num_test": len(self.test),

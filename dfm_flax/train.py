@@ -21,11 +21,10 @@ from typing import Any
 import jax
 import ml_collections
 from flax import nnx
-from tqdm.auto import tqdm
 
 import numpy as np
 
-from dfm_flax import distributed, files, guard, logs, optim, sharding, tasks
+from dfm_flax import distributed, files, guard, logs, optim, progress, sharding, tasks
 from dfm_flax.checkpoint import Checkpointer
 from dfm_flax.errors import UserError
 
@@ -276,10 +275,9 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
   steps, every, log_every = end_step(config), config.train.checkpoint_every, config.train.log_every
   train_step = TrainStep(task, model, optimizer)
   step, last_saved = start, start
-  # On a terminal the bar redraws in place; in a log file it writes a line every 30 s.
-  bar = tqdm(total=steps, initial=start, desc=config.task, unit="step", dynamic_ncols=True,
-             disable=config.train.get("quiet", False) or not distributed.is_main(),
-             mininterval=0.1 if sys.stderr.isatty() else 30)
+  # On a terminal the bar redraws in place; in a log file a line every 30 s.
+  bar = progress.bar(steps, start, config.task,
+                     disable=config.train.get("quiet", False) or not distributed.is_main())
   tic = time.perf_counter()
 
   def save(at):

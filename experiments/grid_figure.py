@@ -72,8 +72,9 @@ def draw(cells: dict, out: str) -> None:
   ax.set_ylabel("depth")
   steps = "/".join(str(s) for s in sorted({r["steps"] for runs in cells.values() for r in runs}))
   seeds = "/".join(str(n) for n in sorted({len(runs) for runs in cells.values()}))
-  ax.set_title(f"size (% of raw) in each cell; colour: log10 final loss, mean of {seeds} "
-               f"runs of {steps} steps", fontsize=9)
+  # Wrapped in two lines: on a small grid one line is wider than the figure and clips.
+  ax.set_title(f"size (% of raw) in each cell\ncolour: log10 final loss, mean of {seeds} "
+               f"runs of {steps} steps", fontsize=9, wrap=True)
   fig.colorbar(im, ax=ax, label="log10 final loss")
   fig.tight_layout()
   fig.savefig(out, dpi=110)

@@ -109,7 +109,9 @@ class SweepState:
 
 
 def propose(spec: dict, runs: list[dict]):
-  import sweeps
+  with warnings.catch_warnings():  # sweeps' pydantic-v1-style models warn on import.
+    warnings.simplefilter("ignore")
+    import sweeps
   done = []
   for r in runs:
     state = {"finished": sweeps.RunState.finished, "failed": sweeps.RunState.failed}.get(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dfm_flax import figures, images, logs

@@ -7,11 +7,9 @@ scores the samples with a Frechet distance (dfm_flax/evaluation.py).
 """
 from __future__ import annotations
 
-import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from dfm_flax import data, evaluation, fourier, generative, images

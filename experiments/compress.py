@@ -11,8 +11,10 @@ pixels per batch, weights N(0, 2e-10), input positions in the unit square.
   python -m experiments.run --config experiments/compress.py:best --workdir runs/many \
       --config.image=a.png,b.png,c.png   # one net per image, fitted at once (vmap)
 
-Variants: (none) thesis recipe; `best` the better recipe at the same size
-(README, "Closing the gap"); `smoke` a tiny run for tests (< 60 s on 2 cores).
+Variants: (none) thesis recipe (divergence guard in detect mode: it reports a
+collapse but never intervenes); `best` the better recipe at the same size (README,
+"Closing the gap"; peak lr 0.1 / 2^m per layer for every net size, guard recovering);
+`smoke` a tiny run for tests (< 60 s on 2 cores).
 """
 import ml_collections
 

@@ -13,7 +13,7 @@ peak, where collapses happen, and 300 steps past it; the lr schedule is the full
 (encoding.encode_to_bpp), and JPEG and WebP (Pillow) at the file's bytes. Cells are
 resumable (rerun the same command). Writes DIR/panel.csv (one row per fit) and
 DIR/panel.md (per image and bpp: PSNR per seed, collapses, recoveries, delivered bpp,
-JPEG and WebP), and prints the table.
+JPEG and WebP) and DIR/panel.png, and prints the table.
 
 A collapse here: a fit whose guard says it ended collapsed, or a seed more than 3 dB
 below the best seed of its cell.
@@ -89,6 +89,36 @@ def table(rows) -> str:
   return "\n".join(lines)
 
 
+def plot(rows, path: str) -> None:
+  """Per image (and target bpp): each seed's PSNR (dots, red if collapsed), JPEG and WebP
+  at the same bytes (bars)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  keys = sorted({(r["image"], float(r["target_bpp"])) for r in rows})
+  fig, ax = plt.subplots(figsize=(max(6, 0.75 * len(keys) + 2), 4))
+  for x, key in enumerate(keys):
+    rs = [r for r in rows if (r["image"], float(r["target_bpp"])) == key]
+    for name, col, dx in (("jpeg_psnr", "tab:orange", -0.2), ("webp_psnr", "tab:green", 0.2)):
+      vals = [float(r[name]) for r in rs if r[name] != ""]
+      if vals:
+        ax.bar(x + dx, sum(vals) / len(vals), 0.38, color=col, alpha=0.45,
+               label={"jpeg_psnr": "JPEG", "webp_psnr": "WebP"}[name] if x == 0 else None)
+    for r in rs:
+      bad = str(r["collapsed"]) == "True"
+      ax.plot(x, float(r["psnr"]), "x" if bad else "o", color="tab:red" if bad else "tab:blue",
+              ms=6, label="DFM (.dfm file), one dot per seed" if x == 0 and r is rs[0] else None)
+  ax.set_xticks(range(len(keys)), [f"{k[0]}\n{k[1]:g} bpp" if len({k[1] for k in keys}) > 1
+                                   else k[0] for k in keys], rotation=45, ha="right", fontsize=8)
+  ax.set_ylabel("PSNR (dB) at the .dfm file's bytes")
+  ax.set_ylim(bottom=min(float(r["psnr"]) for r in rows) - 3)
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def summary(rows) -> str:
   """The goals' figures: collapses, bpp within 10%, mean gain over JPEG per target."""
   out = []
@@ -137,6 +167,8 @@ def main():
     writer = csv.DictWriter(f, FIELDS)
     writer.writeheader()
     writer.writerows(rows)
+  if rows:
+    plot(rows, os.path.join(a.out, "panel.png"))
   text = table(rows) + "\n\n" + summary(rows) + "\n"
   with open(os.path.join(a.out, "panel.md"), "w") as f:
     f.write(text)

@@ -230,3 +230,44 @@ def _filter(ds: Dataset, classes, limit: int) -> Dataset:
   if limit and limit < len(ds):
     ds = Dataset(ds.images[:limit], ds.labels[:limit], f"{ds.description}, first {limit}")
   return ds
+
+
+# --- batches ------------------------------------------------------------------
+class ImageBatches:
+  """Epoch-wise shuffled batches of dataset images, a pure function of (seed, step).
+
+  `rows=(start, stop)` gathers only those rows of the batch (one process's share in a
+  multi-process run): the batch's composition never depends on the process count, and
+  within an epoch no image is drawn twice, by any process.
+  """
+
+  def __init__(self, ds: Dataset, batch_size: int, seed: int):
+    if batch_size > len(ds):
+      raise UserError(f"train.batch_size={batch_size} is larger than the {len(ds)} images "
+                      f"of {ds.description}; lower it")
+    import jax
+    import jax.numpy as jnp
+    from dfm_flax.images import to_uint8
+    self.images = jnp.asarray(to_uint8(ds.images))  # uint8 on device: 4x less memory.
+    self.batch_size = batch_size
+    self.steps_per_epoch = len(ds) // batch_size
+    self.key = jax.random.key(seed + 2)
+    self._permute = jax.jit(lambda key, epoch: jax.random.permutation(
+        jax.random.fold_in(key, epoch), len(ds)))
+    # The images are an argument, not a closure: a jitted closure would bake the whole
+    # dataset into the compiled program as a constant.
+    self._gather = jax.jit(self._slice, static_argnums=(3,))
+    self._epoch, self._order = None, None
+
+  def _slice(self, images_u8, order, pos, rows):
+    import jax
+    import jax.numpy as jnp
+    index = jax.lax.dynamic_slice_in_dim(order, pos * self.batch_size, self.batch_size)
+    index = index[rows[0]:rows[1]]
+    return {"index": index, "image": images_u8[index].astype(jnp.float32) / 255.0}
+
+  def __call__(self, step: int, rows: tuple[int, int] | None = None):
+    epoch, pos = divmod(int(step), self.steps_per_epoch)
+    if epoch != self._epoch:  # One permutation per epoch, not one per step.
+      self._epoch, self._order = epoch, self._permute(self.key, epoch)
+    return self._gather(self.images, self._order, pos, rows or (0, self.batch_size))

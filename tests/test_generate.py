@@ -24,12 +24,12 @@ def small_config():
 
 def test_batches_cover_each_image_once_per_epoch():
   ds = data.Dataset(np.random.default_rng(0).random((20, 4, 4, 1), np.float32), np.zeros(20, int), "t")
-  batches = generate.ImageBatches(ds, 6, seed=3)  # 3 steps per epoch, 2 images left out
+  batches = data.ImageBatches(ds, 6, seed=3)  # 3 steps per epoch, 2 images left out
   epoch0 = np.concatenate([np.asarray(batches(s)["index"]) for s in range(3)])
   epoch1 = np.concatenate([np.asarray(batches(s)["index"]) for s in range(3, 6)])
   assert len(set(epoch0.tolist())) == 18 and len(set(epoch1.tolist())) == 18
   assert epoch0.tolist() != epoch1.tolist()
-  np.testing.assert_array_equal(batches(4)["index"], generate.ImageBatches(ds, 6, seed=3)(4)["index"])
+  np.testing.assert_array_equal(batches(4)["index"], data.ImageBatches(ds, 6, seed=3)(4)["index"])
   b = batches(0)
   np.testing.assert_allclose(b["image"], np.round(ds.images[np.asarray(b["index"])] * 255) / 255, atol=1e-6)
 

@@ -15,7 +15,6 @@ from flax import nnx
 from dfm_flax import data
 from dfm_flax.errors import UserError
 from dfm_flax.tasks import TaskBase
-from dfm_flax.tasks.generate import ImageBatches
 
 
 class CNN(nnx.Module):
@@ -62,7 +61,7 @@ class Task(TaskBase):
     self.train, self.test = split(full, config.data.test_fraction, config.seed)
     self.num_classes = int(full.labels.max()) + 1
     self.labels = jnp.asarray(self.train.labels)
-    self.batches = ImageBatches(self.train, config.train.batch_size, config.seed)
+    self.batches = data.ImageBatches(self.train, config.train.batch_size, config.seed)
 
   def meta(self) -> dict:
     return {"image_shape": list(self.train.images.shape[1:]), "num_classes": self.num_classes}

@@ -7,13 +7,11 @@ scores the samples with a Frechet distance (dfm_flax/evaluation.py).
 """
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from dfm_flax import data, evaluation, fourier, generative, images
-from dfm_flax.errors import UserError
 from dfm_flax.tasks import TaskBase
 
 
@@ -21,41 +19,6 @@ def latent_group(path) -> str:
   """Optimizer group of a parameter: 'latent' for the latent table or the encoder."""
   names = {str(getattr(k, "key", getattr(k, "name", ""))) for k in path}
   return "latent" if names & {"latents", "encoder"} else "default"
-
-
-class ImageBatches:
-  """Epoch-wise shuffled batches of dataset images, a pure function of (seed, step).
-
-  `rows=(start, stop)` gathers only those rows of the batch (one process's share in a
-  multi-process run): the batch's composition never depends on the process count, and
-  within an epoch no image is drawn twice, by any process.
-  """
-
-  def __init__(self, ds: data.Dataset, batch_size: int, seed: int):
-    if batch_size > len(ds):
-      raise UserError(f"train.batch_size={batch_size} is larger than the {len(ds)} images "
-                      f"of {ds.description}; lower it")
-    self.images = jnp.asarray(images.to_uint8(ds.images))  # uint8 on device: 4x less memory.
-    self.batch_size = batch_size
-    self.steps_per_epoch = len(ds) // batch_size
-    self.key = jax.random.key(seed + 2)
-    self._permute = jax.jit(lambda key, epoch: jax.random.permutation(
-        jax.random.fold_in(key, epoch), len(ds)))
-    # The images are an argument, not a closure: a jitted closure would bake the whole
-    # dataset into the compiled program as a constant.
-    self._gather = jax.jit(self._slice, static_argnums=(3,))
-    self._epoch, self._order = None, None
-
-  def _slice(self, images_u8, order, pos, rows):
-    index = jax.lax.dynamic_slice_in_dim(order, pos * self.batch_size, self.batch_size)
-    index = index[rows[0]:rows[1]]
-    return {"index": index, "image": images_u8[index].astype(jnp.float32) / 255.0}
-
-  def __call__(self, step: int, rows: tuple[int, int] | None = None):
-    epoch, pos = divmod(int(step), self.steps_per_epoch)
-    if epoch != self._epoch:  # One permutation per epoch, not one per step.
-      self._epoch, self._order = epoch, self._permute(self.key, epoch)
-    return self._gather(self.images, self._order, pos, rows or (0, self.batch_size))
 
 
 def model_from_meta(config, meta: dict, rngs: nnx.Rngs):
@@ -81,7 +44,7 @@ class Task(TaskBase):
     self.image_shape = self.dataset.images.shape[1:]
     h, w, c = self.image_shape
     self.coords = jnp.asarray(images.pixel_grid(h, w, tuple(config.model.coord_range)))
-    self.batches = ImageBatches(self.dataset, config.train.batch_size, config.seed)
+    self.batches = data.ImageBatches(self.dataset, config.train.batch_size, config.seed)
     print(f"data: {self.dataset.description}: {len(self.dataset)} images of {w}x{h}x{c}; "
           f"Fourier Net {config.model.width}x{config.model.depth} has "
           f"{fourier.num_params(config.model.width, config.model.depth, c)} weights")

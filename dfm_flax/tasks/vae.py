@@ -14,7 +14,6 @@ from flax import nnx
 
 from dfm_flax import data, evaluation, generative, images
 from dfm_flax.tasks import TaskBase
-from dfm_flax.tasks.generate import ImageBatches
 
 
 class VAE(nnx.Module):
@@ -54,7 +53,7 @@ class Task(TaskBase):
     self.config = config
     self.dataset = data.load(config.data)
     self.image_shape = self.dataset.images.shape[1:]
-    self.batches = ImageBatches(self.dataset, config.train.batch_size, config.seed)
+    self.batches = data.ImageBatches(self.dataset, config.train.batch_size, config.seed)
     self.key = jax.random.key(config.seed + 3)
 
   def meta(self) -> dict:

@@ -1,5 +1,8 @@
 """The .dfm file: a Fourier Net's weights, quantised and entropy coded, self-describing.
 
+The format alone (bytes <-> weights); turning a trained run into a file (fine-tune, size
+and bit-depth choice) is `encoding`'s job.
+
 Layout (little-endian):
   magic  b"DFMc" | version u8 | height u16 | width u16 | channels u8 | net width u8 |
   net depth u8 | coord lo f32 | coord hi f32 | method u8 | bits u8 | coder u8 |

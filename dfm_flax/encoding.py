@@ -1,5 +1,9 @@
 """Images to .dfm files from trained compress runs (the training side of the codec).
 
+Which module does what: `codec` is the file format alone (bytes <-> weights, no
+training, no jax training code: what a decoder needs); `encoding` (this module) turns a
+compress run into a file: fine-tune, choose the size and bit depth, call `codec`, measure.
+
 `encode_run` takes a finished compress run, optionally fine-tunes it with the forward
 pass on the codec's quantisation grid (straight-through gradients), codes it, writes
 the file atomically and measures what the file decodes to.

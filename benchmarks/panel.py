@@ -19,7 +19,6 @@ A collapse here: a fit whose guard says it ended collapsed, or a seed more than 
 below the best seed of its cell.
 """
 import argparse
-import csv
 import itertools
 import os
 
@@ -147,7 +146,7 @@ def main():
   a = p.parse_args()
   from absl import logging
   logging.set_verbosity(logging.ERROR)  # orbax logs every checkpoint it writes.
-  from dfm_flax import logs
+  from dfm_flax import files, logs
   cells = list(itertools.product(a.images.split(","), [float(b) for b in a.bpps.split(",")],
                                  [int(s) for s in a.seeds.split(",")]))
   index, count = (int(v) for v in a.shard.split("/"))
@@ -163,10 +162,7 @@ def main():
     if done is not None:
       rows.append(done)
   os.makedirs(a.out, exist_ok=True)
-  with open(os.path.join(a.out, "panel.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
+  files.write_csv(os.path.join(a.out, "panel.csv"), FIELDS, rows)
   if rows:
     plot(rows, os.path.join(a.out, "panel.png"))
   text = table(rows) + "\n\n" + summary(rows) + "\n"

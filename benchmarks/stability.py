@@ -14,7 +14,6 @@ DIR/stability.csv (image, width, depth, lr, seed, psnr, best_logged_psnr, collap
 and DIR/stability.png (final PSNR per lr and size, collapses marked).
 """
 import argparse
-import csv
 import itertools
 import json
 import os
@@ -107,10 +106,8 @@ def main():
         print(f"{image} {w}x{d} lr {lr:g} seed {seed}: {m['psnr']:.2f} dB"
               f"{'  COLLAPSED' if m.get('collapsed') else ''}", flush=True)
   rows = [r for r in (row(a.out, im, w, d, lr, s) for im, (w, d), lr, s in cells) if r]
-  with open(os.path.join(a.out, "stability.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
+  from dfm_flax import files
+  files.write_csv(os.path.join(a.out, "stability.csv"), FIELDS, rows)
   if rows:
     plot(rows, os.path.join(a.out, "stability.png"))
   print(json.dumps({"cells": len(cells), "done": len(rows),

@@ -27,6 +27,14 @@ def write_bytes(path: str, data: bytes) -> None:
     f.write(data)
 
 
+def write_csv(path: str, fields: list[str], rows: list[dict]) -> None:
+  import csv
+  with atomic_path(path, ".tmp") as tmp, open(tmp, "w", newline="") as f:
+    writer = csv.DictWriter(f, fields)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
 def flatten(d: dict, sep: str = ".", prefix: str = "") -> dict:
   """{"a": {"b": 1}} -> {"a.b": 1} (with sep "/": "a/b")."""
   out = {}

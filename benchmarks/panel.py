@@ -29,7 +29,7 @@ FIELDS = ["image", "pixels", "target_bpp", "seed", "net", "bits", "bytes", "bpp"
           "webp_bytes", "seconds"]
 
 
-def fit_and_code(out, name, bpp, seed, stop_at, qat_steps, net=""):
+def fit_and_code(out, name, bpp, seed, stop_at, qat_steps, net="", bits=10):
   from dfm_flax import encoding, images, logs, photos
   from dfm_flax.train import train_and_evaluate
   from experiments.compress import get_config
@@ -40,11 +40,11 @@ def fit_and_code(out, name, bpp, seed, stop_at, qat_steps, net=""):
   c = get_config("best")
   c.image, c.seed = path, seed
   c.model.width, c.model.depth = (tuple(int(v) for v in net.split("x")) if net
-                                  else encoding.size_for_bpp(bpp, image.shape, 8))
+                                  else encoding.size_for_bpp(bpp, image.shape, bits))
   c.train.stop_at, c.train.quiet, c.wandb.mode = stop_at, True, "disabled"
   m = train_and_evaluate(c, os.path.join(cell, "run"))
   row, bits, note = encoding.encode_to_bpp(os.path.join(cell, "run"), image,
-                                           os.path.join(cell, "file.dfm"), bpp, 8, "ans",
+                                           os.path.join(cell, "file.dfm"), bpp, bits, "ans",
                                            qat_steps)
   if note:
     print(f"{name} {bpp:g} bpp: {note}", flush=True)
@@ -142,6 +142,7 @@ def main():
   p.add_argument("--qat_steps", type=int, default=100)
   p.add_argument("--shard", default="0/1", help="i/n: every n-th cell (n processes)")
   p.add_argument("--net", default="", help="WxD: this net size instead of the codec's pick")
+  p.add_argument("--bits", type=int, default=10, help="bit depth the codec starts from")
   p.add_argument("--report", action="store_true")
   a = p.parse_args()
   from absl import logging
@@ -154,7 +155,7 @@ def main():
   for i, (name, bpp, seed) in enumerate(cells):
     done = logs.read_json(os.path.join(a.out, "runs", f"{name}_{bpp:g}bpp_s{seed}", "row.json"))
     if done is None and not a.report and i % count == index:
-      done = fit_and_code(a.out, name, bpp, seed, a.stop_at, a.qat_steps, a.net)
+      done = fit_and_code(a.out, name, bpp, seed, a.stop_at, a.qat_steps, a.net, a.bits)
       print(f"{name} {bpp:g} bpp seed {seed}: {done['net']} {done['bits']}-bit "
             f"{done['bpp']} bpp {done['psnr']} dB (JPEG {done['jpeg_psnr'] or '-'}, "
             f"WebP {done['webp_psnr'] or '-'}), recoveries {done['recoveries']}"

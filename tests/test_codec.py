@@ -140,6 +140,7 @@ def test_fake_quantisation_matches_the_file_and_passes_gradients():
   np.testing.assert_array_equal(grad, np.full(a.shape, 3.0))  # straight through
 
 
+@pytest.mark.slow
 def test_quantisation_aware_fine_tune_improves_the_decoded_file(fitted, tmp_path):
   root, wd, img = fitted
   plain, tuned = str(tmp_path / "plain.dfm"), str(tmp_path / "tuned.dfm")
@@ -161,6 +162,7 @@ def test_siren_parameter_count():
   assert model(np.zeros((7, 2), np.float32)).shape == (7, 3)
 
 
+@pytest.mark.slow
 def test_rate_distortion_tool(tmp_path):
   import csv
   out = tmp_path / "rd"
@@ -199,6 +201,7 @@ def test_bpp_target_picks_a_net_predicted_near_the_target():
   assert size_for_bpp(0.0001, (400, 400, 3), 8) == (3, 4)
 
 
+@pytest.mark.slow
 def test_encode_to_bpp_moves_the_bit_depth_to_hit_the_target(tmp_path):
   from dfm_flax.encoding import encode_run, encode_to_bpp
   wd = str(tmp_path / "run")

@@ -66,6 +66,7 @@ def test_smoke_run_writes_everything_and_is_not_redone(tmp_path):
   assert os.path.getmtime(os.path.join(wd, "metrics.json")) == before
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_gives_the_uninterrupted_metrics(tmp_path):
   args = ["--config", SMOKE, "--config.train.steps=400", "--config.train.checkpoint_every=10"]
   whole = str(tmp_path / "whole")
@@ -183,6 +184,7 @@ def test_wandb_offline_logs_without_asking(tmp_path):
   assert (wd / "wandb_id.txt").read_text().strip() in runs[0].name
 
 
+@pytest.mark.slow
 def test_crash_between_last_checkpoint_and_metrics_is_recovered(tmp_path):
   wd = str(tmp_path / "run")
   assert run_cli("experiments.run", "--config", SMOKE, "--workdir", wd).returncode == 0

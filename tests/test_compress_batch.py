@@ -8,6 +8,8 @@ from dfm_flax.errors import UserError
 from dfm_flax.train import train_and_evaluate
 from experiments.compress import get_config
 
+pytestmark = pytest.mark.slow  # Whole-run end-to-end tests (python -m pytest -m 'not slow' skips them).
+
 
 def write_images(tmp_path, shapes):
   rng = np.random.default_rng(0)

@@ -14,6 +14,8 @@ import pytest
 from experiments import launch
 from tests.helpers import ROOT, run_cli
 
+pytestmark = pytest.mark.slow  # Whole-run end-to-end tests (python -m pytest -m 'not slow' skips them).
+
 COMPRESS = ["--config", "experiments/compress.py:smoke", "--config.train.checkpoint_every=20"]
 # At the thesis init the MNIST nets are chaotic: the order of a sum alone moves the result
 # (tests/test_sharding.py); a smaller init makes 1e-4 a test of the multi-process run.

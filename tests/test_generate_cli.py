@@ -7,6 +7,8 @@ import pytest
 
 from tests.helpers import error_line, run_cli
 
+pytestmark = pytest.mark.slow  # Whole-run end-to-end tests (python -m pytest -m 'not slow' skips them).
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

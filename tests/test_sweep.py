@@ -28,6 +28,7 @@ def rows(directory):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_grid_sweep_is_capped_resumable_and_drawn(tmp_path):
   sweep, wd = write(tmp_path, TINY), str(tmp_path / "sweep")
   first = run_cli("experiments.sweep", sweep, "--workdir", wd, "--max-runs", "2", *FAST)
@@ -56,6 +57,7 @@ def test_grid_sweep_is_capped_resumable_and_drawn(tmp_path):
   assert os.path.getsize(tmp_path / "grid.png") > 1000
 
 
+@pytest.mark.slow
 def test_a_crashing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
   spec = dict(TINY, parameters={"config.model.width": {"values": [40, 2]}})  # 40: refused
   wd = str(tmp_path / "sweep")

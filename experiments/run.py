@@ -15,8 +15,15 @@ from ml_collections import config_flags
 
 from experiments.cli import config_value, parse_flags, run_main
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
-                                          lock_config=True)
+_CONFIG_HELP = (
+    "Experiment config file[:variant]. Experiments and variants: experiments/compress.py "
+    "(no variant: thesis recipe; best, smoke, siren), mnist.py (thesis; best, smoke), "
+    "cifar10.py (thesis; smoke), vae_mnist.py (smoke), classifier_mnist.py (smoke). Main "
+    "keys (--config.KEY=VALUE): seed, image (compress: a path, or several joined by commas), "
+    "model.width, model.depth, train.steps, train.stop_at, train.batch_size, optim.lr, "
+    "data.source (tfds|idx|cifar_pickle|folder|npz), data.dir, data.classes, guard.mode "
+    "(recover|detect|off), wandb.mode. Smoke variants only check the pipeline.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, _CONFIG_HELP, lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -51,6 +58,12 @@ def _train(_):
   summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
   print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                  for k, v in summary.items()))
+  jpeg = metrics.get("jpeg")
+  if isinstance(jpeg, dict) and "psnr" in metrics:  # The headline comparison, side by side.
+    quality = jpeg.get("quality") or "1: no JPEG is this small"
+    print(f"DFM  {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.3f}  {metrics['bytes']:,} bytes\n"
+          f"JPEG {jpeg['psnr']:.2f} dB  SSIM {jpeg['ssim']:.3f}  {jpeg['bytes']:,} bytes "
+          f"(quality {quality})")
 
 
 def main(argv):

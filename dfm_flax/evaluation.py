@@ -7,6 +7,7 @@ S1^{1/2} S2 S1^{1/2} (symmetric, so `eigh` is stable), not with scipy's sqrtm.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -90,21 +91,21 @@ def in_batches(fn, array: np.ndarray, batch: int = 256) -> np.ndarray:
   return np.concatenate(out)
 
 
-_COMPILED: dict = {}
+@functools.lru_cache(maxsize=32)
+def _jitted(graphdef, method: str):
+  from flax import nnx
+  return jax.jit(lambda state, x, *args: getattr(nnx.merge(graphdef, state), method)(x, *args))
 
 
 def compiled(model, method: str, *args):
-  """x -> model.method(x, *args), jitted once per (model, method): the model's state is
-  an argument (not baked into the program as constants), and evaluation's many calls
-  (reconstructions, grids, FID samples) share one compilation."""
+  """x -> model.method(x, *args) with the model's current state. The state and args are
+  arguments of the jitted function (not constants baked into the program), and the
+  function is cached by the model's structure (its graphdef, which holds no arrays):
+  evaluation's many calls (reconstructions, grids, FID samples) share one compilation."""
   from flax import nnx
-  key = (id(model), method)
-  if key not in _COMPILED:
-    graphdef, state = nnx.split(model)
-    fn = jax.jit(lambda st, x: getattr(nnx.merge(graphdef, st), method)(x, *args))
-    # The entry keeps the model alive, so its id cannot be reused by another model.
-    _COMPILED[key] = (model, lambda x: fn(state, x))
-  return _COMPILED[key][1]
+  graphdef, state = nnx.split(model)
+  fn = _jitted(graphdef, method)
+  return lambda x: fn(state, x, *args)
 
 
 def render_latents(model, z: np.ndarray, coords, image_shape) -> np.ndarray:
@@ -132,7 +133,6 @@ def evaluate_generator(model, dataset, coords, config, workdir: str,
   """Reconstructions, priors, sample/reconstruction/interpolation grids, FIDs."""
   ev = config.eval
   shape = dataset.images.shape[1:]
-  _COMPILED.clear()  # Entries of an earlier evaluation may hold a model of the same id.
   latents = training_latents(model, dataset.images)
   priors = fit_priors(latents, ev.gmm_components, config.seed, gaussian_scale)
   save_priors(priors, workdir)

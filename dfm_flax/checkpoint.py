@@ -99,13 +99,7 @@ class Checkpointer:
              "meta": ocp.args.JsonRestore()}
     if optimizer is not None:
       items["optimizer"] = ocp.args.StandardRestore(_abstract(nnx.state(optimizer)))
-    try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:  # A truncated or foreign directory fails in many ways.
-      msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-      raise UserError(
-          f"checkpoint {self.directory}/{step} is corrupt or does not match this model "
-          f"({type(e).__name__}: {msg[:300]}); move it away or use another --workdir") from e
+    restored = self._restore_items(step, items, "is corrupt or does not match this model")
     nnx.update(model, restored["model"])
     if optimizer is not None:
       nnx.update(optimizer, restored["optimizer"])
@@ -123,11 +117,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     items = {"good_model": ocp.args.StandardRestore(_abstract(nnx.state(model))),
              "good_optimizer": ocp.args.StandardRestore(_abstract(nnx.state(optimizer)))}
-    try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:
-      raise UserError(f"checkpoint {self.directory}/{step} is corrupt: its guard state cannot "
-                      f"be read ({type(e).__name__}); move it away or use another --workdir") from e
+    restored = self._restore_items(step, items, "is corrupt: its guard state cannot be read")
     return restored["good_model"], restored["good_optimizer"]
 
   def read_meta(self, step: int | None = None) -> dict[str, Any]:
@@ -135,12 +125,19 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise UserError(f"no checkpoint found in {self.directory}")
-    try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    except Exception as e:
-      raise UserError(f"checkpoint {self.directory}/{step} is corrupt: cannot read its "
-                      f"metadata ({type(e).__name__})") from e
+    restored = self._restore_items(step, {"meta": ocp.args.JsonRestore()},
+                                   "is corrupt: cannot read its metadata")
     return dict(restored["meta"])
+
+  def _restore_items(self, step: int, items: dict, problem: str):
+    """Orbax's restore of `items`; any failure (a truncated or foreign directory fails in
+    many ways) becomes one line saying what is wrong."""
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:
+      msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise UserError(f"checkpoint {self.directory}/{step} {problem} ({type(e).__name__}: "
+                      f"{msg[:300]}); move it away or use another --workdir") from e
 
   def close(self) -> None:
     self.manager.close()

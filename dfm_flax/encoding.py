@@ -14,16 +14,18 @@ import os
 import time
 
 
-def encode_run(source: str, image, out: str, bits: int, coder: str, qat_steps: int) -> dict:
+def encode_run(source: str, image, out: str, bits: int, coder: str, qat_steps: int,
+               qat_prefix: str | None = None) -> dict:
   """Code the net of a finished compress run into `out`; figures of the decoded file."""
-  return encode_runs(source, [image], [out], bits, coder, qat_steps)[0]
+  return encode_runs(source, [image], [out], bits, coder, qat_steps, qat_prefix)[0]
 
 
 def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder: str,
-                qat_steps: int) -> list[dict]:
+                qat_steps: int, qat_prefix: str | None = None) -> list[dict]:
   """Code each net of a finished compress run (one, or several fitted at once) into
   its file in `outs`; the quantisation-aware fine-tune runs once for all of them and
-  its time is shared equally in each row's encode_s."""
+  its time is shared equally in each row's encode_s. Its run directory is
+  QAT_PREFIX.qatBITS (default: the first output file's path)."""
   from dfm_flax import codec, files, images
   from dfm_flax.errors import UserError
   from dfm_flax.restore import load_model
@@ -43,7 +45,7 @@ def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder:
                       f"at {bits} bits take more bytes than the raw pixels; use a smaller net")
   tic = time.perf_counter()
   if qat_steps and bits != 16:
-    config, model = fine_tune(source, outs[0] + f".qat{bits}", bits, qat_steps)
+    config, model = fine_tune(source, f"{qat_prefix or outs[0]}.qat{bits}", bits, qat_steps)
   shared_s = (time.perf_counter() - tic) / len(outs)
   m = config.model
   rows = []
@@ -71,31 +73,27 @@ def encode_to_bpp(source: str, image, out: str, bpp: float, bits: int, coder: st
   """Code the run's net into `out` at the bit depth that lands within `tolerance` of
   `bpp`: first at `bits`, then (at most 3 more tries) at the depth the measured file
   size points to. Returns (row, bits used, a note when the target could not be met)."""
+  from dfm_flax.restore import load_config
+  net = load_config(source).model
   h, w, _ = image.shape
   target = bpp * h * w / 8
-  tried = {}
+  tried = {}  # bits -> row; each try is written beside `out`, the best is moved onto it.
   while bits not in tried:
-    tried[bits] = encode_run(source, image, out, bits, coder, qat_steps)
+    tried[bits] = encode_run(source, image, f"{out}.{bits}bit", bits, coder, qat_steps, out)
     got = tried[bits]["bytes"]
     if abs(got / target - 1) <= tolerance or bits == 16 or len(tried) == 4:
       break
-    from dfm_flax.restore import load_config
-    bits = nearest_bits(bits, got, target, load_config(source).model.depth)
+    bits = nearest_bits(bits, got, target, net.depth)
   bits = min(tried, key=lambda b: abs(tried[b]["bytes"] / target - 1))
+  os.replace(f"{out}.{bits}bit", out)
+  for other in tried.keys() - {bits}:
+    os.remove(f"{out}.{other}bit")
   row = tried[bits]
-  if len(tried) > 1 and list(tried)[-1] != bits:
-    row = encode_run(source, image, out, bits, coder, qat_steps)  # The file on disk: the best.
   note = ""
   if abs(row["bytes"] / target - 1) > tolerance:
-    note = (f"note: no bit depth of this {_net_name(source)} net comes within "
+    note = (f"note: no bit depth of this {net.width}x{net.depth} net comes within "
             f"{tolerance:.0%} of {bpp:g} bpp; the nearest is {row['bpp']:.4f} bpp at {bits} bits")
   return row, bits, note
-
-
-def _net_name(source: str) -> str:
-  from dfm_flax.restore import load_config
-  m = load_config(source).model
-  return f"{m.width}x{m.depth}"
 
 
 def fine_tune(source: str, workdir: str, bits: int, steps: int):

@@ -31,12 +31,11 @@ from dfm_flax.errors import UserError
 # Keys that may change between a run and its resume without changing its result
 # (a run may resume on another number of processes; a run stopped at train.stop_at
 # may be continued further along the same schedule).
-_RESUMABLE_KEYS = ("wandb", "dist")
-_RESUMABLE_FLAT = ("train.stop_at",)
+_RESUMABLE = ("wandb.", "dist.", "train.stop_at")
 
 
 def _flat(cfg: dict) -> dict:
-  return files.flatten({k: v for k, v in cfg.items() if k not in _RESUMABLE_KEYS})
+  return {k: v for k, v in files.flatten(cfg).items() if not k.startswith(_RESUMABLE)}
 
 
 def _check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -47,7 +46,7 @@ def _check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if saved is not None:
     old, new = _flat(saved), _flat(current)
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k) and k not in _RESUMABLE_FLAT]
+            if old.get(k) != new.get(k)]
     if diff:
       raise UserError(f"{workdir} holds a run with a different config ({'; '.join(diff)}); "
                       f"use a new --workdir or the original settings")
@@ -219,7 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     nnx.update(model, jax.device_put(state, jax.local_devices()[0]))
     metrics = task.evaluate(model, workdir)
     metrics.update(steps=end_step(config), seconds=round(seconds, 2),
-                   recoveries=watch.state.recoveries, collapsed=_ended_collapsed(watch, metrics))
+                   recoveries=watch.state.recoveries, collapsed=watch.state.collapsed)
     if metrics["collapsed"]:
       _say(f"warning: this run ended collapsed (its loss stayed far above its best for the "
            f"last {watch.state.bad} log steps; see dfm_flax/guard.py): its figures are not a "
@@ -241,12 +240,6 @@ def _resume_guard(watch, meta: dict, ckpt, model, optimizer) -> None:
     watch.keep(step, model, optimizer)
   elif good >= 0:
     watch.restore_kept(*ckpt.restore_good(model, optimizer, step), good)
-
-
-def _ended_collapsed(watch, metrics: dict) -> bool:
-  """The guard's verdict on the last log steps, or the task's own (e.g. a compressed
-  image no better than its flat mean colour)."""
-  return (watch.cfg.mode != "off" and watch.state.collapsed) or bool(metrics.get("collapsed"))
 
 
 def _say(message: str) -> None:
@@ -299,7 +292,8 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
       will_save = step % every == 0 and step < steps
       if step % log_every == 0 or step == steps or will_save:
         loss = float(sharding.to_host(loss))
-        train_step.sync()  # The guard may copy the state.
+        if watch.intervenes:
+          train_step.sync()  # The guard copies the state, or rolls it back.
         if watch.observe(step, loss, model, optimizer) == "rollback":
           line = watch.rollback(step, loss, model, optimizer)
           train_step.reload()

@@ -42,10 +42,8 @@ _QAT = flags.DEFINE_integer("qat_steps", 300, "Quantisation-aware fine-tuning st
 flags.DEFINE_alias("qat-steps", "qat_steps")
 flags.mark_flags_as_required(["out"])
 
-from dfm_flax.codec import MAX_PIXELS  # 16384 x 16384, for --size as for stored sizes.
-
-
 def parse_size(text: str):
+  from dfm_flax.codec import MAX_PIXELS  # The stored sizes' bound (imports jax: not at start-up).
   from dfm_flax.errors import UserError
   m = re.fullmatch(r"(\d+)x(\d+)", text or "")
   if not m:

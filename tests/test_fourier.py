@@ -7,22 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dfm_flax import fourier
+from dfm_flax import fourier, reference
 from dfm_flax.errors import UserError
-
-
-def numpy_layer(x, a, b):
-  """Eq. 4.5 literally: loop over every k in {0,1}^m in float64."""
-  x, a, b = (np.asarray(v, np.float64) for v in (x, a, b))
-  m, n = x.shape[-1], a.shape[-1]
-  out = np.zeros(x.shape[:-1] + (n,))
-  for idx in range(2**m):
-    k = np.array([(idx >> j) & 1 for j in range(m)], np.float64)
-    phase = 2 * np.pi * (x @ k)
-    out += np.cos(phase)[..., None] * a[idx] + np.sin(phase)[..., None] * b[idx]
-  if m == n:
-    out += x
-  return out
 
 
 def random_layer(m, n, seed=0, points=33):
@@ -37,7 +23,7 @@ def random_layer(m, n, seed=0, points=33):
 def test_layer_matches_numpy_loop(method, m, n):
   x, a, b = random_layer(m, n, seed=m * 10 + n)
   got = fourier.layer_apply(x, a, b, method)
-  np.testing.assert_allclose(got, numpy_layer(x, a, b), atol=1e-5, rtol=0)
+  np.testing.assert_allclose(got, reference.layer(x, a, b), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("method", fourier.METHODS)
@@ -109,10 +95,8 @@ def test_render_vmaps_over_images():
 def test_deep_net_matches_numpy(method):
   coords = jax.random.uniform(jax.random.key(5), (64, 2))
   weights = realistic_weights(jax.random.key(6), 8, 6, 3, gain=0.1)
-  h = coords
-  for a, b in fourier.unflatten(weights, 8, 6, 3):
-    h = numpy_layer(h, a, b)
-  np.testing.assert_allclose(fourier.render(weights, coords, 8, 6, 3, method), np.tanh(h), atol=1e-5)
+  expect = reference.net(fourier.unflatten(np.asarray(weights), 8, 6, 3), coords)
+  np.testing.assert_allclose(fourier.render(weights, coords, 8, 6, 3, method), expect, atol=1e-5)
 
 
 def test_init_variance_is_honoured():
@@ -125,14 +109,7 @@ def test_init_variance_is_honoured():
 
 def numpy_net_loss(weights, coords, width, depth, channels):
   """sum(tanh(net(coords))^2) in float64 with the numpy loop, for finite differences."""
-  h = np.asarray(coords, np.float64)
-  offset = 0
-  for r, n in fourier.param_shapes(width, depth, channels):
-    a = weights[offset:offset + r * n].reshape(r, n)
-    b = weights[offset + r * n:offset + 2 * r * n].reshape(r, n)
-    offset += 2 * r * n
-    h = numpy_layer(h, a, b)
-  return np.sum(np.tanh(h) ** 2)
+  return np.sum(reference.net(fourier.unflatten(weights, width, depth, channels), coords) ** 2)
 
 
 @pytest.mark.parametrize("method", fourier.METHODS)

@@ -6,11 +6,10 @@ import pytest
 import scipy.linalg
 from flax import nnx
 
-from dfm_flax import data, evaluation, fourier, optim
+from dfm_flax import data, evaluation, fourier, optim, reference
 from dfm_flax.tasks import generate
 from dfm_flax.train import make_train_step
 from experiments import mnist
-from tests.test_fourier import numpy_layer
 
 
 def small_config():
@@ -45,10 +44,8 @@ def test_loss_is_eq_4_8():
   coords = np.asarray(task.coords)
   sq = []
   for w, img in zip(weights, np.asarray(batch["image"])):
-    h = coords
-    for a, b in fourier.unflatten(w, 4, 6, 1):
-      h = numpy_layer(h, a, b)
-    sq.append((np.tanh(h) - (img.reshape(-1, 1) * 2 - 1)) ** 2)
+    sq.append((reference.net(fourier.unflatten(w, 4, 6, 1), coords)
+               - (img.reshape(-1, 1) * 2 - 1)) ** 2)
   expect = np.mean(sq) + 0.5 * np.mean(np.sum(z**2, -1))
   assert float(loss) == pytest.approx(expect, rel=1e-4)
   assert float(aux["rec_mse"]) == pytest.approx(np.mean(sq), rel=1e-4)

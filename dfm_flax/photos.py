@@ -32,11 +32,6 @@ _CROPS = {
     "gravel": lambda d: d.gravel(),
     "colorwheel": lambda d: d.colorwheel(),
 }
-BUILTIN_FOUR = ("coffee", "astronaut", "chelsea", "camera")
-
-
-def names() -> list[str]:
-  return list(_CROPS)
 
 
 def pixels(name: str) -> np.ndarray:

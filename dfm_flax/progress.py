@@ -42,8 +42,8 @@ class LineProgress:
           file=sys.stderr, flush=True)
 
   def write(self, line: str, file=None) -> None:
-    if not self.disable:
-      print(line, file=file or sys.stderr, flush=True)
+    """A message on its own line, even when the progress is disabled (as tqdm.write)."""
+    print(line, file=file or sys.stderr, flush=True)
 
   def close(self) -> None:
     if self.n != self._start_n:

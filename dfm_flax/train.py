@@ -236,7 +236,7 @@ def _resume_guard(watch, meta: dict, ckpt, model, optimizer) -> None:
   checkpoint when it is older than the checkpoint itself)."""
   watch.state = guard.GuardState.from_meta(meta.get("guard"))
   step, good = int(meta["step"]), watch.state.good_step
-  if good == step:
+  if good == step and watch.intervenes:  # (detect mode never rolls back: no copy kept)
     watch.keep(step, model, optimizer)
   elif good >= 0:
     watch.restore_kept(*ckpt.restore_good(model, optimizer, step), good)

@@ -22,7 +22,7 @@ import warnings
 
 from absl import app, flags
 
-from experiments.cli import fail, parse_flags, run_main
+from experiments.cli import parse_flags, run_main
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep (one subdirectory per run).")
 _MAX_RUNS = flags.DEFINE_integer("max_runs", None, "Cap on the number of runs, finished ones included.",

@@ -3,8 +3,9 @@
 Every source returns a `Dataset`: float32 images in [0, 1] of shape (N, H, W, C)
 and int labels (-1 where a source has none). Sources (config.data.source):
 
-  tfds          tfds.data_source(name, data_dir=dir) read without TensorFlow; downloads
-                only when download=True and the network is there
+  tfds          tfds.data_source(name, data_dir=dir) read without TensorFlow; when the
+                dataset is not prepared and download=True (the default) and the network
+                is there, it is fetched first (dfm_flax/downloads.py)
   idx           a directory of MNIST-style IDX files (*-images-idx3-ubyte[.gz] and
                 matching *-labels-idx1-ubyte[.gz]), e.g. ../shared/data/mnist
   cifar_pickle  a directory of CIFAR-10 python batches (data_batch_1..5, test_batch)
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import gzip
+import importlib.util
 import os
 import pickle
 
@@ -27,8 +29,7 @@ from dfm_flax.errors import UserError
 
 SOURCES = ("tfds", "idx", "cifar_pickle", "folder", "npz", "photos")
 # The MNIST digits that ship with the project (the first 1000 of the MNIST test set).
-BUNDLED_MNIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "experiments", "data", "mnist_1k.npz")
+BUNDLED_MNIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "mnist_1k.npz")
 
 
 @dataclasses.dataclass
@@ -75,6 +76,11 @@ def load_idx(directory: str) -> Dataset:
                        glob.glob(os.path.join(directory, "*images.idx3-ubyte*")))
   if not image_files:
     raise UserError(f"no IDX image files (*-images-idx3-ubyte[.gz]) in {directory}")
+  return load_idx_files(image_files)
+
+
+def load_idx_files(image_files: list[str]) -> Dataset:
+  """IDX image files, each with its labels file beside it when there is one."""
   images, labels = [], []
   for path in image_files:
     imgs = _read_idx(path)
@@ -165,21 +171,49 @@ def load_photos(count: int, size: int, seed: int) -> Dataset:
 
 # --- TFDS ---------------------------------------------------------------------
 def load_tfds(name: str, split: str, data_dir: str | None, download: bool) -> Dataset:
+  """A TFDS dataset, prepared first when it is not and `download` allows (dfm_flax/downloads.py)."""
   import tensorflow_datasets as tfds
   try:
-    source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=download)
-  except Exception as e:  # Not prepared and no network: TFDS raises several types.
-    first = (str(e).strip().splitlines() or [""])[0][:200]
-    raise UserError(
-        f"TFDS dataset {name!r} (split {split!r}) could not be loaded from "
-        f"{data_dir or '~/tensorflow_datasets'} ({type(e).__name__}: {first}; DFM_DEBUG=1 shows "
-        f"the traceback); if it is not prepared, prepare it with network "
-        f"access, or use --config.data.source=idx|cifar_pickle|folder|npz with "
-        f"--config.data.dir=PATH") from e
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise UserError(f"TFDS has no dataset {name!r}") from e
+  if not builder.is_prepared():
+    fallback = _not_prepared(builder, name, split, data_dir, download)
+    if fallback is not None:
+      return fallback
+  source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
   records = [source[i] for i in range(len(source))]
   images = np.stack([r["image"] for r in records])
   labels = np.array([r.get("label", -1) for r in records], np.int64)
   return Dataset(_as_float(images), labels, f"TFDS {name} {split}")
+
+
+def _not_prepared(builder, name, split, data_dir, download) -> Dataset | None:
+  """Prepare the dataset (None: TFDS has it now) or read its raw files; refuse in one line
+  when that cannot be done here."""
+  from dfm_flax import downloads
+  where = data_dir or os.path.join("~", "tensorflow_datasets")
+  other = ("or use --config.data.source=idx|cifar_pickle|folder|npz with --config.data.dir=PATH")
+  if not download:
+    raise UserError(f"TFDS dataset {name!r} is not prepared in {where} and data.download is "
+                    f"False; set --config.data.download=True where the network is, {other}")
+  url_sums = {url: info.checksum for url, info in (builder.url_infos or {}).items()}
+  host = downloads.unreachable_host(url_sums)
+  if host:
+    raise UserError(f"TFDS dataset {name!r} is not prepared in {where} and {host} cannot be "
+                    f"reached (offline?); prepare it where the network is, {other}")
+  if name in downloads.IDX_DATASETS and importlib.util.find_spec("tensorflow") is None:
+    cache = os.path.join(os.path.expanduser(where), "downloads", "dfm", name)
+    ds = load_idx_files(downloads.idx_files(url_sums, split, cache))
+    return dataclasses.replace(ds, description=f"{name} {split} (IDX files from TFDS's URLs)")
+  if importlib.util.find_spec("tensorflow") is None:
+    raise UserError(f"preparing TFDS dataset {name!r} needs TensorFlow (pip install "
+                    f"tensorflow-cpu) once; reading it afterwards does not, {other}")
+  try:
+    builder.download_and_prepare()
+  except OSError as e:  # The network went away, or the disk filled.
+    raise UserError(f"preparing TFDS dataset {name!r} in {where} failed: {e}") from e
+  return None
 
 
 def load(data_cfg) -> Dataset:
@@ -193,7 +227,7 @@ def load(data_cfg) -> Dataset:
   if src == "photos":
     ds = load_photos(data_cfg.get("limit", 0) or 256, 32, data_cfg.get("seed", 0))
   elif src == "tfds":
-    ds = load_tfds(data_cfg.name, data_cfg.split, directory, data_cfg.get("download", False))
+    ds = load_tfds(data_cfg.name, data_cfg.split, directory, data_cfg.get("download", True))
   elif src == "idx":
     ds = load_idx(directory)
   elif src == "cifar_pickle":

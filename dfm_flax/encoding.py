@@ -73,8 +73,8 @@ def encode_to_bpp(source: str, image, out: str, bpp: float, bits: int, coder: st
   """Code the run's net into `out` at the bit depth that lands within `tolerance` of
   `bpp`: first at `bits`, then (at most 3 more tries) at the depth the measured file
   size points to. Returns (row, bits used, a note when the target could not be met)."""
-  from dfm_flax.restore import load_config
-  net = load_config(source).model
+  from dfm_flax.restore import saved_config
+  net = saved_config(source).model
   h, w, _ = image.shape
   target = bpp * h * w / 8
   tried = {}  # bits -> row; each try is written beside `out`, the best is moved onto it.
@@ -98,9 +98,9 @@ def encode_to_bpp(source: str, image, out: str, bpp: float, bits: int, coder: st
 
 def fine_tune(source: str, workdir: str, bits: int, steps: int):
   """Continue the source run for `steps` with the forward pass on the codec's grid."""
-  from dfm_flax.restore import load_config, load_model
+  from dfm_flax.restore import saved_config, load_model
   from dfm_flax.train import train_and_evaluate
-  config = load_config(source)
+  config = saved_config(source)
   config.model.quant_bits = bits
   config.init_from = os.path.abspath(source)
   config.train.steps = steps

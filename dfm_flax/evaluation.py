@@ -173,17 +173,29 @@ def count_params(model) -> dict:
 
 
 def write_grids(model, priors, originals, latents, recon, coords, shape, workdir, seed) -> None:
-  """recon: the reconstructions of originals[:len(recon)], already rendered."""
-  figures.image_grid(figures.interleave(originals[:len(recon)], recon), os.path.join(workdir, "reconstructions.png"),
-                     cols=16, title="originals (odd columns) and reconstructions (even columns)")
+  """The end-of-run figures; experiments.sample writes the same three from a checkpoint."""
+  write_reconstructions(originals, recon, os.path.join(workdir, "reconstructions.png"))
   for prior in PRIORS:
-    z = sample_latents(priors, prior, 64, latents.shape[1], seed)
-    figures.image_grid(render_latents(model, z, coords, shape),
-                       os.path.join(workdir, f"samples_{prior}.png"), cols=8,
-                       title=f"samples, {prior} prior")
-  figures.image_grid(interpolations(model, latents, coords, shape, 10, 8),
-                     os.path.join(workdir, "interpolations.png"), cols=10,
-                     title="interpolation between training latents")
+    write_samples(model, priors, prior, 64, seed, coords, shape,
+                  os.path.join(workdir, f"samples_{prior}.png"))
+  write_interpolations(model, latents, coords, shape, 10, os.path.join(workdir, "interpolations.png"))
+
+
+def write_reconstructions(originals, recon, path: str) -> None:
+  """recon: the reconstructions of originals[:len(recon)], already rendered."""
+  figures.image_grid(figures.interleave(originals[:len(recon)], recon), path, cols=16,
+                     title="originals (odd columns) and reconstructions (even columns)")
+
+
+def write_samples(model, priors, prior: str, num: int, seed: int, coords, shape, path: str) -> None:
+  z = sample_latents(priors, prior, num, priors["gmm_means"].shape[1], seed)
+  figures.image_grid(render_latents(model, z, coords, shape), path, cols=int(np.ceil(np.sqrt(num))),
+                     title=f"{num} samples, {prior} prior")
+
+
+def write_interpolations(model, latents, coords, shape, steps: int, path: str) -> None:
+  figures.image_grid(interpolations(model, latents, coords, shape, steps, 8), path, cols=steps,
+                     title="interpolations between training latents")
 
 
 def interpolations(model, latents, coords, shape, steps: int, rows: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from dfm_flax.checkpoint import Checkpointer
 from dfm_flax.errors import UserError
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isdir(workdir):
     raise UserError(f"workdir does not exist: {workdir}")
   saved = logs.read_json(os.path.join(workdir, "config.json"))
@@ -27,7 +27,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def load_model(workdir: str, expect_task: str | None = None):
   """(config, meta, model) of the latest checkpoint in workdir."""
-  config = load_config(workdir)
+  config = saved_config(workdir)
   if expect_task and config.task != expect_task:
     raise UserError(f"{workdir} holds a {config.task!r} run, not a {expect_task!r} run")
   ckpt_dir = os.path.join(workdir, "checkpoints")

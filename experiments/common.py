@@ -34,7 +34,7 @@ def data(source: str, name: str = "", directory: str = "", split: str = "train",
   """data.source: tfds | idx | cifar_pickle | folder | npz | photos; data.dir: path."""
   return ml_collections.ConfigDict({
       "source": source, "name": name, "dir": directory, "split": split,
-      "classes": classes, "limit": limit, "download": False})
+      "classes": classes, "limit": limit, "download": True})
 
 
 def bundled_mnist(limit: int = 0) -> ml_collections.ConfigDict:

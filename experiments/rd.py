@@ -20,7 +20,6 @@ the same image and DFM setting (e.g. a net refitted with another --seed).
 """
 import csv
 import os
-import time
 
 from absl import app, flags
 
@@ -44,109 +43,12 @@ _SIREN_STEPS = flags.DEFINE_integer("siren_steps", 0, "SIREN training steps (def
                                     lower_bound=0)
 flags.mark_flags_as_required(["out"])
 
-FIELDS = ["image", "codec", "setting", "bytes", "bpp", "psnr", "ssim", "encode_s", "decode_s"]
-
-
-def image_path(name: str, directory: str) -> str:
-  from dfm_flax import photos
-  return photos.path(name, directory)
-
-
-def train(image: str, run_dir: str, overrides: dict) -> dict:
-  from dfm_flax.train import train_and_evaluate
-  from experiments.compress import get_config
-  siren = overrides.get("model.kind") == "siren"
-  config = get_config("siren" if siren else "best")
-  config.image = image
-  config.train.steps = (siren and _SIREN_STEPS.value) or _STEPS.value
-  config.seed = _SEED.value
-  config.train.quiet = True
-  config.wandb.mode = "disabled"
-  for key, value in overrides.items():
-    section, name = key.split(".")
-    config[section][name] = value
-  return train_and_evaluate(config, run_dir)
-
-
-def siren_hidden_for(nbytes: int, channels: int, layers: int = 5) -> int:
-  """Largest hidden width whose fp16 SIREN fits in nbytes."""
-  from dfm_flax import siren
-  hidden = 4
-  while 2 * siren.num_params(hidden + 1, layers, channels) <= nbytes:
-    hidden += 1
-  return hidden
-
-
-def siren_row(name, path, image, nbytes, out_dir) -> dict:
-  """Train a SIREN of about nbytes in fp16; score its fp16-rounded weights."""
-  import jax
-  from flax import nnx
-  from dfm_flax import images
-  from dfm_flax.restore import load_model
-  hidden = siren_hidden_for(nbytes, image.shape[2])
-  steps = _SIREN_STEPS.value or _STEPS.value
-  run_dir = os.path.join(out_dir, "runs", f"{name}_siren{hidden}_{steps}steps")
-  metrics = train(os.path.abspath(path), run_dir, {"model.kind": "siren", "model.siren_hidden": hidden})
-  _, _, model = load_model(run_dir)
-  state = nnx.state(model, nnx.Param)
-  nnx.update(model, jax.tree.map(lambda x: x.astype("float16").astype("float32"), state))
-  tic = time.perf_counter()
-  h, w, _ = image.shape
-  rec = images.render_fn(jax.jit(lambda xy: jax.numpy.clip(model(xy), -1, 1)), h, w)
-  decode_s = time.perf_counter() - tic
-  ref, rec = images.to_uint8(image) / 255, images.to_uint8(rec) / 255
-  n = 2 * sum(x.size for x in jax.tree.leaves(state))
-  return {"image": name, "codec": "siren-fp16", "setting": f"5x{hidden}, {steps} steps", "bytes": n,
-          "bpp": 8 * n / (h * w), "psnr": images.psnr(ref, rec), "ssim": images.ssim(ref, rec),
-          "encode_s": metrics["seconds"], "decode_s": decode_s}
-
-
-def rows_for(group: list, out_dir: str):
-  """Rows for a group of (label, path, image) with one channel count: at each size
-  one stack of nets fits all of them at once (vmap), then each is coded and compared."""
-  from dfm_flax import images
-  from dfm_flax.encoding import encode_runs
-  labels = [label for label, _, _ in group]
-  for size in _SIZES.value.split(","):
-    width, depth = (int(v) for v in size.split("x"))
-    run_dir = os.path.join(out_dir, "runs", f"{'+'.join(labels)}_{size}")
-    metrics = train(",".join(os.path.abspath(p) for _, p, _ in group), run_dir,
-                    {"model.width": width, "model.depth": depth})
-    per_image = [r["psnr"] for r in metrics.get("images", [metrics])]
-    print(f"fitted {len(group)} image(s) at {size} in {metrics['seconds']:.1f} s: "
-          f"{len(group) / metrics['seconds']:.4f} images/s; float PSNR "
-          + ", ".join(f"{label} {p:.2f} dB" for label, p in zip(labels, per_image)), flush=True)
-    with open(os.path.join(out_dir, "fits.csv"), "a") as f:
-      f.write(f"{'+'.join(labels)},{size},{metrics['steps']},{metrics['seconds']}\n")
-    for bits in (int(b) for b in _BITS.value.split(",")):
-      outs = [os.path.join(out_dir, "files", f"{label}_{size}_{bits}bit.dfm") for label in labels]
-      coded = encode_runs(run_dir, [im for _, _, im in group], outs, bits, "ans", _QAT.value)
-      for (name, path, image), r in zip(group, coded):
-        r["encode_s"] += metrics["seconds"] / len(group)  # The fit's share of each image.
-        yield {"image": name, "codec": "dfm", "setting": f"{size} {bits}-bit", **r}
-        for fmt in ("JPEG", "WEBP"):
-          tic = time.perf_counter()
-          j = images.jpeg_at_size(image, r["bytes"], fmt)
-          yield {"image": name, "codec": fmt.lower(), "setting": f"q={j['quality']}",
-                 "bytes": j["bytes"], "bpp": j["bpp"], "psnr": j["psnr"], "ssim": j["ssim"],
-                 "encode_s": time.perf_counter() - tic, "decode_s": 0.0}
-        if _SIREN.value and str(bits) in (_SIREN_BITS.value or _BITS.value).split(","):
-          yield siren_row(name, path, image, r["bytes"], out_dir)
-
-
-def groups(names: list[str], out_dir: str) -> list[list]:
-  """(label, path, image) per image, grouped by channel count (fitted together)."""
-  from dfm_flax import images
-  by_channels = {}
-  for name in names:
-    path = image_path(name, out_dir)
-    image = images.load_image(path)
-    label = os.path.splitext(os.path.basename(name))[0]
-    by_channels.setdefault(image.shape[2], []).append((label, path, image))
-  return list(by_channels.values())
+def _ints(text: str) -> tuple[int, ...]:
+  return tuple(int(v) for v in text.split(",") if v)
 
 
 def _rd(argv):
+  from dfm_flax import rd_study
   from dfm_flax.errors import UserError
   csv_path = os.path.join(_OUT.value, "rd.csv")
   if _REPLOT.value:
@@ -160,37 +62,20 @@ def _rd(argv):
           tables.append(list(csv.DictReader(f)))
       except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
-    return report(merge(tables), _OUT.value)
+    return rd_study.report(merge(tables), _OUT.value)
   if len(argv) < 2:
     raise UserError("usage: python -m experiments.rd IMAGES... --out DIR")
-  os.makedirs(os.path.join(_OUT.value, "files"), exist_ok=True)
-  open(os.path.join(_OUT.value, "fits.csv"), "w").close()  # Rewritten, like rd.csv, each study.
-  rows = []
-  with open(csv_path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=FIELDS)
-    writer.writeheader()
-    for group in groups(argv[1:], _OUT.value):
-      for row in rows_for(group, _OUT.value):
-        row = {k: row[k] for k in FIELDS}
-        writer.writerow(row)
-        f.flush()
-        rows.append(row)
-        print(f"{row['image']:>10} {row['codec']:>10} {row['setting']:>12} {row['bytes']:>8,} B "
-              f"{row['bpp']:.3f} bpp {row['psnr']:.2f} dB", flush=True)
-  report(rows, _OUT.value)
-
-
-def report(rows, out_dir: str) -> None:
-  """rd.png and summary.md (the per-setting means, printed too) from the rows."""
-  if not rows:
-    return
-  from dfm_flax import rate_distortion
-  rate_distortion.plot(rows, os.path.join(out_dir, "rd.png"))
-  table = rate_distortion.summarize(rows)
-  with open(os.path.join(out_dir, "summary.md"), "w") as f:
-    f.write(table)
-  print(table)
-  print(f"wrote {os.path.join(out_dir, 'rd.csv')}, rd.png and summary.md in {out_dir}")
+  try:
+    sizes = tuple(tuple(int(v) for v in s.split("x")) for s in _SIZES.value.split(","))
+    bits, siren_bits = _ints(_BITS.value), _ints(_SIREN_BITS.value)
+  except ValueError:
+    raise UserError(f"--sizes takes WxD,WxD... and --bits/--siren_bits B,B...; got "
+                    f"{_SIZES.value!r}, {_BITS.value!r}, {_SIREN_BITS.value!r}") from None
+  if any(len(s) != 2 for s in sizes):
+    raise UserError(f"--sizes takes WIDTHxDEPTH,...; got {_SIZES.value!r}")
+  rd_study.Study(_OUT.value, sizes=sizes, bits=bits, steps=_STEPS.value, qat_steps=_QAT.value,
+                 siren=_SIREN.value, siren_bits=siren_bits, siren_steps=_SIREN_STEPS.value,
+                 seed=_SEED.value).run(argv[1:])
 
 
 def main(argv):

@@ -16,9 +16,10 @@ from ml_collections import config_flags
 from experiments.cli import config_value, parse_flags, run_main
 
 _CONFIG_HELP = (
-    "Experiment config file[:variant]. Experiments and variants: experiments/compress.py "
-    "(no variant: thesis recipe; best, smoke, siren), mnist.py (thesis; best, smoke), "
-    "cifar10.py (thesis; smoke), vae_mnist.py (smoke), classifier_mnist.py (smoke). Main "
+    "Experiment config file[:variant]. Experiments and variants (no variant: the best "
+    "settings measured): experiments/compress.py (thesis, smoke, siren), mnist.py (thesis, "
+    "smoke), cifar10.py (the thesis settings; smoke), vae_mnist.py (smoke), "
+    "classifier_mnist.py (smoke). Main "
     "keys (--config.KEY=VALUE): seed, image (compress: a path, or several joined by commas), "
     "model.width, model.depth, train.steps, train.stop_at, train.batch_size, optim.lr, "
     "data.source (tfds|idx|cifar_pickle|folder|npz), data.dir, data.classes, guard.mode "

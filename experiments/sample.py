@@ -27,7 +27,7 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 def _sample(_):
   import jax.numpy as jnp
-  from dfm_flax import evaluation, figures, images
+  from dfm_flax import evaluation, images
   from dfm_flax.errors import UserError
   from dfm_flax.restore import load_model
 
@@ -44,12 +44,7 @@ def _sample(_):
   coord_range = tuple(config.model.get("coord_range", (0.0, 1.0)))
   coords = jnp.asarray(images.pixel_grid(shape[0], shape[1], coord_range))
   priors = evaluation.load_priors(_WORKDIR.value)
-  dim = priors["gmm_means"].shape[1]
-
-  z = evaluation.sample_latents(priors, _PRIOR.value, _NUM.value, dim, _SEED.value)
-  samples = evaluation.render_latents(model, z, coords, shape)
-  cols = int(np.ceil(np.sqrt(_NUM.value)))
-  figures.image_grid(samples, out, cols=cols, title=f"{_NUM.value} samples, {_PRIOR.value} prior")
+  evaluation.write_samples(model, priors, _PRIOR.value, _NUM.value, _SEED.value, coords, shape, out)
   written = [out]
 
   originals, index = _originals(_WORKDIR.value)
@@ -57,13 +52,11 @@ def _sample(_):
              else np.asarray(model.encode({"image": jnp.asarray(originals)})))
   stem = out[:-4]
   rec = evaluation.render_latents(model, latents[:32], coords, shape)
-  figures.image_grid(figures.interleave(originals[:32], rec), f"{stem}_reconstructions.png",
-                     cols=16, title="originals (odd columns) and reconstructions (even columns)")
+  evaluation.write_reconstructions(originals, rec, f"{stem}_reconstructions.png")
   written.append(f"{stem}_reconstructions.png")
   if _INTERP.value:
-    figures.image_grid(evaluation.interpolations(model, latents, coords, shape, _INTERP.value, 8),
-                       f"{stem}_interpolations.png", cols=_INTERP.value,
-                       title="interpolations between training latents")
+    evaluation.write_interpolations(model, latents, coords, shape, _INTERP.value,
+                                    f"{stem}_interpolations.png")
     written.append(f"{stem}_interpolations.png")
   print("wrote " + ", ".join(written))
 

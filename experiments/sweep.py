@@ -72,11 +72,6 @@ def check_keys(config, keys, where: str) -> None:
       node = node[part]
 
 
-def load_config(cfg_spec: str):
-  from dfm_flax import files
-  return files.load_config(cfg_spec)
-
-
 def flat_metric(metrics: dict, name: str):
   node = metrics
   for part in name.split("/"):
@@ -156,7 +151,8 @@ def _sweep(argv):
   path = argv[1]
   spec = load_sweep(path)
   cfg_spec = config_file(spec, path)
-  config = load_config(cfg_spec)
+  from dfm_flax import files
+  config = files.load_config(cfg_spec)
   check_keys(config, spec["parameters"], path)
   overrides = [o.split("=", 1)[0] for o in _OVERRIDE.value]
   check_keys(config, overrides, "--override")

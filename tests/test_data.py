@@ -111,13 +111,84 @@ def test_missing_sources_name_the_options(tmp_path):
     data.load(common.data("idx", directory=str(tmp_path / "nope")))
   with pytest.raises(UserError, match="needs --config.data.dir"):
     data.load(common.data("idx"))
-  with pytest.raises(UserError, match="could not be loaded.*idx\\|cifar_pickle"):
+  offline = common.data("tfds", "mnist", directory=str(tmp_path))
+  offline.download = False
+  with pytest.raises(UserError, match="not prepared.*download is False.*idx\\|cifar_pickle"):
+    data.load(offline)
+
+
+def test_offline_tfds_fails_at_once(tmp_path, monkeypatch):
+  """download=True (the default) on a machine that cannot reach the dataset's host: one
+  line naming the host, before TFDS's minutes of retries."""
+  from dfm_flax import downloads
+  tried = []
+  monkeypatch.setattr(downloads, "unreachable_host", lambda urls: tried.extend(urls) or "nowhere.invalid")
+  with pytest.raises(UserError, match="not prepared.*nowhere.invalid cannot be reached"):
     data.load(common.data("tfds", "mnist", directory=str(tmp_path)))
+  assert any("train-images-idx3-ubyte" in u for u in tried)  # TFDS's own URL list was probed
+  assert not os.listdir(tmp_path) or not any("downloads" in d for d in os.listdir(tmp_path))
+
+
+def test_unreachable_host_probe():
+  from dfm_flax import downloads
+  assert downloads.unreachable_host(["http://nowhere.invalid/a.gz"], timeout_s=2) == "nowhere.invalid"
+  assert downloads.unreachable_host([]) is None
+
+
+@pytest.fixture
+def idx_server(tmp_path):
+  """A local HTTP server with train and t10k IDX files (random digits)."""
+  import functools
+  import hashlib
+  import http.server
+  import threading
+  root = tmp_path / "served"
+  root.mkdir()
+  rng = np.random.default_rng(0)
+  arrays = {"train-images-idx3-ubyte.gz": rng.integers(0, 256, (6, 28, 28)),
+            "train-labels-idx1-ubyte.gz": rng.integers(0, 10, 6),
+            "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (4, 28, 28)),
+            "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, 4)}
+  for name, array in arrays.items():
+    write_idx(root / name, array)
+  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  base = f"http://127.0.0.1:{server.server_address[1]}/"
+  sums = {base + n: hashlib.sha256((root / n).read_bytes()).hexdigest() for n in arrays}
+  yield sums, arrays
+  server.shutdown()
+
+
+def test_idx_files_fetched_checked_and_read(idx_server, tmp_path):
+  from dfm_flax import downloads
+  sums, arrays = idx_server
+  cache = str(tmp_path / "cache")
+  ds = data.load_idx_files(downloads.idx_files(sums, "train+test", cache))
+  assert len(ds) == 10
+  np.testing.assert_array_equal(sorted(ds.labels.tolist()), sorted(
+      arrays["train-labels-idx1-ubyte.gz"].tolist() + arrays["t10k-labels-idx1-ubyte.gz"].tolist()))
+  test = data.load_idx_files(downloads.idx_files(sums, "test", cache))
+  np.testing.assert_allclose(test.images[..., 0] * 255, arrays["t10k-images-idx3-ubyte.gz"], atol=1e-3)
+  with pytest.raises(UserError, match="train, test or train\\+test"):
+    downloads.idx_files(sums, "train[:10%]", cache)
+
+
+def test_download_with_wrong_checksum_is_refused_and_not_kept(idx_server, tmp_path):
+  from dfm_flax import downloads
+  sums, _ = idx_server
+  url = next(u for u in sums if "t10k-labels" in u)
+  target = tmp_path / "t10k-labels-idx1-ubyte.gz"
+  with pytest.raises(UserError, match="another SHA-256"):
+    downloads.fetch(url, str(target), "0" * 64)
+  assert not os.listdir(tmp_path) or target.name not in os.listdir(tmp_path)
 
 
 @pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
-def test_tfds_data_source_with_mock_data(name, shape):
+def test_tfds_data_source_with_mock_data(name, shape, monkeypatch):
   import tensorflow_datasets as tfds
+  # mock_data fakes reading, not the files on disk that say a dataset is prepared.
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
   with tfds.testing.mock_data(num_examples=10):
     ds = data.load(common.data("tfds", name, split="train"))
   assert ds.images.shape == (10, *shape)
@@ -131,3 +202,20 @@ def test_builtin_photos_are_deterministic():
   assert a.images.shape == (8, 32, 32, 3)
   np.testing.assert_array_equal(a.images, b.images)
   assert a.images.std() > 0.05
+
+
+def test_unprepared_mnist_is_read_from_tfds_urls(idx_server, tmp_path, monkeypatch):
+  """Without TensorFlow, an unprepared MNIST comes from the files of TFDS's URL list."""
+  import importlib.util
+  import types
+  import tensorflow_datasets as tfds
+  if importlib.util.find_spec("tensorflow") is not None:
+    pytest.skip("with TensorFlow installed TFDS prepares the dataset itself")
+  sums, arrays = idx_server
+  infos = {url: types.SimpleNamespace(checksum=sha) for url, sha in sums.items()}
+  builder_class = type(tfds.builder("mnist", data_dir=str(tmp_path)))
+  monkeypatch.setattr(builder_class, "url_infos", property(lambda self: infos))
+  ds = data.load(common.data("tfds", "mnist", directory=str(tmp_path), split="train"))
+  np.testing.assert_array_equal(ds.labels, arrays["train-labels-idx1-ubyte.gz"])
+  assert "IDX files from TFDS's URLs" in ds.description
+  assert os.path.exists(tmp_path / "downloads" / "dfm" / "mnist" / "train-images-idx3-ubyte.gz")

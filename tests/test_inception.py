@@ -10,6 +10,7 @@ import types
 import zipfile
 from collections import OrderedDict
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from flax import nnx
 
 from dfm_flax import inception
 from dfm_flax.errors import UserError
+from tests import inception_reference
 
 
 class _Storage:
@@ -159,3 +161,45 @@ def test_bad_weights_files(tmp_path):
   (tmp_path / "junk.pth").write_bytes(b"\x80\x02junk")
   with pytest.raises(UserError, match="cannot read PyTorch weights"):
     inception.torch_state_dict(str(tmp_path / "junk.pth"))
+
+
+@pytest.fixture(scope="module")
+def loaded(model):
+  """The model with random weights in pytorch-fid's layout, and those weights (float64)."""
+  state = pytorch_fid_state(model, seed=1)
+  inception.load_weights(model, {k: v.astype(np.float32) for k, v in state.items()})
+  return model, {k: v.astype(np.float32).astype(np.float64) for k, v in state.items()}
+
+
+def _close(got, expect):
+  """Agreement to float32 accuracy, relative to the size of the activations."""
+  got, expect = np.asarray(got, np.float64), np.asarray(expect)
+  assert got.shape == expect.shape
+  scale = np.abs(expect).max()
+  assert scale > 0
+  np.testing.assert_allclose(got / scale, expect / scale, atol=2e-5)
+
+
+@pytest.mark.parametrize("name,kind", inception_reference.MIXED)
+def test_each_block_matches_an_independent_numpy_network(loaded, name, kind):
+  """Each Mixed block, with the same random weights, against pytorch-fid's block written in
+  numpy (tests/inception_reference.py); small spatial inputs of the block's channel count."""
+  model, state = loaded
+  layer = getattr(model, name)
+  cin = state[f"{name}.branch1x1.conv.weight" if kind != "B" and kind != "D"
+              else f"{name}.{'branch3x3' if kind == 'B' else 'branch3x3_1'}.conv.weight"].shape[1]
+  x = np.random.default_rng(2).random((2, 7, 6, cin))
+  _close(layer(jnp.asarray(x, jnp.float32)), inception_reference.block(state, name, kind, x))
+
+
+@pytest.mark.parametrize("size_in", [28, 320])
+def test_resize_matches_torch_bilinear(size_in):
+  x = np.random.default_rng(size_in).random((1, size_in, size_in, 3))
+  got = jax.image.resize(jnp.asarray(x, jnp.float32), (1, 299, 299, 3), "bilinear", antialias=False)
+  np.testing.assert_allclose(np.asarray(got), inception_reference.resize_bilinear(x, 299), atol=1e-4)
+
+
+def test_whole_network_matches_an_independent_numpy_network(loaded):
+  model, state = loaded
+  images = np.random.default_rng(4).random((1, 330, 310, 3))  # downsized: antialiasing would show
+  _close(model(jnp.asarray(images, jnp.float32)), inception_reference.features(state, images))

@@ -98,10 +98,11 @@ def test_malformed_yaml_and_foreign_directory(tmp_path):
 @pytest.mark.parametrize("name", ["compress_grid", "compress_grid_quick", "mnist_generation",
                                   "mnist_smoke_search", "cifar10_generation"])
 def test_shipped_sweeps_name_real_keys(name):
+  from dfm_flax import files
   from experiments import sweep
   path = os.path.join(ROOT, "sweeps", f"{name}.yaml")
   spec = sweep.load_sweep(path)
-  config = sweep.load_config(sweep.config_file(spec, path))
+  config = files.load_config(sweep.config_file(spec, path))
   sweep.check_keys(config, spec["parameters"], path)
   assert "${args}" in spec["command"]
 

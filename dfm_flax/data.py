@@ -110,7 +110,8 @@ def load_cifar_pickle(directory: str, split: str = "train") -> Dataset:
         batch = pickle.load(f, encoding="bytes")
       data = np.asarray(batch[b"data"], np.uint8)
       labs = np.asarray(batch[b"labels"], np.int64)
-    except Exception as e:  # Any damage in a pickle surfaces as one of many types.
+    except (pickle.UnpicklingError, EOFError, OSError, KeyError, IndexError, TypeError,
+            ValueError, AttributeError) as e:  # What damage in a pickle surfaces as.
       raise UserError(f"cannot read CIFAR batch {path}: {type(e).__name__}: {e}") from e
     images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
     labels.append(labs)

@@ -30,7 +30,7 @@ def test_scale_by_terms_gives_each_layer_lr_over_2_to_the_m():
 
 
 def test_fan_in_init_variances():
-  config = get_config("")
+  config = get_config("thesis")
   config.model.init = "fan_in"
   config.model.init_variance = 0.5
   assert init_variances(config.model, 3) == [0.5 / 4] + [0.5 / 256] * 5
@@ -44,21 +44,21 @@ def test_fan_in_init_variances():
     ("cosine", [1.0, 0.55, 0.1]),
 ])
 def test_schedules(schedule, expect):
-  cfg = get_config("").optim
+  cfg = get_config("thesis").optim
   cfg.lr, cfg.end_lr, cfg.schedule = 1.0, 0.1, schedule
   fn = optim.schedule(cfg, 10)
   np.testing.assert_allclose([fn(0), fn(5), fn(10)], expect, atol=1e-6)
 
 
 def test_warmup_then_decay():
-  cfg = get_config("").optim
+  cfg = get_config("thesis").optim
   cfg.lr, cfg.end_lr, cfg.schedule, cfg.warmup_steps = 1.0, 0.0, "cosine", 4
   fn = optim.schedule(cfg, 14)
   np.testing.assert_allclose([fn(0), fn(2), fn(4), fn(9), fn(14)], [0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
 
 
 def test_optimizer_groups_get_their_own_lr():
-  cfg = get_config("").optim
+  cfg = get_config("thesis").optim
   cfg.lr = 1.0
   with cfg.unlocked():
     cfg.groups = {"latent": {"lr": 1e-3}}

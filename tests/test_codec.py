@@ -88,6 +88,7 @@ def fitted(tmp_path_factory):
   return root, wd, img
 
 
+@pytest.mark.slow
 def test_cli_encode_decode_any_size(fitted, tmp_path):
   root, wd, img = fitted
   out = str(tmp_path / "x.dfm")
@@ -104,6 +105,7 @@ def test_cli_encode_decode_any_size(fitted, tmp_path):
   assert Image.open(big).size == (800, 600)
 
 
+@pytest.mark.slow
 def test_cli_bad_input_leaves_no_file(fitted, tmp_path):
   root, wd, img = fitted
   good = str(tmp_path / "g.dfm")

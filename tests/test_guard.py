@@ -62,6 +62,7 @@ def test_forced_collapse_is_recovered_and_detect_mode_reports_it(tmp_path):
   assert "warning" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_healthy_run_is_bit_identical_with_the_guard_on_and_off(tmp_path):
   runs = {}
   for mode in ("recover", "off"):

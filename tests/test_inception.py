@@ -20,6 +20,8 @@ from dfm_flax import inception
 from dfm_flax.errors import UserError
 from tests import inception_reference
 
+pytestmark = pytest.mark.slow  # Building the network takes ~30 s on 2 cores.
+
 
 class _Storage:
   def __init__(self, key, numel):

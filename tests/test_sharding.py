@@ -67,6 +67,7 @@ def run_python(code, env_extra, timeout=300):
                         text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_four_device_steps_match_one_device():
   proc = run_python(STEP_SCRIPT, FOUR)
   assert proc.returncode == 0, proc.stderr
@@ -93,6 +94,7 @@ def _resume_on(wd, env_extra, args):
   return _metrics(wd)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first,then", [(FOUR, {}), ({}, FOUR)])
 def test_checkpoints_move_between_device_counts(tmp_path, first, then):
   args = ["--config", "experiments/compress.py:smoke", "--config.train.checkpoint_every=20"]
@@ -105,6 +107,7 @@ def test_checkpoints_move_between_device_counts(tmp_path, first, then):
     assert resumed[key] == pytest.approx(_metrics(reference)[key], rel=1e-5), key
 
 
+@pytest.mark.slow
 def test_sample_from_a_four_device_checkpoint(tmp_path):
   wd = str(tmp_path / "mnist4")
   proc = run_cli("experiments.run", "--config", "experiments/mnist.py:smoke", "--workdir", wd,

@@ -81,6 +81,7 @@ def test_bad_sweep_files_fail_before_any_run(tmp_path, mutate, match):
   assert not (wd / "runs").exists()
 
 
+@pytest.mark.slow
 def test_malformed_yaml_and_foreign_directory(tmp_path):
   bad = tmp_path / "bad.yaml"
   bad.write_text("method: grid\nparameters: [unclosed\n")

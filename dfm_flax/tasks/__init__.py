@@ -26,6 +26,7 @@ _TASKS = {
     "generate": "dfm_flax.tasks.generate",
     "classify": "dfm_flax.tasks.classify",
     "vae": "dfm_flax.tasks.vae",
+    "meta": "dfm_flax.tasks.meta",
 }
 
 

@@ -1,0 +1,65 @@
+"""Meta-learning a starting point for Fourier nets (Reptile or MAML; dfm_flax/tasks/meta.py).
+
+  python -m experiments.run --config experiments/meta.py --workdir runs/meta
+  python -m experiments.run --config experiments/meta.py:smoke --workdir /tmp/meta_smoke
+  # a compression fit from the learned start (same net size and coordinate range):
+  python -m experiments.run --config experiments/compress.py --workdir runs/from_meta \\
+      --config.init_from=runs/meta --config.model.width=6 --config.model.depth=5
+
+Crops of the built-in colour photographs train it; `meta.held_out` photographs are never
+drawn in training and score it. The net is the compress task's (init, coordinates,
+method), so a compress run of the same width and depth can start from it.
+
+Variants: (none) Reptile, 5 inner steps, 32x32 crops, a 6x5 net; `maml` second-order MAML
+through 3 inner steps; `smoke` a tiny run for tests (it checks the pipeline only).
+This is the first part of issue 13: no difference coding in the codec yet.
+"""
+import ml_collections
+
+from experiments import common, compress
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "meta"
+  c.seed = 0
+  c.model = compress.thesis().model
+  c.model.width, c.model.depth = 6, 5
+  c.model.coord_range = (0.0, 0.5)  # as compress.py's default, so its fits can start here
+  c.model.init_variance = 2e-10
+  c.init_from = ""
+  c.meta = ml_collections.ConfigDict({
+      "algorithm": "reptile",   # reptile | maml
+      "first_order": False,     # maml: drop the inner steps' second derivatives
+      "inner_steps": 5,
+      "inner_lr": 1.0,          # layer l steps by inner_lr / 2^m_l
+      "tasks_per_step": 8,      # crops adapted to per outer step
+      "crop": 32,
+      "pool": 4096,             # crops drawn once from meta.photos, sampled each step
+      "photos": "astronaut,chelsea,coffee_full,rocket,retina,hubble,ihc",
+      "held_out": "cat,clock",  # never drawn in training; the evaluation's crops
+      "eval_crops": 64,
+  })
+  c.train = common.train(steps=3000, batch_size=8, log_every=50, checkpoint_every=500)
+  c.optim = common.adam(1e-3, "cosine", end_lr=1e-5)
+  c.optim.warmup_steps = 100
+  c.optim.scale_by_terms = False
+  c.guard = common.guard("recover")
+  c.wandb = common.wandb()
+  c.mesh = common.mesh()
+  c.dist = common.dist()
+  if variant == "maml":
+    c.meta.algorithm = "maml"
+    c.meta.inner_steps = 3
+  elif variant == "smoke":
+    c.meta.inner_steps = 2
+    c.meta.tasks_per_step = 4
+    c.meta.crop = 16
+    c.meta.pool = 64
+    c.meta.eval_crops = 8
+    c.model.width, c.model.depth = 3, 3
+    c.train = common.train(steps=20, batch_size=4, log_every=5, checkpoint_every=10)
+    c.wandb.mode = "disabled"
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r} of meta.py; use maml or smoke")
+  return c

@@ -1,0 +1,95 @@
+"""Meta-learning task: the outer gradients against independent computations, and a run."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from dfm_flax import fourier
+from dfm_flax.errors import UserError
+from dfm_flax.tasks import meta
+from experiments import meta as meta_config
+from tests.helpers import run_cli
+
+
+def _task(init_variance=0.05, **changes):
+  c = meta_config.get_config("smoke")
+  for k, v in changes.items():
+    c.meta[k] = v
+  c.model.init_variance = init_variance  # large enough that adaptation changes every weight
+  return meta.Task(c), c
+
+
+def _grads(task, model, batch):
+  return nnx.grad(lambda m: task.loss(m, batch)[0])(model)
+
+
+def test_reptile_gradient_is_theta_minus_mean_adapted():
+  task, c = _task(algorithm="reptile")
+  model = task.build_model(nnx.Rngs(0))
+  batch = task.batch(3)
+  theta = model.params_list()
+  # Independent: adapt each crop by hand with plain per-layer gradient descent.
+  mse = lambda p, t: jnp.mean((fourier.net_apply(p, task.coords, c.model.method) - t) ** 2)
+  phis = []
+  for t in batch["target"]:
+    p = theta
+    for _ in range(c.meta.inner_steps):
+      g = jax.grad(mse)(p, t)
+      p = [(a - lr * ga, b - lr * gb) for (a, b), (ga, gb), lr in zip(p, g, task.lrs)]
+    phis.append(p)
+  grads = _grads(task, model, batch)
+  for i, layer in enumerate(model.layers):
+    expect_a = np.asarray(theta[i][0]) - np.mean([np.asarray(p[i][0]) for p in phis], axis=0)
+    np.testing.assert_allclose(np.asarray(grads.layers[i].a[...]), expect_a, rtol=1e-4, atol=1e-7)
+    assert np.abs(expect_a).max() > 1e-4  # adaptation moved the layer: the check has teeth
+
+
+def test_maml_gradient_goes_through_the_inner_steps():
+  """Second-order MAML's gradient against central finite differences of the post-adaptation
+  loss; first-order MAML differs from it."""
+  # A smooth regime (small steps, small weights), where finite differences are meaningful.
+  task, c = _task(0.01, algorithm="maml", inner_steps=2, inner_lr=0.1)
+  model = task.build_model(nnx.Rngs(1))
+  batch = task.batch(0)
+  g2 = np.asarray(_grads(task, model, batch).layers[0].a[...])
+  a = model.layers[0].a
+  base = np.asarray(a[...], np.float64)
+  eps = 3e-3
+  for idx in [(0, 0), (1, 1), (3, 2)]:
+    vals = []
+    for sign in (1, -1):
+      w = base.copy()
+      w[idx] += sign * eps
+      a[...] = jnp.asarray(w, jnp.float32)
+      vals.append(float(task.loss(model, batch)[0]))
+    a[...] = jnp.asarray(base, jnp.float32)
+    fd = (vals[0] - vals[1]) / (2 * eps)
+    assert g2[idx] == pytest.approx(fd, rel=0.02, abs=1e-4)
+  task1, _ = _task(0.01, algorithm="maml", inner_steps=2, inner_lr=0.1, first_order=True)
+  g1 = np.asarray(_grads(task1, model, batch).layers[0].a[...])
+  assert not np.allclose(g1, g2, rtol=1e-3)
+
+
+def test_held_out_photographs_must_not_be_trained_on():
+  c = meta_config.get_config("smoke")
+  c.meta.held_out = "chelsea"
+  with pytest.raises(UserError, match="share"):
+    meta.Task(c)
+
+
+def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
+  wd, fit = str(tmp_path / "meta"), str(tmp_path / "fit")
+  proc = run_cli("experiments.run", "--config", "experiments/meta.py:smoke", "--workdir", wd)
+  assert proc.returncode == 0, proc.stderr
+  with open(os.path.join(wd, "metrics.json")) as f:
+    m = json.load(f)
+  assert {"psnr_learned_2_steps", "psnr_random_2_steps", "psnr_learned_0_steps"} <= set(m)
+  proc = run_cli("experiments.run", "--config", "experiments/compress.py:smoke", "--workdir", fit,
+                 f"--config.init_from={wd}", "--config.model.width=3", "--config.model.depth=3",
+                 "--config.train.steps=1")
+  assert proc.returncode == 0, proc.stderr
+  assert "initialised from the weights in" in proc.stdout + proc.stderr

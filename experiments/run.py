@@ -19,7 +19,7 @@ _CONFIG_HELP = (
     "Experiment config file[:variant]. Experiments and variants (no variant: the best "
     "settings measured): experiments/compress.py (thesis, smoke, siren), mnist.py (thesis, "
     "smoke), cifar10.py (the thesis settings; smoke), vae_mnist.py (smoke), "
-    "classifier_mnist.py (smoke). Main "
+    "classifier_mnist.py (smoke), meta.py (maml, smoke). Main "
     "keys (--config.KEY=VALUE): seed, image (compress: a path, or several joined by commas), "
     "model.width, model.depth, train.steps, train.stop_at, train.batch_size, optim.lr, "
     "data.source (tfds|idx|cifar_pickle|folder|npz), data.dir, data.classes, guard.mode "

@@ -81,6 +81,7 @@ def test_held_out_photographs_must_not_be_trained_on():
     meta.Task(c)
 
 
+@pytest.mark.slow
 def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   wd, fit = str(tmp_path / "meta"), str(tmp_path / "fit")
   proc = run_cli("experiments.run", "--config", "experiments/meta.py:smoke", "--workdir", wd)

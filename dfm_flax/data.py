@@ -154,20 +154,35 @@ def load_npz(path: str) -> Dataset:
 
 
 # --- built-in photo crops --------------------------------------------------------
+PHOTO_CROP_SOURCES = ("astronaut", "coffee_full", "chelsea", "rocket")
+
+
 def load_photos(count: int, size: int, seed: int) -> Dataset:
-  import skimage.data
-  photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(),
-            skimage.data.rocket()]
-  rng = np.random.default_rng(seed)
-  crops, labels = [], []
-  for i in range(count):
-    label = i % len(photos)
-    img = photos[label]
-    y, x = rng.integers(0, img.shape[0] - 4 * size), rng.integers(0, img.shape[1] - 4 * size)
-    crops.append(img[y:y + 4 * size:4, x:x + 4 * size:4])  # 4x subsampled: more structure.
-    labels.append(label)
-  return Dataset(_as_float(np.stack(crops)), np.array(labels, np.int64),
-                 f"{count} built-in {size}x{size} photo crops")
+  crops, labels = photo_crops(PHOTO_CROP_SOURCES, count, size, seed, stride=4)  # 4x subsampled: more structure.
+  return Dataset(_as_float(crops), labels, f"{count} built-in {size}x{size} photo crops")
+
+
+def photo_crops(names, count: int, size: int, seed: int, stride: int = 1):
+  """count size x size crops of scikit-image photographs (dfm_flax/photos.py), uint8 RGB
+  (grey repeated), every `stride`-th pixel of a random window: crop i comes from
+  photograph i mod len(names), which is its label. Deterministic in seed."""
+  from dfm_flax import photos
+  pics = []
+  for name in names:
+    p = photos.pixels(name)
+    p = np.repeat(p[..., None], 3, -1) if p.ndim == 2 else p[..., :3]
+    if min(p.shape[:2]) < size * stride:
+      raise UserError(f"photograph {name} ({p.shape[0]}x{p.shape[1]}) is smaller than a "
+                      f"{size * stride}-pixel crop")
+    pics.append(p)
+  rng, span = np.random.default_rng(seed), size * stride
+  crops = np.empty((count, size, size, 3), np.uint8)
+  labels = np.arange(count) % len(pics)
+  for i, label in enumerate(labels):
+    img = pics[label]
+    y, x = rng.integers(0, img.shape[0] - span + 1), rng.integers(0, img.shape[1] - span + 1)
+    crops[i] = img[y:y + span:stride, x:x + span:stride]
+  return crops, labels.astype(np.int64)
 
 
 # --- TFDS ---------------------------------------------------------------------
@@ -203,11 +218,12 @@ def _not_prepared(builder, name, split, data_dir, download) -> Dataset | None:
   if host:
     raise UserError(f"TFDS dataset {name!r} is not prepared in {where} and {host} cannot be "
                     f"reached (offline?); prepare it where the network is, {other}")
-  if name in downloads.IDX_DATASETS and importlib.util.find_spec("tensorflow") is None:
+  has_tensorflow = importlib.util.find_spec("tensorflow") is not None
+  if name in downloads.IDX_DATASETS and not has_tensorflow:
     cache = os.path.join(os.path.expanduser(where), "downloads", "dfm", name)
     ds = load_idx_files(downloads.idx_files(url_sums, split, cache))
     return dataclasses.replace(ds, description=f"{name} {split} (IDX files from TFDS's URLs)")
-  if importlib.util.find_spec("tensorflow") is None:
+  if not has_tensorflow:
     raise UserError(f"preparing TFDS dataset {name!r} needs TensorFlow (pip install "
                     f"tensorflow-cpu) once; reading it afterwards does not, {other}")
   try:

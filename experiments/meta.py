@@ -26,7 +26,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model = compress.thesis().model
   c.model.width, c.model.depth = 6, 5
   c.model.coord_range = (0.0, 0.5)  # as compress.py's default, so its fits can start here
-  c.model.init_variance = 2e-10
   c.init_from = ""
   c.meta = ml_collections.ConfigDict({
       "algorithm": "reptile",   # reptile | maml
@@ -44,8 +43,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Reptile's outer step: theta moves 0.1 of the way to the crops' mean adapted weights
   # (SGD on its loss). Adam moved these tiny weights by its lr every step and did worse
   # than a random start (README, "Meta-learned starting points").
-  c.optim = common.adam(0.1, "constant")
-  c.optim.name = "sgd"
+  c.optim = common.adam(0.1, "constant")  # the optim keys every config has...
+  c.optim.name = "sgd"                    # ...with optax's sgd (momentum 0.9)
   c.optim.scale_by_terms = False
   c.guard = common.guard("recover")
   c.wandb = common.wandb()

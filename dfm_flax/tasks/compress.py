@@ -43,14 +43,15 @@ def model_from_meta(config, meta: dict, rngs: nnx.Rngs):
   seed + i: each trains exactly as it would alone with --config.seed=seed+i."""
   m, shapes = config.model, meta.get("image_shapes") or [meta["image_shape"]]
   if len(shapes) == 1:
-    return _one_net(m, shapes[0][2], rngs)
+    return one_net(m, shapes[0][2], rngs)
   if m.get("kind", "fourier") != "fourier":
     raise UserError("only Fourier nets can fit several images at once; give one image")
   return fourier.FourierNet.stack(
-      [_one_net(m, shapes[0][2], nnx.Rngs(config.seed + i)) for i in range(len(shapes))])
+      [one_net(m, shapes[0][2], nnx.Rngs(config.seed + i)) for i in range(len(shapes))])
 
 
-def _one_net(m, channels: int, rngs: nnx.Rngs):
+def one_net(m, channels: int, rngs: nnx.Rngs):
+  """The net of model config m (Fourier Net or SIREN); the meta task learns its start."""
   if m.get("kind", "fourier") == "siren":
     from dfm_flax.siren import Siren
     return Siren(m.siren_hidden, m.siren_layers, channels, w0=m.siren_w0, rngs=rngs)

@@ -22,33 +22,26 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dfm_flax import fourier, images, photos
+from dfm_flax import fourier, images
 from dfm_flax.errors import UserError
 from dfm_flax.tasks import TaskBase
-from dfm_flax.tasks.compress import _one_net
+from dfm_flax.tasks.compress import one_net
 
 
 def model_from_meta(config, meta: dict, rngs: nnx.Rngs):
-  return _one_net(config.model, meta["channels"], rngs)
+  return one_net(config.model, meta["channels"], rngs)
 
 
 def crops(names: list[str], size: int, count: int, seed: int) -> np.ndarray:
-  """count random size x size crops, in [-1, 1], (count, size*size, 3), from the named
-  colour photographs (grey ones repeated to RGB), deterministic in seed."""
-  rng = np.random.default_rng(seed)
-  pics = []
-  for name in names:
-    p = photos.pixels(name)
-    p = np.repeat(p[..., None], 3, -1) if p.ndim == 2 else p[..., :3]
-    if min(p.shape[:2]) < size:
-      raise UserError(f"photograph {name} ({p.shape[0]}x{p.shape[1]}) is smaller than meta.crop={size}")
-    pics.append(p)
-  out = np.empty((count, size * size, 3), np.float32)
-  for i in range(count):
-    p = pics[rng.integers(len(pics))]
-    y, x = rng.integers(p.shape[0] - size + 1), rng.integers(p.shape[1] - size + 1)
-    out[i] = p[y:y + size, x:x + size].reshape(-1, 3) / 127.5 - 1
-  return out
+  """count random size x size crops of the named photographs, (count, size*size, 3) in [-1, 1]."""
+  from dfm_flax import data
+  pixels, _ = data.photo_crops(names, count, size, seed)
+  return pixels.reshape(count, size * size, 3).astype(np.float32) / 127.5 - 1
+
+
+def _psnr(mse):
+  """MSE of [-1, 1] pixels -> PSNR of the [0, 1] image."""
+  return 10 * jnp.log10(4.0 / mse)
 
 
 def _mse(params, coords, target, method):
@@ -56,14 +49,17 @@ def _mse(params, coords, target, method):
 
 
 def adapt(params, coords, target, steps: int, lrs, method: str, first_order: bool):
-  """`steps` steps of per-layer gradient descent from params on one crop."""
-  grad = jax.grad(_mse)
+  """`steps` (>= 1) steps of per-layer gradient descent from params on one crop; returns
+  the adapted params and the loss at params (the first step computes it anyway)."""
+  value_and_grad = jax.value_and_grad(_mse)
+  losses = []
   for _ in range(steps):
-    g = grad(params, coords, target, method)
+    loss, g = value_and_grad(params, coords, target, method)
+    losses.append(loss)
     if first_order:
       g = jax.lax.stop_gradient(g)
     params = [(a - lr * ga, b - lr * gb) for (a, b), (ga, gb), lr in zip(params, g, lrs)]
-  return params
+  return params, losses[0]
 
 
 class Task(TaskBase):
@@ -72,6 +68,8 @@ class Task(TaskBase):
     mc = config.meta
     if mc.algorithm not in ("maml", "reptile"):
       raise UserError(f"unknown meta.algorithm {mc.algorithm!r}; use maml or reptile")
+    if mc.inner_steps < 1:
+      raise UserError(f"meta.inner_steps must be at least 1, got {mc.inner_steps}")
     train_names = [n for n in mc.photos.split(",") if n]
     held_out = [n for n in mc.held_out.split(",") if n]
     if set(train_names) & set(held_out):
@@ -97,44 +95,42 @@ class Task(TaskBase):
     target = self.pool[idx]
     return {"target": target if rows is None else target[rows[0]:rows[1]]}
 
-  def _adapt_all(self, params, targets, steps):
+  def _adapt_all(self, params, targets):
+    """Each crop's adapted params and its loss at params (vmapped over the crops)."""
     mc, method = self.config.meta, self.config.model.method
-    return jax.vmap(lambda t: adapt(params, self.coords, t, steps, self.lrs, method,
+    return jax.vmap(lambda t: adapt(params, self.coords, t, mc.inner_steps, self.lrs, method,
                                     mc.first_order))(targets)
 
+  def _after(self, phis, targets):
+    method = self.config.model.method
+    return jax.vmap(lambda p, t: _mse(p, self.coords, t, method))(phis, targets)
+
   def loss(self, model, batch):
-    mc, method = self.config.meta, self.config.model.method
     theta = model.params_list()
     targets = batch["target"]
-    phis = self._adapt_all(theta, targets, mc.inner_steps)
-    after = jax.vmap(lambda p, t: _mse(p, self.coords, t, method))(phis, targets)
-    before = jax.vmap(lambda t: _mse(theta, self.coords, t, method))(targets)
-    if mc.algorithm == "maml":
+    phis, before = self._adapt_all(theta, targets)
+    after = self._after(phis, targets)
+    if self.config.meta.algorithm == "maml":
       loss = jnp.mean(after)
     else:  # Reptile: the gradient of this loss is theta - mean(phi).
       mean_phi = [(jnp.mean(pa, 0), jnp.mean(pb, 0)) for pa, pb in phis]
       loss = sum(0.5 * jnp.sum((w - jax.lax.stop_gradient(m)) ** 2)
                  for (a, b), (ma, mb) in zip(theta, mean_phi) for w, m in ((a, ma), (b, mb)))
-    # MSE on [-1, 1] -> PSNR of [0, 1] images: 10 log10(4 / mse).
     return loss, {"mse_before": jnp.mean(before), "mse_after": jnp.mean(after),
-                  "psnr_after": jnp.mean(10 * jnp.log10(4.0 / after))}
+                  "psnr_after": jnp.mean(_psnr(after))}
 
   def evaluate(self, model, workdir: str) -> dict:
     """PSNR on held-out crops after 0 and inner_steps steps, learned vs random start."""
-    mc, method = self.config.meta, self.config.model.method
+    mc = self.config.meta
     random_net = model_from_meta(self.config, self.meta(), nnx.Rngs(self.config.seed + 1000))
-
-    def psnr_after(params, steps):
-      phis = self._adapt_all(params, self.held_out, steps)
-      mse = jax.vmap(lambda p, t: _mse(p, self.coords, t, method))(phis, self.held_out)
-      return float(jnp.mean(10 * jnp.log10(4.0 / mse)))
-
     metrics = {"held_out": mc.held_out, "eval_crops": mc.eval_crops, "crop": mc.crop,
                "inner_steps": mc.inner_steps}
     for name, net in (("learned", model), ("random", random_net)):
-      for steps in sorted({0, mc.inner_steps}):
-        metrics[f"psnr_{name}_{steps}_steps"] = psnr_after(net.params_list(), steps)
+      phis, before = self._adapt_all(net.params_list(), self.held_out)
+      metrics[f"psnr_{name}_0_steps"] = float(jnp.mean(_psnr(before)))
+      metrics[f"psnr_{name}_{mc.inner_steps}_steps"] = float(
+          jnp.mean(_psnr(self._after(phis, self.held_out))))
     print(f"held-out crops, PSNR after {mc.inner_steps} steps: learned start "
-             f"{metrics[f'psnr_learned_{mc.inner_steps}_steps']:.2f} dB, random start "
-             f"{metrics[f'psnr_random_{mc.inner_steps}_steps']:.2f} dB", flush=True)
+          f"{metrics[f'psnr_learned_{mc.inner_steps}_steps']:.2f} dB, random start "
+          f"{metrics[f'psnr_random_{mc.inner_steps}_steps']:.2f} dB", flush=True)
     return metrics

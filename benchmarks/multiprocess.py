@@ -14,7 +14,7 @@ import json
 import subprocess
 import sys
 
-from dfm_flax import processes as launch
+from dfm_flax import processes as launcher
 
 LAYOUTS = ((1, 4), (2, 2), (4, 1))
 
@@ -34,8 +34,8 @@ def worker(args) -> None:
 
 
 def run_layout(args, processes: int, devices: int) -> float:
-  port = launch.free_port()
-  env = launch.environment(devices, cpu=True)
+  port = launcher.free_port()
+  env = launcher.environment(devices, cpu=True)
   cmds = [[sys.executable, "-m", "benchmarks.multiprocess", "--worker", "--config", args.config,
            "--steps", str(args.steps), "--repeats", str(args.repeats), "--port", str(port),
            "--processes", str(processes), "--process_id", str(i)] for i in range(processes)]

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from dfm_flax import processes as launch
+from dfm_flax import processes as launcher
 from tests.helpers import ROOT, run_cli
 
 pytestmark = pytest.mark.slow  # Whole-run end-to-end tests (python -m pytest -m 'not slow' skips them).
@@ -87,10 +87,10 @@ def test_checkpoints_move_between_process_counts(tmp_path):
 
 
 def _start(args, processes=2, devices=2):
-  port = launch.free_port()
-  env = dict(launch.environment(devices, cpu=True), WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+  port = launcher.free_port()
+  env = dict(launcher.environment(devices, cpu=True), WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
   return [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True) for cmd in launch.commands(args, processes, port)]
+                           text=True) for cmd in launcher.commands(args, processes, port)]
 
 
 def test_a_killed_process_stops_the_others_and_the_run_resumes(tmp_path):
@@ -149,7 +149,7 @@ def _command(pid, num, coordinator, extra=()):
 
 
 def _popen(commands):
-  env = dict(launch.environment(2, cpu=True), WANDB_MODE="disabled")
+  env = dict(launcher.environment(2, cpu=True), WANDB_MODE="disabled")
   return [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True) for c in commands]
 
@@ -164,7 +164,7 @@ def test_bad_launches_are_refused_on_every_process(tmp_path):
   assert run_cli("experiments.run", *COMPRESS, "--workdir", wd).returncode == 0
   before = _snapshot(wd)
   w = ["--workdir", wd]
-  port = launch.free_port()
+  port = launcher.free_port()
   tic = time.time()
   [line] = _errors(_popen([_command(5, 2, f"127.0.0.1:{port}", w)]))
   assert "process id 5 is out of range for 2 processes" in line
@@ -172,7 +172,7 @@ def test_bad_launches_are_refused_on_every_process(tmp_path):
   assert "no coordinator answers at 127.0.0.1" in line
   [line] = _errors(_popen([_command(0, 2, f"127.0.0.1:{port}", w)]))  # the others never come
   assert "did not all join the run" in line
-  port = launch.free_port()
+  port = launcher.free_port()
   with socket.socket() as busy:
     busy.bind(("", port))
     busy.listen()
@@ -180,10 +180,10 @@ def test_bad_launches_are_refused_on_every_process(tmp_path):
     assert f"coordinator port {port} is in use" in line
   [line] = _errors(_popen([_command(0, 2, "no-port-here", w)]))
   assert "dist.coordinator must be HOST:PORT" in line
-  port = launch.free_port()
+  port = launcher.free_port()
   lines = _errors(_popen([_command(0, 2, f"127.0.0.1:{port}", w), _command(1, 3, f"127.0.0.1:{port}", w)]))
   assert all("num_processes" in line for line in lines), lines
-  port = launch.free_port()
+  port = launcher.free_port()
   lines = _errors(_popen([_command(0, 2, f"127.0.0.1:{port}", w),
                           _command(1, 2, f"127.0.0.1:{port}", [*w, "--config.seed=1"])]))
   assert all("different configs (seed:" in line for line in lines), lines
@@ -195,7 +195,7 @@ def test_slurm_environment_starts_a_multi_process_run(tmp_path):
   """What `srun` sets (experiments/slurm.sbatch): no dist flags, JAX finds the coordinator."""
   wd, reference = str(tmp_path / "srun"), str(tmp_path / "reference")
   assert run_cli("experiments.run", *COMPRESS, "--workdir", reference, env_extra=FOUR).returncode == 0
-  env = dict(launch.environment(2, cpu=True), WANDB_MODE="disabled", SLURM_JOB_ID="4321",
+  env = dict(launcher.environment(2, cpu=True), WANDB_MODE="disabled", SLURM_JOB_ID="4321",
              SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2")
   procs = [subprocess.Popen([sys.executable, "-m", "experiments.run", *COMPRESS, "--workdir", wd],
                             cwd=ROOT, env=dict(env, SLURM_PROCID=str(i), SLURM_LOCALID=str(i)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import uuid
 
 from dfm_flax.errors import UserError
 
@@ -11,9 +12,13 @@ from dfm_flax.errors import UserError
 @contextlib.contextmanager
 def atomic_path(path: str, suffix: str = ".partial"):
   """Yields a temporary path beside `path`; on success it replaces `path` in one rename,
-  on failure it is removed: readers see the old file or the new one, never half."""
-  root, ext = os.path.splitext(path)
-  tmp = f"{path}{suffix}{ext}"  # Same extension: writers that pick a format by it still can.
+  on failure it is removed: readers see the old file or the new one, never half. The
+  temporary name is unique, so that writers racing for one file (panel shards saving the
+  same photograph) each finish and the last rename wins. (Not mkstemp: its files are
+  private, 0600, and the rename would keep that.)"""
+  _, ext = os.path.splitext(path)
+  # Same extension at the end: writers that pick a format by it still can.
+  tmp = f"{path}{suffix}-{uuid.uuid4().hex[:12]}{ext}"
   try:
     yield tmp
     os.replace(tmp, path)

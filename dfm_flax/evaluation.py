@@ -108,10 +108,24 @@ def compiled(model, method: str, *args):
   return lambda x: fn(state, x, *args)
 
 
+RENDER_BATCH = 128  # Latents per call of the jitted renderer (one compilation).
+
+
 def render_latents(model, z: np.ndarray, coords, image_shape) -> np.ndarray:
   """Images in [0, 1], shape (N, H, W, C), from latents (batched, jitted once)."""
-  flat = in_batches(compiled(model, "images", coords), np.asarray(z, np.float32), 128)
+  flat = in_batches(compiled(model, "images", coords), np.asarray(z, np.float32), RENDER_BATCH)
   return ((flat + 1) / 2).reshape((len(z), *image_shape)).clip(0, 1)
+
+
+def warm_up_generator(model, coords, latent_dim: int) -> None:
+  """What evaluate_generator needs before it can start, done ahead: import scikit-learn's
+  GMM (~1.5 s on 2 cores) and compile the renderer its grids and samples call (~1 s, by
+  rendering one batch of zero latents). The train loop runs a task's warm_up in a thread
+  while training runs, on a copy of the model placed as evaluation will place it (same
+  structure, shapes and device: the same compilation)."""
+  import sklearn.mixture  # noqa: F401
+  in_batches(compiled(model, "images", coords), np.zeros((RENDER_BATCH, latent_dim), np.float32),
+             RENDER_BATCH)
 
 
 def training_latents(model, dataset_images: np.ndarray) -> np.ndarray:

@@ -7,6 +7,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from dfm_flax import images  # noqa: E402
+
 
 def _show(ax, img01, title):
   img = np.clip(img01, 0, 1)
@@ -31,11 +33,20 @@ def image_row(panels: list[tuple[np.ndarray, str]], path: str, suptitle: str = "
 
 
 def training_curves(history: list[dict], keys: list[str], path: str, log_keys=("loss",)) -> None:
-  """One panel per logged scalar against step."""
+  """One panel per logged scalar against step.
+
+  Margins are fixed in inches rather than found by `tight_layout`, which draws the
+  figure twice to measure its text, and log axes get no minor ticks (each is an artist):
+  together they halve the time of the one figure every run writes."""
+  from matplotlib.ticker import NullLocator
   keys = [k for k in keys if any(row.get(k) is not None for row in history)]
   if not keys:
     return
-  fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4))
+  panel_w, height = 4.5, 3.4
+  fig, axes = plt.subplots(1, len(keys), figsize=(panel_w * len(keys), height))
+  width = panel_w * len(keys)
+  fig.subplots_adjust(left=0.75 / width, right=1 - 0.2 / width, bottom=0.55 / height,
+                      top=1 - 0.35 / height, wspace=0.95 / (panel_w - 0.95))
   for ax, key in zip(np.atleast_1d(axes), keys):
     rows = [r for r in history if r.get(key) is not None]
     ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1.2)
@@ -46,8 +57,8 @@ def training_curves(history: list[dict], keys: list[str], path: str, log_keys=("
     ax.set_title(key)
     if key in log_keys:
       ax.set_yscale("log")
+      ax.yaxis.set_minor_locator(NullLocator())
     ax.grid(alpha=0.3)
-  fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
 
@@ -70,13 +81,31 @@ def tile(imgs: np.ndarray, cols: int, pad: int = 1) -> np.ndarray:
   return canvas
 
 
+TITLE_PX = 28  # Height of a grid's title strip.
+
+
+def grid_scale(width: int) -> int:
+  """Integer upscale that makes a mosaic at least ~600 px wide (pixels stay sharp)."""
+  return max(1, -(-600 // width))
+
+
 def image_grid(imgs: np.ndarray, path: str, cols: int = 8, title: str = "") -> None:
-  """A grid of small images (samples, reconstructions, interpolations) as a PNG."""
+  """A grid of small images (samples, reconstructions, interpolations) as a PNG.
+
+  Drawn with Pillow, not matplotlib: a grid is only a mosaic, upscaled by an integer
+  factor (nearest, so each pixel stays a sharp block), under a title strip, and Pillow
+  writes it ~50x faster; evaluation writes four of them at the end of every run."""
+  from PIL import Image, ImageDraw, ImageFont
   mosaic = tile(np.clip(imgs, 0, 1), cols)
-  scale = max(1, 512 // mosaic.shape[1])
-  fig_w = min(14, max(4, mosaic.shape[1] * scale / 80))
-  fig, ax = plt.subplots(figsize=(fig_w, fig_w * mosaic.shape[0] / mosaic.shape[1] + (0.4 if title else 0)))
-  _show(ax, mosaic, title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  scale = grid_scale(mosaic.shape[1])
+  body = np.repeat(np.repeat(images.to_uint8(mosaic), scale, 0), scale, 1)
+  body = np.repeat(body, 3, axis=2) if body.shape[2] == 1 else body
+  strip = TITLE_PX if title else 0
+  canvas = Image.new("RGB", (body.shape[1], body.shape[0] + strip), "white")
+  canvas.paste(Image.fromarray(body), (0, strip))
+  if title:
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=TITLE_PX * 3 // 5)
+    draw.text((body.shape[1] // 2, strip // 2), title, fill="black", font=font, anchor="mm")
+  canvas.save(path)
+

@@ -208,6 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   sharding.global_batch(task, start, mesh)  # A batch that does not divide fails here.
 
   logger = logs.MetricLogger(config, workdir, resume_step=start, enabled=main)
+  warming = _warm_up_evaluation(task, model) if main else None
   try:
     seconds = _loop(config, task, model, optimizer, ckpt, logger, start, meta["seconds"], mesh,
                     watch)
@@ -216,6 +217,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if not main:
       return {}
     nnx.update(model, jax.device_put(state, jax.local_devices()[0]))
+    if warming is not None:
+      warming.join()  # Usually long finished.
     metrics = task.evaluate(model, workdir)
     metrics.update(steps=end_step(config), seconds=round(seconds, 2),
                    recoveries=watch.state.recoveries, collapsed=watch.state.collapsed)
@@ -227,8 +230,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logger.summary(metrics)
     return metrics
   finally:
+    if warming is not None:  # Before the interpreter shuts down: an import may be under way.
+      warming.join()
     logger.close()
     ckpt.close()
+
+
+def _warm_up_evaluation(task, model) -> threading.Thread | None:
+  """Start the task's warm_up (compiling evaluation's functions) in a thread, so that it
+  overlaps training instead of following it. It gets a copy of the model placed as
+  evaluation places the trained one (one device of this process): the training step
+  donates the model's own buffers, and the same placement means the same compilation."""
+  if task.warm_up is None:
+    return None
+  graphdef, state = nnx.split(model)
+  copy = nnx.merge(graphdef, jax.device_put(sharding.to_host(state), jax.local_devices()[0]))
+
+  def warm_up():
+    try:
+      task.warm_up(copy)
+    except Exception as e:  # Only a head start: evaluation compiles what it needs anyway.
+      _say(f"note: evaluation warm-up failed ({type(e).__name__}: {e}); evaluation will compile later")
+
+  thread = threading.Thread(target=warm_up, name="warm-up-evaluation")
+  thread.start()
+  return thread
 
 
 def _resume_guard(watch, meta: dict, ckpt, model, optimizer) -> None:

@@ -14,6 +14,8 @@ data), for sampling and feature extraction. A Task object has:
   evaluate(model, workdir) -> dict of final metrics (and writes figures)
   reference_loss() -> the loss of the task's flat prediction (e.g. an image's mean
       colour), or None: the divergence guard's yardstick for a collapse (guard.py)
+  warm_up(model) -> None: compile what evaluate will need, given a copy of the model
+      (the loop runs it in a thread while training runs); optional
 """
 from __future__ import annotations
 
@@ -61,3 +63,5 @@ class TaskBase:
 
   def reference_loss(self) -> float | None:
     return None
+
+  warm_up = None  # A task that has one gets a copy of the model in a thread (train.py).

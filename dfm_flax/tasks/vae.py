@@ -77,8 +77,14 @@ class Task(TaskBase):
     mse = jnp.mean((jax.nn.sigmoid(model.logits(mean)) - x) ** 2)
     return rec + kl, {"rec_nll": rec, "kl": kl, "psnr": -10 * jnp.log10(mse)}
 
-  def evaluate(self, model, workdir: str) -> dict:
+  def coords(self) -> jax.Array:
     h, w, _ = self.image_shape
-    coords = jnp.asarray(images.pixel_grid(h, w))
+    return jnp.asarray(images.pixel_grid(h, w))
+
+  def warm_up(self, model) -> None:
+    evaluation.warm_up_generator(model, self.coords(), self.config.model.latent_dim)
+
+  def evaluate(self, model, workdir: str) -> dict:
+    coords = self.coords()
     return evaluation.evaluate_generator(model, self.dataset, coords, self.config, workdir,
                                          gaussian_scale=1.0)

@@ -9,7 +9,8 @@ best it had reached and stays there; a NaN/inf loss is the extreme case.
 Detection therefore reads only the loss the loop already fetches at its log steps (no
 extra host sync, and the same rule for every task):
   * non-finite loss: a collapse at once;
-  * for `patience` log steps in a row, either loss > `ratio` x the best logged loss,
+  * for `patience` log steps in a row (or at the run's last step), either loss > `ratio`
+    x the best logged loss,
     or, when the task knows the loss of its flat prediction (`reference_loss`: the
     compression task's mean colour) and the run had gained at least 3 dB over it, the
     run lost more than half of that gain (in dB): a collapse. One noisy batch is never
@@ -113,8 +114,12 @@ class DivergenceGuard:
   def intervenes(self) -> bool:
     return self.cfg.mode == "recover" and self.state.recoveries < self.cfg.max_recoveries
 
-  def observe(self, step: int, loss: float, model, optimizer) -> str:
-    """Judge the loss logged at `step`: "ok", or "rollback" (call `rollback` next)."""
+  def observe(self, step: int, loss: float, model, optimizer, final: bool = False) -> str:
+    """Judge the loss logged at `step`: "ok", or "rollback" (call `rollback` next).
+
+    At the final step (`final`) one unhealthy loss is enough: patience guards against a
+    noisy batch mid-run, but a run must not end inside a collapse that began fewer than
+    `patience` log steps before its end (as fits cut short after the peak lr can)."""
     s = self.state
     if self.cfg.mode == "off":
       return "ok"
@@ -125,7 +130,7 @@ class DivergenceGuard:
         self.keep(step, model, optimizer)
       return "ok"
     s.bad += 1
-    s.collapsed = not finite or s.bad >= self.cfg.patience
+    s.collapsed = not finite or s.bad >= self.cfg.patience or final
     if s.collapsed and self.intervenes and self._good is not None:
       return "rollback"
     return "ok"

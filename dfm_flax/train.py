@@ -320,7 +320,7 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
         loss = float(sharding.to_host(loss))
         if watch.intervenes:
           train_step.sync()  # The guard copies the state, or rolls it back.
-        if watch.observe(step, loss, model, optimizer) == "rollback":
+        if watch.observe(step, loss, model, optimizer, final=step == steps) == "rollback":
           line = watch.rollback(step, loss, model, optimizer)
           train_step.reload()
           if distributed.is_main():

@@ -132,5 +132,14 @@ def test_guard_decisions():
   for s in range(1, 5):
     assert g3.observe(s, 1.0 if s == 1 else 10.0, None, None) == "ok"
   assert g3.state.collapsed
+  # The last step: one unhealthy loss is a collapse (no patience left to wait out).
+  g4 = guard.DivergenceGuard(cfg, reference_loss=1.0)
+  g4.keep, g4._good = g.keep, "kept"
+  assert [g4.observe(s, x, None, None) for s, x in [(10, 0.1), (20, 0.5)]] == ["ok", "ok"]
+  assert g4.observe(30, 0.5, None, None, final=True) == "rollback"
+  g5 = guard.DivergenceGuard(guard.config_of({"guard": {"mode": "detect"}}), reference_loss=1.0)
+  assert g5.observe(10, 0.1, None, None) == "ok"
+  assert g5.observe(20, 0.11, None, None, final=True) == "ok" and not g5.state.collapsed
+  assert g5.observe(20, 0.5, None, None, final=True) == "ok" and g5.state.collapsed
   state = guard.GuardState(best=math.inf, bad=2, recoveries=1, good_step=30)
   assert guard.GuardState.from_meta(json.loads(json.dumps(state.to_meta()))) == state

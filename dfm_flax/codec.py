@@ -13,6 +13,13 @@ bits = 16: the weights as float16 (coder 0, raw). bits = 4..12: per-layer unifor
 quantisation, q = round(w / step) with step = max|w| / (2^(bits-1) - 1); the integers
 are bit-packed (coder 0) or ANS-coded with a per-layer quantised Laplace model
 (coder 1, constriction), whose location and spread are stored in the header.
+
+Difference coding (version 2): the weights are stored as their difference from a start
+that the reader already has (a meta-learned initialisation, experiments/meta.py), and
+16 bytes after the fixed header name that start by a content hash (`start_digest`: of
+its shape and float32 weights). A fit that stays near its start has small differences:
+a finer grid at the same bit depth. Decoding adds the start back, and refuses a start
+whose digest differs. Files without a start are version 1, byte for byte as before.
 """
 from __future__ import annotations
 
@@ -26,6 +33,8 @@ from dfm_flax.errors import UserError
 
 MAGIC = b"DFMc"
 VERSION = 1
+VERSION_WITH_START = 2
+DIGEST_BYTES = 16
 # Frozen: files store the index into these tuples (not fourier.METHODS, which may grow).
 METHODS = ("auto", "product", "direct")
 CODERS = ("raw", "ans")
@@ -40,9 +49,27 @@ MAX_WEIGHTS = 2**22  # 16 MiB of float32 weights.
 MAX_COORD = 1e3
 
 
-def header_bytes(depth: int) -> int:
+def header_bytes(depth: int, with_start: bool = False) -> int:
   """Bytes of a file that are not the coded weights: header, layer stats, length, CRC."""
-  return _HEAD.size + _LAYER.size * depth + 8
+  return _HEAD.size + _LAYER.size * depth + 8 + (DIGEST_BYTES if with_start else 0)
+
+
+def start_digest(params, channels: int) -> bytes:
+  """The content hash that names a start: its net shape and float32 weights."""
+  import hashlib
+  h = hashlib.blake2b(digest_size=DIGEST_BYTES)
+  h.update(struct.pack("<BBB", int(np.log2(np.shape(params[0][0])[0])), len(params), channels))
+  for layer in _flat_layers(params):
+    h.update(layer.astype("<f4").tobytes())
+  return h.digest()
+
+
+def _check_start(start, width: int, depth: int, channels: int) -> None:
+  want = fourier.param_shapes(width, depth, channels)
+  got = [tuple(np.shape(a)) for a, _ in start]
+  if got != [tuple(s) for s in want]:
+    raise UserError(f"the start's net ({len(got)} layers of shapes {got}) is not this file's "
+                    f"{width}x{depth} net with {channels} channels")
 
 
 def _levels(bits: int) -> int:
@@ -72,12 +99,16 @@ def _ans(bits: int):
 
 
 def encode(params, image_shape, width: int, depth: int, coord_range=(0.0, 1.0),
-           method: str = "auto", bits: int = 8, coder: str = "ans") -> bytes:
-  """Serialise per-layer (a, b) weights. bits 16 means float16; else 4..12-bit uniform."""
+           method: str = "auto", bits: int = 8, coder: str = "ans", start=None) -> bytes:
+  """Serialise per-layer (a, b) weights. bits 16 means float16; else 4..12-bit uniform.
+  With `start` (per-layer (a, b) of the same net), the difference from it is coded."""
   if bits != 16 and not 4 <= bits <= 12:
     raise UserError(f"--bits must be 16 (fp16) or 4..12, got {bits}")
   h, w, c = image_shape
   layers = _flat_layers(params)
+  if start is not None:
+    _check_start(start, width, depth, c)
+    layers = [x - x0 for x, x0 in zip(layers, _flat_layers(start))]
   if bits == 16:
     coder = "raw"
     payload = b"".join(x.astype("<f2").tobytes() for x in layers)
@@ -95,14 +126,17 @@ def encode(params, image_shape, width: int, depth: int, coord_range=(0.0, 1.0),
       for (q, _), (_, loc, spread) in zip(reversed(quantised), reversed(stats)):
         enc.encode_reverse(q, model, np.full(q.size, loc), np.full(q.size, spread))
       payload = enc.get_compressed().astype("<u4").tobytes()
-  head = _HEAD.pack(MAGIC, VERSION, h, w, c, width, depth, *coord_range,
-                    METHODS.index(method), bits, CODERS.index(coder))
+  head = _HEAD.pack(MAGIC, VERSION if start is None else VERSION_WITH_START, h, w, c, width,
+                    depth, *coord_range, METHODS.index(method), bits, CODERS.index(coder))
+  if start is not None:
+    head += start_digest(start, c)
   body = head + b"".join(_LAYER.pack(*s) for s in stats) + struct.pack("<I", len(payload)) + payload
   return body + struct.pack("<I", zlib.crc32(body))
 
 
-def decode(data: bytes) -> tuple[dict, list]:
-  """(header, per-layer (a, b)) from .dfm bytes; UserError for anything malformed.
+def decode(data: bytes, start=None) -> tuple[dict, list]:
+  """(header, per-layer (a, b)) from .dfm bytes; UserError for anything malformed, or
+  for a difference-coded file without its start (or with another one).
 
   Every header field is checked against the format's limits and the file's own length
   before any weight is decoded, so a crafted file costs at most MAX_WEIGHTS floats.
@@ -112,16 +146,20 @@ def decode(data: bytes) -> tuple[dict, list]:
   if len(data) < _HEAD.size + 8:
     raise UserError("truncated .dfm file (shorter than its header)")
   (_, version, h, w, c, width, depth, lo, hi, method, bits, coder) = _HEAD.unpack_from(data)
-  if version != VERSION:
-    raise UserError(f".dfm format version {version} is not supported (this reader: {VERSION})")
+  if version not in (VERSION, VERSION_WITH_START):
+    raise UserError(f".dfm format version {version} is not supported (this reader: "
+                    f"{VERSION} and {VERSION_WITH_START})")
   if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
     raise UserError(".dfm checksum mismatch: the file is truncated or corrupted")
   _check_header(h, w, c, width, depth, lo, hi, method, bits, coder)
   header = {"height": h, "width": w, "channels": c, "net_width": width, "net_depth": depth,
             "coord_range": (lo, hi), "method": METHODS[method], "bits": bits,
-            "coder": CODERS[coder]}
+            "coder": CODERS[coder], "start": None}
   offset = _HEAD.size
-  if len(data) < header_bytes(depth):
+  if version == VERSION_WITH_START:
+    header["start"] = data[offset:offset + DIGEST_BYTES].hex()
+    offset += DIGEST_BYTES
+  if len(data) < header_bytes(depth, header["start"] is not None):
     raise UserError(f".dfm file too short for the {depth} layers its header names")
   stats = [_LAYER.unpack_from(data, offset + i * _LAYER.size) for i in range(depth)]
   _check_stats(stats, bits)
@@ -135,10 +173,23 @@ def decode(data: bytes) -> tuple[dict, list]:
   layers = _decode_layers(payload, bits, header["coder"], stats, sizes)
   if not all(np.all(np.isfinite(x)) for x in layers):
     raise UserError(".dfm weights are not finite numbers")
+  if header["start"] is not None:
+    layers = _add_start(layers, start, header, c)
   params = []
   for flat, (r, n) in zip(layers, shapes):
     params.append((flat[:r * n].reshape(r, n), flat[r * n:].reshape(r, n)))
   return header, params
+
+
+def _add_start(layers, start, header: dict, channels: int) -> list[np.ndarray]:
+  if start is None:
+    raise UserError(f"this .dfm file stores the difference from a start (digest "
+                    f"{header['start']}); decode it with --init RUN, the run it was coded from")
+  _check_start(start, header["net_width"], header["net_depth"], channels)
+  if start_digest(start, channels).hex() != header["start"]:
+    raise UserError(f"--init is not the start this file was coded from (the file names "
+                    f"{header['start']}, the start given is {start_digest(start, channels).hex()})")
+  return [x + x0 for x, x0 in zip(layers, _flat_layers(start))]
 
 
 def _check_header(h, w, c, width, depth, lo, hi, method, bits, coder) -> None:

@@ -13,21 +13,36 @@ from __future__ import annotations
 import os
 import time
 
+from dfm_flax.errors import UserError
+
 
 def encode_run(source: str, image, out: str, bits: int, coder: str, qat_steps: int,
-               qat_prefix: str | None = None) -> dict:
+               qat_prefix: str | None = None, start=None) -> dict:
   """Code the net of a finished compress run into `out`; figures of the decoded file."""
-  return encode_runs(source, [image], [out], bits, coder, qat_steps, qat_prefix)[0]
+  return encode_runs(source, [image], [out], bits, coder, qat_steps, qat_prefix, start)[0]
+
+
+def load_start(run: str):
+  """(model config, per-layer (a, b) as float32 numpy) of the net a run ended with: the
+  start that difference coding (codec `start=`) measures from, e.g. a meta-learning run."""
+  import numpy as np
+  from dfm_flax.restore import load_model
+  config, _, model = load_model(run)
+  if not hasattr(model, "net_params") or getattr(model, "count", 0):
+    raise UserError(f"{run} does not hold one Fourier net to start from")
+  return config.model, [(np.asarray(a, np.float32), np.asarray(b, np.float32))
+                        for a, b in model.net_params()]
 
 
 def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder: str,
-                qat_steps: int, qat_prefix: str | None = None) -> list[dict]:
+                qat_steps: int, qat_prefix: str | None = None, start=None) -> list[dict]:
   """Code each net of a finished compress run (one, or several fitted at once) into
   its file in `outs`; the quantisation-aware fine-tune runs once for all of them and
   its time is shared equally in each row's encode_s. Its run directory is
-  QAT_PREFIX.qatBITS (default: the first output file's path)."""
+  QAT_PREFIX.qatBITS (default: the first output file's path). With `start` (per-layer
+  (a, b)), each file stores the difference from it; the fine-tune, whose grid is the
+  weights' own, is then skipped."""
   from dfm_flax import codec, files, images
-  from dfm_flax.errors import UserError
   from dfm_flax.restore import load_model
   config, meta, model = load_model(source, expect_task="compress")
   shapes = [tuple(s) for s in meta.get("image_shapes") or [meta["image_shape"]]]
@@ -44,7 +59,7 @@ def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder:
       raise UserError(f"the image ({w}x{h}x{c}) is too small for this net: its {n:,} weights "
                       f"at {bits} bits take more bytes than the raw pixels; use a smaller net")
   tic = time.perf_counter()
-  if qat_steps and bits != 16:
+  if qat_steps and bits != 16 and start is None:
     config, model = fine_tune(source, f"{qat_prefix or outs[0]}.qat{bits}", bits, qat_steps)
   shared_s = (time.perf_counter() - tic) / len(outs)
   m = config.model
@@ -54,10 +69,10 @@ def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder:
     tic = time.perf_counter()
     params = model.net_params(i if getattr(model, "count", 0) else None)
     data = codec.encode(params, image.shape, m.width, m.depth, tuple(m.coord_range),
-                        m.method, bits, coder)
+                        m.method, bits, coder, start)
     encode_s = shared_s + time.perf_counter() - tic
     tic = time.perf_counter()
-    _, decoded_params = codec.decode(data)  # What a reader gets: the PSNR reported is of this.
+    _, decoded_params = codec.decode(data, start)  # What a reader gets: the PSNR reported is of this.
     decoded = images.render_params(decoded_params, h, w, tuple(m.coord_range), m.method)
     decode_s = time.perf_counter() - tic
     files.write_bytes(out, data)
@@ -69,7 +84,7 @@ def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder:
 
 
 def encode_to_bpp(source: str, image, out: str, bpp: float, bits: int, coder: str,
-                  qat_steps: int, tolerance: float = 0.1) -> tuple[dict, int, str]:
+                  qat_steps: int, tolerance: float = 0.1, start=None) -> tuple[dict, int, str]:
   """Code the run's net into `out` at the bit depth that lands within `tolerance` of
   `bpp`: first at `bits`, then (at most 3 more tries) at the depth the measured file
   size points to. Returns (row, bits used, a note when the target could not be met)."""
@@ -79,7 +94,7 @@ def encode_to_bpp(source: str, image, out: str, bpp: float, bits: int, coder: st
   target = bpp * h * w / 8
   tried = {}  # bits -> row; each try is written beside `out`, the best is moved onto it.
   while bits not in tried:
-    tried[bits] = encode_run(source, image, f"{out}.{bits}bit", bits, coder, qat_steps, out)
+    tried[bits] = encode_run(source, image, f"{out}.{bits}bit", bits, coder, qat_steps, out, start)
     got = tried[bits]["bytes"]
     if abs(got / target - 1) <= tolerance or bits == 16 or len(tried) == 4:
       break

@@ -2,7 +2,8 @@
 
   python -m experiments.codec encode IMAGE --out FILE.dfm [--from DIR] [--bits B] [--coder ans|raw]
                                   [--workdir DIR] [--config experiments/compress.py:best --config.KEY=VALUE]
-  python -m experiments.codec decode FILE.dfm --out IMAGE.png [--size WxH]
+                                  [--init META_RUN]
+  python -m experiments.codec decode FILE.dfm --out IMAGE.png [--size WxH] [--init META_RUN]
 
 encode trains a net on IMAGE with the compress config (`:best` by default; its run
 directory is --workdir, default FILE.dfm.run, so rerunning resumes) or takes the net
@@ -15,6 +16,12 @@ until the file is within 10% of the target, or the nearest is said in one line. 
 needs no training
 code; --size renders the continuous image at any resolution. Output files appear
 whole or not at all.
+
+--init META_RUN (a meta-learning run, experiments/meta.py, or any run of one Fourier net):
+encode fits from that start (the net's size, coordinates and method are the start's) and
+the file stores the weights as their difference from it, named by a content hash; decode
+needs the same --init and refuses, in one line, a file coded from another start. The
+quantisation-aware fine-tune is skipped then (its grid is the weights', not the difference's).
 """
 import os
 import re
@@ -40,6 +47,8 @@ _BPP = flags.DEFINE_float("bpp", None, "encode: pick the net size for about this
 _QAT = flags.DEFINE_integer("qat_steps", 300, "Quantisation-aware fine-tuning steps before "
                             "coding (straight-through rounding); 0 to skip.", lower_bound=0)
 flags.DEFINE_alias("qat-steps", "qat_steps")
+_INIT = flags.DEFINE_string("init", None, "A run whose net is the start: encode fits from it and "
+                            "codes the difference; decode adds it back.")
 flags.mark_flags_as_required(["out"])
 
 def parse_size(text: str):
@@ -68,25 +77,31 @@ def _encode(image_path: str):
     # below their float nets, a 9-bit one 0.3 dB (README: the panel and the
     # rate-distortion study), so --bpp starts from BPP_BITS.
     bits = encoding.BPP_BITS
+  start_model, start = encoding.load_start(_INIT.value) if _INIT.value else (None, None)
   source = _FROM.value
   if not source:
     config = config_value(_CONFIG)
     with config.unlocked():
       config.image = os.path.abspath(image_path)
-      if _BPP.value is not None:
+      if start_model is not None:  # The start fixes the net; --bpp moves only the bit depth.
+        for key in ("width", "depth", "coord_range", "method"):
+          config.model[key] = start_model[key]
+        config.init_from = os.path.abspath(_INIT.value)
+      elif _BPP.value is not None:
         config.model.width, config.model.depth = encoding.size_for_bpp(
             _BPP.value, image.shape, bits)
     source = _WORKDIR.value or out + ".run"
     train_and_evaluate(config, source)
   if _BPP.value is not None:
     r, bits, note = encoding.encode_to_bpp(source, image, out, _BPP.value, bits, _CODER.value,
-                                           _QAT.value)
+                                           _QAT.value, start=start)
     if note:
       print(note, file=sys.stderr)
   else:
-    r = encoding.encode_run(source, image, out, bits, _CODER.value, _QAT.value)
+    r = encoding.encode_run(source, image, out, bits, _CODER.value, _QAT.value, start=start)
   print(f"wrote {out}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp, PSNR {r['psnr']:.2f} dB "
-        f"({bits}-bit, {_CODER.value if bits != 16 else 'fp16'})")
+        f"({bits}-bit, {_CODER.value if bits != 16 else 'fp16'}"
+        f"{', difference from ' + _INIT.value if start else ''})")
 
 
 def _decode(path: str):
@@ -101,7 +116,11 @@ def _decode(path: str):
       data = f.read()
   except OSError as e:
     raise UserError(f"cannot read {path}: {e.strerror}") from None
-  header, params = codec.decode(data)
+  start = None
+  if _INIT.value:
+    from dfm_flax import encoding
+    start = encoding.load_start(_INIT.value)[1]
+  header, params = codec.decode(data, start)
   w, h = size or (header["width"], header["height"])
   img = images.render_params(params, h, w, header["coord_range"], header["method"])
   from dfm_flax import files

@@ -35,10 +35,47 @@ def test_quantised_round_trip_is_exact(bits, coder):
   data = codec.encode(params, (30, 40, 3), 6, 4, (0.0, 0.5), "product", bits, coder)
   header, decoded = codec.decode(data)
   assert header == {"height": 30, "width": 40, "channels": 3, "net_width": 6, "net_depth": 4,
-                    "coord_range": (0.0, 0.5), "method": "product", "bits": bits, "coder": coder}
+                    "coord_range": (0.0, 0.5), "method": "product", "bits": bits, "coder": coder,
+                    "start": None}
+  assert data[4] == 1  # Version 1: files without a start are written as before.
   for (a, b), (ea, eb) in zip(decoded, expected_dequantised(params, bits)):
     np.testing.assert_array_equal(a, ea)
     np.testing.assert_array_equal(b, eb)
+
+
+@pytest.mark.parametrize("bits,coder", [(6, "ans"), (10, "raw")])
+def test_difference_from_a_start_round_trips_exactly(bits, coder):
+  start = laplace_params()
+  rng = np.random.default_rng(7)
+  params = [(a + 0.01 * rng.standard_normal(a.shape).astype(np.float32),
+             b + 0.01 * rng.standard_normal(b.shape).astype(np.float32)) for a, b in start]
+  data = codec.encode(params, (30, 40, 3), 6, 4, (0.0, 0.5), "product", bits, coder, start=start)
+  assert data[4] == 2
+  header, decoded = codec.decode(data, start=start)
+  assert header["start"] == codec.start_digest(start, 3).hex()
+  diff = [(a - a0, b - b0) for (a, b), (a0, b0) in zip(params, start)]
+  for (a, b), (da, db), (a0, b0) in zip(decoded, expected_dequantised(diff, bits), start):
+    np.testing.assert_array_equal(a, a0 + da)
+    np.testing.assert_array_equal(b, b0 + db)
+  # The grid is the difference's: far finer than the weights' own at the same bit depth.
+  _, plain = codec.decode(codec.encode(params, (30, 40, 3), 6, 4, bits=bits, coder=coder))
+  err = lambda got: max(float(np.max(np.abs(x - y))) for g, p in zip(got, params) for x, y in zip(g, p))
+  assert err(decoded) < err(plain) / 10
+
+
+def test_a_difference_file_refuses_a_missing_or_other_start():
+  start = laplace_params()
+  other = [(a.copy(), b.copy()) for a, b in start]
+  other[0][0][0, 0] += 1e-3
+  data = codec.encode(start, (30, 40, 3), 6, 4, bits=8, start=start)
+  with pytest.raises(UserError, match="--init"):
+    codec.decode(data)
+  with pytest.raises(UserError, match="not the start this file was coded from"):
+    codec.decode(data, start=other)
+  with pytest.raises(UserError, match="not this file's 6x4 net"):
+    codec.decode(data, start=start[:3])
+  with pytest.raises(UserError, match="not this file's 5x4 net"):
+    codec.encode(start, (30, 40, 3), 5, 4, bits=8, start=start)
 
 
 def test_fp16_round_trip():

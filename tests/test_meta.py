@@ -7,12 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
-from dfm_flax import fourier
+from dfm_flax import codec, data, encoding, fourier
 from dfm_flax.errors import UserError
 from dfm_flax.tasks import meta
 from experiments import meta as meta_config
-from tests.helpers import run_cli
+from tests.helpers import error_line, run_cli
 
 
 def _task(init_variance=0.05, **changes):
@@ -94,3 +95,23 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
                  "--config.train.steps=1")
   assert proc.returncode == 0, proc.stderr
   assert "initialised from the weights in" in proc.stdout + proc.stderr
+  # The codec from the learned start: the file stores the difference and names the start.
+  img, out = str(tmp_path / "img.png"), str(tmp_path / "img.dfm")
+  Image.fromarray(data.photo_crops(["astronaut"], 1, 24, 0)[0][0]).save(img)
+  proc = run_cli("experiments.codec", "encode", img, "--out", out, "--init", wd, "--bits", "8",
+                 "--qat_steps", "0", "--config", "experiments/compress.py:smoke",
+                 "--config.train.steps=5")
+  assert proc.returncode == 0, proc.stderr
+  assert f"difference from {wd}" in proc.stdout
+  raw = open(out, "rb").read()
+  assert raw[4] == codec.VERSION_WITH_START
+  _, start = encoding.load_start(wd)
+  header, params = codec.decode(raw, start)
+  assert header["start"] == codec.start_digest(start, 3).hex()
+  png = str(tmp_path / "back.png")
+  proc = run_cli("experiments.codec", "decode", out, "--out", png, "--init", wd)
+  assert proc.returncode == 0 and os.path.exists(png), proc.stderr
+  assert "--init" in error_line(run_cli("experiments.codec", "decode", out, "--out", png))
+  # Another net of the same size (the fit's) is not the start the file names.
+  assert "not the start this file was coded from" in error_line(
+      run_cli("experiments.codec", "decode", out, "--out", png, "--init", fit))

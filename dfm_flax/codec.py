@@ -58,7 +58,9 @@ def start_digest(params, channels: int) -> bytes:
   """The content hash that names a start: its net shape and float32 weights."""
   import hashlib
   h = hashlib.blake2b(digest_size=DIGEST_BYTES)
-  h.update(struct.pack("<BBB", int(np.log2(np.shape(params[0][0])[0])), len(params), channels))
+  h.update(struct.pack("<BB", len(params), channels))
+  for a, _ in params:  # Every layer's shape (2^m, n), then the weights.
+    h.update(struct.pack("<II", *np.shape(a)))
   for layer in _flat_layers(params):
     h.update(layer.astype("<f4").tobytes())
   return h.digest()
@@ -106,6 +108,9 @@ def encode(params, image_shape, width: int, depth: int, coord_range=(0.0, 1.0),
     raise UserError(f"--bits must be 16 (fp16) or 4..12, got {bits}")
   h, w, c = image_shape
   layers = _flat_layers(params)
+  if not all(np.all(np.isfinite(x)) for x in layers):
+    raise UserError("the net's weights are not all finite numbers (its fit diverged): "
+                    "nothing to code")
   if start is not None:
     _check_start(start, width, depth, c)
     layers = [x - x0 for x, x0 in zip(layers, _flat_layers(start))]

@@ -78,6 +78,13 @@ def test_a_difference_file_refuses_a_missing_or_other_start():
     codec.encode(start, (30, 40, 3), 5, 4, bits=8, start=start)
 
 
+def test_a_diverged_net_is_refused_not_coded():
+  params = laplace_params()
+  params[1][0][0, 0] = np.nan
+  with pytest.raises(UserError, match="not all finite"):
+    codec.encode(params, (30, 40, 3), 6, 4, bits=8)
+
+
 def test_fp16_round_trip():
   params = laplace_params()
   _, decoded = codec.decode(codec.encode(params, (8, 8, 3), 6, 4, bits=16))

@@ -1,0 +1,205 @@
+"""What a meta-learned start buys: fits of held-out crops from it and from random starts,
+and the bytes that difference coding saves.
+
+  python -m benchmarks.meta_start --start runs/meta --out runs/meta_start [--crops 16]
+
+The crops are `--crops` squares of the start's training size, cut from the photographs
+its run held out (`meta.held_out`, never drawn in its training), with a seed its own
+evaluation did not use. Each crop is fitted, all 1,024 pixels every step, from the learned
+start and from a random start (the compress net's initialisation, one seed per crop) with
+two optimisers, both per layer lr / 2^m as the recipe:
+  * sgd: plain gradient descent at the run's inner-loop step (what the start was learned for);
+  * adam: Adam at a constant lr, the best of --adam_lrs for the random start at the last step.
+PSNR is recorded after 0, 1, 3, 10, 100 and 1,000 steps. Then each fit from the learned
+start at 10, 100 and 1,000 steps is coded (ANS, no fine-tune) at 4-12 bits, once as its
+weights and once as the difference from the start (codec `start=`); "bytes at equal PSNR"
+is the smallest file of each kind that decodes within 0.1 dB of the uncoded fit.
+Writes OUT/meta_start.json, OUT/meta_start.md and OUT/meta_start.png and prints the table.
+"""
+import argparse
+import json
+import os
+
+CHECKPOINTS = (0, 1, 3, 10, 100, 1000)
+CODED_AT = (10, 100, 1000)
+
+
+def _fit_segments(starts, targets, coords, method, tx, lrs, checkpoints):
+  """Params (leading crop axis) after each checkpoint's number of steps, and the PSNR
+  there; every crop fitted independently (vmapped)."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from dfm_flax import fourier
+
+  def mse(p, t):
+    return jnp.mean((fourier.net_apply(p, coords, method) - t) ** 2)
+
+  def step(carry, t):
+    p, s = carry
+    g = jax.grad(mse)(p, t)
+    u, s = tx.update(g, s, p)
+    u = [(ua * lr, ub * lr) for (ua, ub), lr in zip(u, lrs)]
+    return (optax.apply_updates(p, u), s), None
+
+  def advance(p, s, t, n):
+    (p, s), _ = jax.lax.scan(lambda c, _: step(c, t), (p, s), None, length=n)
+    return p, s
+
+  run = jax.jit(jax.vmap(advance, in_axes=(0, 0, 0, None)), static_argnums=3)
+  psnr = jax.jit(jax.vmap(lambda p, t: 10 * jnp.log10(4.0 / mse(p, t))))
+  params, state, done, out = starts, jax.vmap(tx.init)(starts), 0, {}
+  for k in checkpoints:
+    if k > done:
+      params, state = run(params, state, targets, k - done)
+      done = k
+    out[k] = (params, jax.device_get(psnr(params, targets)))
+  return out
+
+
+def _coded_psnr(params, target, coords, net, shape, bits, start):
+  """(bytes, PSNR) of the file at `bits`; net is the model config (width, depth, method)."""
+  import numpy as np
+
+  from dfm_flax import codec, fourier
+  data = codec.encode(params, shape, net.width, net.depth, tuple(net.coord_range), net.method,
+                      bits, "ans", start)
+  _, back = codec.decode(data, start)
+  pred = np.asarray(fourier.net_apply(back, coords, net.method))
+  return len(data), float(10 * np.log10(4.0 / np.mean((pred - target) ** 2)))
+
+
+def _bytes_at(params, target, coords, net, shape, goal, start):
+  """Smallest file (4-12 bits) decoding within 0.1 dB of `goal`; None if none does."""
+  for bits in range(4, 13):
+    size, psnr = _coded_psnr(params, target, coords, net, shape, bits, start)
+    if psnr >= goal - 0.1:
+      return size
+  return None
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--start", required=True, help="a finished meta-learning run (experiments/meta.py)")
+  p.add_argument("--out", required=True)
+  p.add_argument("--crops", type=int, default=16)
+  p.add_argument("--adam_lrs", default="0.003,0.01,0.03,0.1")
+  a = p.parse_args()
+  import jax
+  import numpy as np
+  import optax
+  from flax import nnx
+
+  from dfm_flax import encoding, fourier, images
+  from dfm_flax.restore import saved_config
+  from dfm_flax.tasks import compress, meta
+
+  cfg = saved_config(a.start)
+  model_cfg, learned = encoding.load_start(a.start)
+  mc = cfg.meta
+  targets = meta.crops([n for n in mc.held_out.split(",") if n], mc.crop, a.crops, cfg.seed + 2)
+  coords = jax.numpy.asarray(images.pixel_grid(mc.crop, mc.crop, tuple(model_cfg.coord_range)))
+  method = model_cfg.method
+  dims = fourier.layer_dims(model_cfg.width, model_cfg.depth, 3)
+  randoms = [[(np.asarray(x), np.asarray(y)) for x, y in
+              compress.one_net(model_cfg, 3, nnx.Rngs(10_000 + i)).net_params()]
+             for i in range(a.crops)]
+  starts = {"learned": jax.tree.map(lambda x: np.broadcast_to(x, (a.crops, *x.shape)), learned),
+            "random": jax.tree.map(lambda *xs: np.stack(xs), *randoms)}
+  per_layer = lambda lr: [lr / 2**m for m, _ in dims]  # noqa: E731
+  fits = {}
+  for name, start in starts.items():
+    fits[("sgd", name)] = _fit_segments(start, targets, coords, method, optax.sgd(1.0),
+                                        per_layer(mc.inner_lr), CHECKPOINTS)
+  sweep = {}
+  for lr in (float(x) for x in a.adam_lrs.split(",")):
+    f = _fit_segments(starts["random"], targets, coords, method, optax.adam(1.0), per_layer(lr),
+                      CHECKPOINTS)
+    sweep[lr] = f
+    print(f"adam lr {lr:g} / 2^m, random start: {np.nanmean(f[CHECKPOINTS[-1]][1]):.2f} dB "
+          f"after {CHECKPOINTS[-1]} steps", flush=True)
+  final = {lr: f[CHECKPOINTS[-1]][1] for lr, f in sweep.items()}
+  # The best lr among those where no random-start fit diverged.
+  adam_lr = max(sweep, key=lambda lr: np.mean(final[lr]) if np.all(np.isfinite(final[lr])) else -np.inf)
+  fits[("adam", "random")] = sweep[adam_lr]
+  fits[("adam", "learned")] = _fit_segments(starts["learned"], targets, coords, method,
+                                            optax.adam(1.0), per_layer(adam_lr), CHECKPOINTS)
+  # Mean over crops; a diverged fit (NaN) is left out of the mean and counted beside it.
+  curves = {f"{opt}/{name}": {k: float(np.nanmean(f[k][1])) for k in CHECKPOINTS}
+            for (opt, name), f in fits.items()}
+  diverged = {f"{opt}/{name}": int(np.sum(~np.isfinite(f[CHECKPOINTS[-1]][1])))
+              for (opt, name), f in fits.items()}
+  shape = (mc.crop, mc.crop, 3)
+  coding = {}
+  for opt in ("sgd", "adam"):
+    for k in CODED_AT:
+      params, psnrs = fits[(opt, "learned")][k]
+      plain, diff = [], []
+      for i in range(a.crops):
+        if not np.isfinite(psnrs[i]):  # A diverged fit: nothing to code.
+          continue
+        one = [(np.asarray(x[i]), np.asarray(y[i])) for x, y in params]
+        t = np.asarray(targets[i])
+        plain.append(_bytes_at(one, t, coords, model_cfg, shape, float(psnrs[i]), None))
+        diff.append(_bytes_at(one, t, coords, model_cfg, shape, float(psnrs[i]), learned))
+      pairs = [(x, y) for x, y in zip(plain, diff) if x and y]
+      coding[f"{opt}/{k}"] = {
+          "plain_bytes": float(np.mean([x for x, _ in pairs])) if pairs else None,
+          "difference_bytes": float(np.mean([y for _, y in pairs])) if pairs else None,
+          "saved": float(1 - np.mean([y / x for x, y in pairs])) if pairs else None,
+          "crops": len(pairs)}
+  report = {"start": a.start, "crops": a.crops, "crop": mc.crop, "held_out": mc.held_out,
+            "net": f"{model_cfg.width}x{model_cfg.depth}", "sgd_lr": mc.inner_lr,
+            "adam_lr": adam_lr, "psnr": curves, "diverged": diverged, "coding": coding}
+  os.makedirs(a.out, exist_ok=True)
+  with open(os.path.join(a.out, "meta_start.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  text = _table(report)
+  with open(os.path.join(a.out, "meta_start.md"), "w") as f:
+    f.write(text)
+  _plot(report, os.path.join(a.out, "meta_start.png"))
+  print(text)
+
+
+def _table(r) -> str:
+  lines = [f"Held-out crops: {r['crops']} of {r['crop']}x{r['crop']} px from {r['held_out']}; "
+           f"net {r['net']}; sgd lr {r['sgd_lr']:g} / 2^m, adam lr {r['adam_lr']:g} / 2^m.", "",
+           "| optimiser / start | " + " | ".join(f"{k} steps" for k in CHECKPOINTS) + " |",
+           "|---|" + "---|" * len(CHECKPOINTS)]
+  for key, curve in r["psnr"].items():
+    note = f" ({r['diverged'][key]} diverged, left out)" if r["diverged"][key] else ""
+    lines.append(f"| {key}{note} | " + " | ".join(f"{curve[k]:.2f}" for k in CHECKPOINTS) + " |")
+  lines += ["", "| fit from the learned start | bytes, weights coded | bytes, difference coded | "
+            "saved |", "|---|---|---|---|"]
+  for key, c in r["coding"].items():
+    if c["plain_bytes"]:
+      lines.append(f"| {key} steps | {c['plain_bytes']:.0f} | {c['difference_bytes']:.0f} | "
+                   f"{c['saved']:.0%} |")
+  return "\n".join(lines) + "\n"
+
+
+def _plot(r, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  styles = {"learned": "-", "random": "--"}
+  colours = {"sgd": "tab:blue", "adam": "tab:orange"}
+  for key, curve in r["psnr"].items():
+    opt, start = key.split("/")
+    ks = [k for k in CHECKPOINTS if k > 0]
+    ax.plot(ks, [curve[k] for k in ks], styles[start], color=colours[opt], marker="o", ms=3,
+            label=f"{opt}, {start} start")
+  ax.set_xscale("log")
+  ax.set_xlabel("fitting steps")
+  ax.set_ylabel("PSNR on held-out crops (dB)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+if __name__ == "__main__":
+  main()

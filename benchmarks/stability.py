@@ -18,8 +18,8 @@ import itertools
 import json
 import os
 
-FIELDS = ["image", "width", "depth", "lr", "seed", "psnr", "best_logged_psnr", "collapsed",
-          "seconds"]
+FIELDS = ["image", "width", "depth", "lr", "seed", "psnr", "best_logged_psnr", "flat_psnr",
+          "collapsed", "seconds"]
 
 
 def cell_dir(out, image, w, d, lr, seed):
@@ -49,9 +49,26 @@ def row(out, image, w, d, lr, seed):
   if not m:
     return None
   logged = [r["psnr"] for r in logs.read_history(wd) if r.get("psnr") is not None]
+  flat = flat_psnr(out, image)
+  # Collapsed: the guard said so, or, by the guard's own rule, a fit that had got 3 dB
+  # past the flat mean-colour image ended having lost more than half of that gain (cells
+  # run before the guard judged a run's last step could end inside a collapse that had
+  # begun fewer than `patience` log steps before, unreported).
+  gain = max(logged) - flat
+  fell = gain >= 3 and m["psnr"] - flat < gain / 2
   return {"image": image, "width": w, "depth": d, "lr": lr, "seed": seed,
           "psnr": round(m["psnr"], 2), "best_logged_psnr": round(max(logged), 2),
-          "collapsed": bool(m.get("collapsed")), "seconds": m["seconds"]}
+          "flat_psnr": round(flat, 2), "collapsed": bool(m.get("collapsed")) or fell,
+          "seconds": m["seconds"]}
+
+
+def flat_psnr(out, image) -> float:
+  """PSNR of the image's mean colour: what a collapsed net draws."""
+  import numpy as np
+
+  from dfm_flax import images, photos
+  img = images.load_image(photos.path(image, os.path.join(out, "images")))
+  return images.psnr(img, np.broadcast_to(img.mean(axis=(0, 1)), img.shape))
 
 
 def plot(rows, path):

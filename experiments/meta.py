@@ -12,7 +12,9 @@ method), so a compress run of the same width and depth can start from it.
 
 Variants: (none) Reptile (outer SGD 0.1), 5 inner steps, 32x32 crops, a 6x5 net; `maml`
 second-order MAML through 3 inner steps (Adam 1e-4, not tuned); `smoke` a tiny run for tests (it checks the pipeline only).
-This is the first part of issue 13: no difference coding in the codec yet.
+`python -m experiments.codec encode IMAGE --out F.dfm --init RUN` fits from the learned start
+and stores the difference from it; `python -m benchmarks.meta_start --start RUN --out DIR`
+measures both (README).
 """
 import ml_collections
 

@@ -38,7 +38,7 @@ def training_curves(history: list[dict], keys: list[str], path: str, log_keys=("
   Margins are fixed in inches rather than found by `tight_layout`, which draws the
   figure twice to measure its text, and log axes get no minor ticks (each is an artist):
   together they halve the time of the one figure every run writes."""
-  from matplotlib.ticker import NullLocator
+  from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
   keys = [k for k in keys if any(row.get(k) is not None for row in history)]
   if not keys:
     return
@@ -57,6 +57,10 @@ def training_curves(history: list[dict], keys: list[str], path: str, log_keys=("
     ax.set_title(key)
     if key in log_keys:
       ax.set_yscale("log")
+      # Labelled ticks at 1, 2 and 5 x 10^k (so a range within one decade still has
+      # some), plain numbers rather than mathtext, and no minor ticks.
+      ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+      ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
       ax.yaxis.set_minor_locator(NullLocator())
     ax.grid(alpha=0.3)
   fig.savefig(path, dpi=100)

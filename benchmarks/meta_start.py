@@ -26,36 +26,50 @@ CODED_AT = (10, 100, 1000)
 
 def _fit_segments(starts, targets, coords, method, tx, lrs, checkpoints):
   """Params (leading crop axis) after each checkpoint's number of steps, and the PSNR
-  there; every crop fitted independently (vmapped)."""
+  there; every crop fitted independently (vmapped). The step count and the per-layer lrs
+  are arguments of one compiled loop (not constants), so each optimiser compiles once."""
+  import jax
+  import jax.numpy as jnp
+  run, psnr = _compiled(tx, coords, method)
+  lrs = jnp.asarray(lrs, jnp.float32)
+  params, state, done, out = starts, jax.vmap(tx.init)(starts), 0, {}
+  for k in checkpoints:
+    if k > done:
+      params, state = run(params, state, targets, lrs, k - done)
+      done = k
+    out[k] = (params, jax.device_get(psnr(params, targets)))
+  return out
+
+
+_COMPILED = {}
+
+
+def _compiled(tx, coords, method):
+  """(run, psnr) jitted for one optimiser: run(params, state, targets, lrs, n) takes n
+  steps of every crop's fit."""
   import jax
   import jax.numpy as jnp
   import optax
 
   from dfm_flax import fourier
+  key = (id(tx), method)
+  if key in _COMPILED:
+    return _COMPILED[key]
 
   def mse(p, t):
     return jnp.mean((fourier.net_apply(p, coords, method) - t) ** 2)
 
-  def step(carry, t):
-    p, s = carry
-    g = jax.grad(mse)(p, t)
-    u, s = tx.update(g, s, p)
-    u = [(ua * lr, ub * lr) for (ua, ub), lr in zip(u, lrs)]
-    return (optax.apply_updates(p, u), s), None
+  def advance(p, s, t, lrs, n):
+    def step(_, carry):
+      p, s = carry
+      u, s = tx.update(jax.grad(mse)(p, t), s, p)
+      u = [(ua * lrs[i], ub * lrs[i]) for i, (ua, ub) in enumerate(u)]
+      return optax.apply_updates(p, u), s
+    return jax.lax.fori_loop(0, n, step, (p, s))
 
-  def advance(p, s, t, n):
-    (p, s), _ = jax.lax.scan(lambda c, _: step(c, t), (p, s), None, length=n)
-    return p, s
-
-  run = jax.jit(jax.vmap(advance, in_axes=(0, 0, 0, None)), static_argnums=3)
-  psnr = jax.jit(jax.vmap(lambda p, t: 10 * jnp.log10(4.0 / mse(p, t))))
-  params, state, done, out = starts, jax.vmap(tx.init)(starts), 0, {}
-  for k in checkpoints:
-    if k > done:
-      params, state = run(params, state, targets, k - done)
-      done = k
-    out[k] = (params, jax.device_get(psnr(params, targets)))
-  return out
+  _COMPILED[key] = (jax.jit(jax.vmap(advance, in_axes=(0, 0, 0, None, None))),
+                    jax.jit(jax.vmap(lambda p, t: 10 * jnp.log10(4.0 / mse(p, t)))))
+  return _COMPILED[key]
 
 
 def _coded_psnr(params, target, coords, net, shape, bits, start):
@@ -108,13 +122,14 @@ def main():
   starts = {"learned": jax.tree.map(lambda x: np.broadcast_to(x, (a.crops, *x.shape)), learned),
             "random": jax.tree.map(lambda *xs: np.stack(xs), *randoms)}
   per_layer = lambda lr: [lr / 2**m for m, _ in dims]  # noqa: E731
+  sgd, adam = optax.sgd(1.0), optax.adam(1.0)
   fits = {}
   for name, start in starts.items():
-    fits[("sgd", name)] = _fit_segments(start, targets, coords, method, optax.sgd(1.0),
+    fits[("sgd", name)] = _fit_segments(start, targets, coords, method, sgd,
                                         per_layer(mc.inner_lr), CHECKPOINTS)
   sweep = {}
   for lr in (float(x) for x in a.adam_lrs.split(",")):
-    f = _fit_segments(starts["random"], targets, coords, method, optax.adam(1.0), per_layer(lr),
+    f = _fit_segments(starts["random"], targets, coords, method, adam, per_layer(lr),
                       CHECKPOINTS)
     sweep[lr] = f
     print(f"adam lr {lr:g} / 2^m, random start: {np.nanmean(f[CHECKPOINTS[-1]][1]):.2f} dB "
@@ -124,7 +139,7 @@ def main():
   adam_lr = max(sweep, key=lambda lr: np.mean(final[lr]) if np.all(np.isfinite(final[lr])) else -np.inf)
   fits[("adam", "random")] = sweep[adam_lr]
   fits[("adam", "learned")] = _fit_segments(starts["learned"], targets, coords, method,
-                                            optax.adam(1.0), per_layer(adam_lr), CHECKPOINTS)
+                                            adam, per_layer(adam_lr), CHECKPOINTS)
   # Mean over crops; a diverged fit (NaN) is left out of the mean and counted beside it.
   curves = {f"{opt}/{name}": {k: float(np.nanmean(f[k][1])) for k in CHECKPOINTS}
             for (opt, name), f in fits.items()}

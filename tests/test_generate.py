@@ -103,3 +103,24 @@ def test_gmm_prior_samples_follow_the_latents():
   g = evaluation.sample_latents(priors, "gaussian", 5000, 2, seed=1)
   assert np.sqrt(np.mean(g**2)) == pytest.approx(np.sqrt(np.mean(latents**2)), rel=0.05)
   assert float(evaluation.fit_priors(latents, 2, 0, gaussian_scale=1.0)["gaussian_scale"]) == 1.0
+
+
+def test_warm_up_compiles_what_evaluation_then_renders():
+  # The loop's warm-up thread compiles the renderer on a copy of the model; evaluation,
+  # given the trained model placed as it places it, must find that compilation (a
+  # different specialisation, e.g. another placement, would compile a second one).
+  from dfm_flax import sharding, train
+  c = small_config()
+  task = generate.Task(c)
+  model, optimizer = train.build(c, task)
+  train.place_on_mesh(c, model, optimizer)
+  evaluation._jitted.cache_clear()
+  train._warm_up_evaluation(task, model).join()
+  renderer = evaluation._jitted(nnx.split(model)[0], "images")
+  assert renderer._cache_size() == 1
+  state = sharding.to_host(nnx.state(model))
+  nnx.update(model, jax.device_put(state, jax.local_devices()[0]))  # As train_and_evaluate.
+  images = evaluation.render_latents(model, np.zeros((3, c.model.latent_dim)), task.coords,
+                                     task.image_shape)
+  assert images.shape == (3, *task.image_shape)
+  assert renderer._cache_size() == 1

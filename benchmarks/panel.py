@@ -96,13 +96,16 @@ def plot(rows, path: str) -> None:
   import matplotlib.pyplot as plt
   keys = sorted({(r["image"], float(r["target_bpp"])) for r in rows})
   fig, ax = plt.subplots(figsize=(max(6, 0.75 * len(keys) + 2), 4))
+  labelled = set()  # Each kind in the legend once, at its first bar (not every key has one).
   for x, key in enumerate(keys):
     rs = [r for r in rows if (r["image"], float(r["target_bpp"])) == key]
     for name, col, dx in (("jpeg_psnr", "tab:orange", -0.2), ("webp_psnr", "tab:green", 0.2)):
       vals = [float(r[name]) for r in rs if r[name] != ""]
       if vals:
+        label = {"jpeg_psnr": "JPEG", "webp_psnr": "WebP"}[name]
         ax.bar(x + dx, sum(vals) / len(vals), 0.38, color=col, alpha=0.45,
-               label={"jpeg_psnr": "JPEG", "webp_psnr": "WebP"}[name] if x == 0 else None)
+               label=None if label in labelled else f"{label} at the same bytes")
+        labelled.add(label)
     for r in rs:
       bad = str(r["collapsed"]) == "True"
       ax.plot(x, float(r["psnr"]), "x" if bad else "o", color="tab:red" if bad else "tab:blue",

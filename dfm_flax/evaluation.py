@@ -117,15 +117,14 @@ def render_latents(model, z: np.ndarray, coords, image_shape) -> np.ndarray:
   return ((flat + 1) / 2).reshape((len(z), *image_shape)).clip(0, 1)
 
 
-def warm_up_generator(model, coords, latent_dim: int) -> None:
+def warm_up_generator(model, coords, image_shape, latent_dim: int) -> None:
   """What evaluate_generator needs before it can start, done ahead: import scikit-learn's
   GMM (~1.5 s on 2 cores) and compile the renderer its grids and samples call (~1 s, by
-  rendering one batch of zero latents). The train loop runs a task's warm_up in a thread
-  while training runs, on a copy of the model placed as evaluation will place it (same
-  structure, shapes and device: the same compilation)."""
+  rendering one batch of zero latents through render_latents itself). The train loop runs
+  a task's warm_up in a thread while training runs, on a copy of the model placed as
+  evaluation will place it (same structure, shapes and device: the same compilation)."""
   import sklearn.mixture  # noqa: F401
-  in_batches(compiled(model, "images", coords), np.zeros((RENDER_BATCH, latent_dim), np.float32),
-             RENDER_BATCH)
+  render_latents(model, np.zeros((RENDER_BATCH, latent_dim), np.float32), coords, image_shape)
 
 
 def training_latents(model, dataset_images: np.ndarray) -> np.ndarray:

@@ -71,7 +71,8 @@ class Task(TaskBase):
         "rec_mse": rec, "psnr": -10 * jnp.log10(rec / 4), "z_sq": reg}
 
   def warm_up(self, model) -> None:
-    evaluation.warm_up_generator(model, self.coords, self.config.model.latent_dim)
+    evaluation.warm_up_generator(model, self.coords, self.image_shape,
+                                 self.config.model.latent_dim)
 
   def evaluate(self, model, workdir: str) -> dict:
     return evaluation.evaluate_generator(model, self.dataset, self.coords, self.config, workdir)

@@ -53,6 +53,8 @@ class Task(TaskBase):
     self.config = config
     self.dataset = data.load(config.data)
     self.image_shape = self.dataset.images.shape[1:]
+    h, w, _ = self.image_shape
+    self.coords = jnp.asarray(images.pixel_grid(h, w))  # Where evaluation renders the images.
     self.batches = data.ImageBatches(self.dataset, config.train.batch_size, config.seed)
     self.key = jax.random.key(config.seed + 3)
 
@@ -77,14 +79,10 @@ class Task(TaskBase):
     mse = jnp.mean((jax.nn.sigmoid(model.logits(mean)) - x) ** 2)
     return rec + kl, {"rec_nll": rec, "kl": kl, "psnr": -10 * jnp.log10(mse)}
 
-  def coords(self) -> jax.Array:
-    h, w, _ = self.image_shape
-    return jnp.asarray(images.pixel_grid(h, w))
-
   def warm_up(self, model) -> None:
-    evaluation.warm_up_generator(model, self.coords(), self.config.model.latent_dim)
+    evaluation.warm_up_generator(model, self.coords, self.image_shape,
+                                 self.config.model.latent_dim)
 
   def evaluate(self, model, workdir: str) -> dict:
-    coords = self.coords()
-    return evaluation.evaluate_generator(model, self.dataset, coords, self.config, workdir,
+    return evaluation.evaluate_generator(model, self.dataset, self.coords, self.config, workdir,
                                          gaussian_scale=1.0)

@@ -23,6 +23,7 @@ whose digest differs. Files without a start are version 1, byte for byte as befo
 """
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
 
@@ -56,7 +57,6 @@ def header_bytes(depth: int, with_start: bool = False) -> int:
 
 def start_digest(params, channels: int) -> bytes:
   """The content hash that names a start: its net shape and float32 weights."""
-  import hashlib
   h = hashlib.blake2b(digest_size=DIGEST_BYTES)
   h.update(struct.pack("<BB", len(params), channels))
   for a, _ in params:  # Every layer's shape (2^m, n), then the weights.
@@ -191,9 +191,10 @@ def _add_start(layers, start, header: dict, channels: int) -> list[np.ndarray]:
     raise UserError(f"this .dfm file stores the difference from a start (digest "
                     f"{header['start']}); decode it with --init RUN, the run it was coded from")
   _check_start(start, header["net_width"], header["net_depth"], channels)
-  if start_digest(start, channels).hex() != header["start"]:
+  given = start_digest(start, channels).hex()
+  if given != header["start"]:
     raise UserError(f"--init is not the start this file was coded from (the file names "
-                    f"{header['start']}, the start given is {start_digest(start, channels).hex()})")
+                    f"{header['start']}, the start given is {given})")
   return [x + x0 for x, x0 in zip(layers, _flat_layers(start))]
 
 

@@ -14,6 +14,7 @@ DIR/stability.csv (image, width, depth, lr, seed, psnr, best_logged_psnr, collap
 and DIR/stability.png (final PSNR per lr and size, collapses marked).
 """
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -43,27 +44,29 @@ def run_cell(out, image, w, d, lr, seed, stop_at, overrides):
 
 
 def row(out, image, w, d, lr, seed):
-  from dfm_flax import logs
+  from dfm_flax import guard, logs
   wd = cell_dir(out, image, w, d, lr, seed)
   m = logs.read_json(os.path.join(wd, "metrics.json"))
   if not m:
     return None
   logged = [r["psnr"] for r in logs.read_history(wd) if r.get("psnr") is not None]
   flat = flat_psnr(out, image)
-  # Collapsed: the guard said so, or, by the guard's own rule, a fit that had got 3 dB
-  # past the flat mean-colour image ended having lost more than half of that gain (cells
-  # run before the guard judged a run's last step could end inside a collapse that had
-  # begun fewer than `patience` log steps before, unreported).
-  gain = max(logged) - flat
-  fell = gain >= 3 and m["psnr"] - flat < gain / 2
+  # Collapsed: the guard said so, or the final PSNR fails the guard's own health test
+  # against the best logged one (cells run before the guard judged a run's last step
+  # could end inside a collapse that had begun fewer than `patience` log steps before,
+  # unreported). The test's rules are ratios of MSEs, so PSNRs convert directly.
+  judge = guard.DivergenceGuard(guard.defaults(), reference_loss=10 ** (-flat / 10))
+  judge.state.best = 10 ** (-max(logged) / 10)
+  fell = not judge.healthy(10 ** (-m["psnr"] / 10))
   return {"image": image, "width": w, "depth": d, "lr": lr, "seed": seed,
           "psnr": round(m["psnr"], 2), "best_logged_psnr": round(max(logged), 2),
           "flat_psnr": round(flat, 2), "collapsed": bool(m.get("collapsed")) or fell,
           "seconds": m["seconds"]}
 
 
+@functools.lru_cache(maxsize=None)
 def flat_psnr(out, image) -> float:
-  """PSNR of the image's mean colour: what a collapsed net draws."""
+  """PSNR of the image's mean colour: what a collapsed net draws (once per image)."""
   import numpy as np
 
   from dfm_flax import images, photos

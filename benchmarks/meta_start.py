@@ -24,13 +24,12 @@ CHECKPOINTS = (0, 1, 3, 10, 100, 1000)
 CODED_AT = (10, 100, 1000)
 
 
-def _fit_segments(starts, targets, coords, method, tx, lrs, checkpoints):
+def _fit_segments(runner, starts, targets, lrs, checkpoints):
   """Params (leading crop axis) after each checkpoint's number of steps, and the PSNR
-  there; every crop fitted independently (vmapped). The step count and the per-layer lrs
-  are arguments of one compiled loop (not constants), so each optimiser compiles once."""
+  there; every crop fitted independently (vmapped) by `runner` (see `_runner`)."""
   import jax
   import jax.numpy as jnp
-  run, psnr = _compiled(tx, coords, method)
+  tx, run, psnr = runner
   lrs = jnp.asarray(lrs, jnp.float32)
   params, state, done, out = starts, jax.vmap(tx.init)(starts), 0, {}
   for k in checkpoints:
@@ -41,47 +40,35 @@ def _fit_segments(starts, targets, coords, method, tx, lrs, checkpoints):
   return out
 
 
-_COMPILED = {}
-
-
-def _compiled(tx, coords, method):
-  """(run, psnr) jitted for one optimiser: run(params, state, targets, lrs, n) takes n
-  steps of every crop's fit."""
+def _runner(tx, coords, method):
+  """(tx, run, psnr) for one optimiser: run(params, state, targets, lrs, n) takes n steps
+  of every crop's fit, per layer lr lrs[l] times tx's update. The step count and the lrs
+  are arguments, not constants, so each optimiser compiles once whatever the lr sweep."""
   import jax
-  import jax.numpy as jnp
   import optax
 
-  from dfm_flax import fourier
-  key = (id(tx), method)
-  if key in _COMPILED:
-    return _COMPILED[key]
-
-  def mse(p, t):
-    return jnp.mean((fourier.net_apply(p, coords, method) - t) ** 2)
+  from dfm_flax.tasks import meta
 
   def advance(p, s, t, lrs, n):
     def step(_, carry):
       p, s = carry
-      u, s = tx.update(jax.grad(mse)(p, t), s, p)
+      u, s = tx.update(jax.grad(meta.mse)(p, coords, t, method), s, p)
       u = [(ua * lrs[i], ub * lrs[i]) for i, (ua, ub) in enumerate(u)]
       return optax.apply_updates(p, u), s
     return jax.lax.fori_loop(0, n, step, (p, s))
 
-  _COMPILED[key] = (jax.jit(jax.vmap(advance, in_axes=(0, 0, 0, None, None))),
-                    jax.jit(jax.vmap(lambda p, t: 10 * jnp.log10(4.0 / mse(p, t)))))
-  return _COMPILED[key]
+  return (tx, jax.jit(jax.vmap(advance, in_axes=(0, 0, 0, None, None))),
+          jax.jit(jax.vmap(lambda p, t: meta.psnr(meta.mse(p, coords, t, method)))))
 
 
 def _coded_psnr(params, target, coords, net, shape, bits, start):
   """(bytes, PSNR) of the file at `bits`; net is the model config (width, depth, method)."""
-  import numpy as np
-
-  from dfm_flax import codec, fourier
+  from dfm_flax import codec
+  from dfm_flax.tasks import meta
   data = codec.encode(params, shape, net.width, net.depth, tuple(net.coord_range), net.method,
                       bits, "ans", start)
   _, back = codec.decode(data, start)
-  pred = np.asarray(fourier.net_apply(back, coords, net.method))
-  return len(data), float(10 * np.log10(4.0 / np.mean((pred - target) ** 2)))
+  return len(data), float(meta.psnr(meta.mse(back, coords, target, net.method)))
 
 
 def _bytes_at(params, target, coords, net, shape, goal, start):
@@ -122,15 +109,13 @@ def main():
   starts = {"learned": jax.tree.map(lambda x: np.broadcast_to(x, (a.crops, *x.shape)), learned),
             "random": jax.tree.map(lambda *xs: np.stack(xs), *randoms)}
   per_layer = lambda lr: [lr / 2**m for m, _ in dims]  # noqa: E731
-  sgd, adam = optax.sgd(1.0), optax.adam(1.0)
+  sgd, adam = _runner(optax.sgd(1.0), coords, method), _runner(optax.adam(1.0), coords, method)
   fits = {}
   for name, start in starts.items():
-    fits[("sgd", name)] = _fit_segments(start, targets, coords, method, sgd,
-                                        per_layer(mc.inner_lr), CHECKPOINTS)
+    fits[("sgd", name)] = _fit_segments(sgd, start, targets, per_layer(mc.inner_lr), CHECKPOINTS)
   sweep = {}
   for lr in (float(x) for x in a.adam_lrs.split(",")):
-    f = _fit_segments(starts["random"], targets, coords, method, adam, per_layer(lr),
-                      CHECKPOINTS)
+    f = _fit_segments(adam, starts["random"], targets, per_layer(lr), CHECKPOINTS)
     sweep[lr] = f
     print(f"adam lr {lr:g} / 2^m, random start: {np.nanmean(f[CHECKPOINTS[-1]][1]):.2f} dB "
           f"after {CHECKPOINTS[-1]} steps", flush=True)
@@ -138,8 +123,8 @@ def main():
   # The best lr among those where no random-start fit diverged.
   adam_lr = max(sweep, key=lambda lr: np.mean(final[lr]) if np.all(np.isfinite(final[lr])) else -np.inf)
   fits[("adam", "random")] = sweep[adam_lr]
-  fits[("adam", "learned")] = _fit_segments(starts["learned"], targets, coords, method,
-                                            adam, per_layer(adam_lr), CHECKPOINTS)
+  fits[("adam", "learned")] = _fit_segments(adam, starts["learned"], targets, per_layer(adam_lr),
+                                            CHECKPOINTS)
   # Mean over crops; a diverged fit (NaN) is left out of the mean and counted beside it.
   curves = {f"{opt}/{name}": {k: float(np.nanmean(f[k][1])) for k in CHECKPOINTS}
             for (opt, name), f in fits.items()}

@@ -39,19 +39,19 @@ def crops(names: list[str], size: int, count: int, seed: int) -> np.ndarray:
   return pixels.reshape(count, size * size, 3).astype(np.float32) / 127.5 - 1
 
 
-def _psnr(mse):
+def psnr(mse):
   """MSE of [-1, 1] pixels -> PSNR of the [0, 1] image."""
   return 10 * jnp.log10(4.0 / mse)
 
 
-def _mse(params, coords, target, method):
+def mse(params, coords, target, method):
   return jnp.mean((fourier.net_apply(params, coords, method) - target) ** 2)
 
 
 def adapt(params, coords, target, steps: int, lrs, method: str, first_order: bool):
   """`steps` (>= 1) steps of per-layer gradient descent from params on one crop; returns
   the adapted params and the loss at params (the first step computes it anyway)."""
-  value_and_grad = jax.value_and_grad(_mse)
+  value_and_grad = jax.value_and_grad(mse)
   losses = []
   for _ in range(steps):
     loss, g = value_and_grad(params, coords, target, method)
@@ -103,7 +103,7 @@ class Task(TaskBase):
 
   def _after(self, phis, targets):
     method = self.config.model.method
-    return jax.vmap(lambda p, t: _mse(p, self.coords, t, method))(phis, targets)
+    return jax.vmap(lambda p, t: mse(p, self.coords, t, method))(phis, targets)
 
   def loss(self, model, batch):
     theta = model.params_list()
@@ -117,7 +117,7 @@ class Task(TaskBase):
       loss = sum(0.5 * jnp.sum((w - jax.lax.stop_gradient(m)) ** 2)
                  for (a, b), (ma, mb) in zip(theta, mean_phi) for w, m in ((a, ma), (b, mb)))
     return loss, {"mse_before": jnp.mean(before), "mse_after": jnp.mean(after),
-                  "psnr_after": jnp.mean(_psnr(after))}
+                  "psnr_after": jnp.mean(psnr(after))}
 
   def evaluate(self, model, workdir: str) -> dict:
     """PSNR on held-out crops after 0 and inner_steps steps, learned vs random start."""
@@ -127,9 +127,9 @@ class Task(TaskBase):
                "inner_steps": mc.inner_steps}
     for name, net in (("learned", model), ("random", random_net)):
       phis, before = self._adapt_all(net.params_list(), self.held_out)
-      metrics[f"psnr_{name}_0_steps"] = float(jnp.mean(_psnr(before)))
+      metrics[f"psnr_{name}_0_steps"] = float(jnp.mean(psnr(before)))
       metrics[f"psnr_{name}_{mc.inner_steps}_steps"] = float(
-          jnp.mean(_psnr(self._after(phis, self.held_out))))
+          jnp.mean(psnr(self._after(phis, self.held_out))))
     print(f"held-out crops, PSNR after {mc.inner_steps} steps: learned start "
           f"{metrics[f'psnr_learned_{mc.inner_steps}_steps']:.2f} dB, random start "
           f"{metrics[f'psnr_random_{mc.inner_steps}_steps']:.2f} dB", flush=True)

@@ -1,0 +1,49 @@
+"""What a fitted Fourier net does inside: the scale of each layer's hidden values.
+
+A collapse (README, "Fits that never collapse") is visible here before and after it
+shows in the loss: hidden values grow until they vary by whole periods across a few
+pixels, the next layer's cos/sin features become noise over the image, and the net can
+only draw the mean colour. `layer_scales` measures, per layer:
+
+  std        spread of the layer's outputs over the image;
+  max_abs    largest output;
+  per_pixel  RMS change of the outputs from one pixel to the next (Jacobian of the
+             outputs with respect to the coordinates, times the pixel pitch); a layer
+             whose features are to mean anything needs this well under 1 (a period);
+  weight_norm  Euclidean norm of the layer's (a, b).
+
+`python -m benchmarks.hidden_scale WORKDIR ...` prints them for finished runs.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dfm_flax import fourier
+
+
+def hidden_values(params, coords: jax.Array, method: str = "auto") -> list[jax.Array]:
+  """Each layer's output at coords (the last layer's before the tanh)."""
+  out, h = [], coords
+  for a, b in params:
+    h = fourier.layer_apply(h, a, b, method)
+    out.append(h)
+  return out
+
+
+def layer_scales(params, coords: jax.Array, pixel_pitch: tuple[float, float],
+                 jacobian_points: int = 256, method: str = "auto") -> list[dict]:
+  """Per layer: std, max_abs, per_pixel and weight_norm (module docstring).
+
+  pixel_pitch: the coordinate distance between neighbouring pixels along x1 (columns) and
+  x2 (rows). The Jacobian is taken at `jacobian_points` of the coords, evenly spread.
+  """
+  pitch = jnp.asarray(pixel_pitch, coords.dtype)
+  hidden = hidden_values(params, coords, method)
+  step = max(1, len(coords) // jacobian_points)
+  jac = jax.vmap(jax.jacfwd(lambda xy: hidden_values(params, xy, method)))(coords[::step])
+  return [{"std": float(jnp.std(h)), "max_abs": float(jnp.max(jnp.abs(h))),
+           "per_pixel": float(jnp.sqrt(jnp.mean((j * pitch) ** 2))),
+           "weight_norm": float(np.sqrt(np.sum(np.square(a)) + np.sum(np.square(b))))}
+          for h, j, (a, b) in zip(hidden, jac, params)]

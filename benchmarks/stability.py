@@ -37,6 +37,7 @@ def run_cell(out, image, w, d, lr, seed, stop_at, overrides):
   c.train.stop_at, c.train.quiet, c.wandb.mode = stop_at, True, "disabled"
   c.train.checkpoint_every = stop_at
   c.guard.mode = "detect"
+  c.optim.depth_ref = 0  # The map's lr is the peak every net gets, whatever its depth.
   for key, value in overrides.items():
     section, name = key.split(".")
     c[section][name] = type(c[section][name])(value)

@@ -11,9 +11,11 @@ from dfm_flax.train import make_train_step
 from experiments.compress import get_config
 
 
-def test_scale_by_terms_gives_each_layer_lr_over_2_to_the_m():
+@pytest.mark.parametrize("depth_ref, factor", [(0, 1.0), (6, 1.0), (3, 0.75)])
+def test_scale_by_terms_gives_each_layer_lr_over_2_to_the_m(depth_ref, factor):
   config = get_config("smoke")  # width 4, depth 4: layers have 4, 16, 16, 16 terms.
   config.optim.scale_by_terms = True
+  config.optim.depth_ref = depth_ref  # Depth 4 > 3: every layer at 3/4 of its lr.
   config.optim.lr = 0.08
   config.model.init = "fan_in"
   config.model.init_variance = 0.1
@@ -26,7 +28,7 @@ def test_scale_by_terms_gives_each_layer_lr_over_2_to_the_m():
   # Adam's first step moves each coefficient by lr * g / |g| = lr (where g != 0).
   for (m, _), old, (new, _) in zip(fourier.layer_dims(4, 4, 3), before, model.params_list()):
     step = np.abs(np.asarray(new) - old)
-    assert np.median(step) == pytest.approx(0.08 / 2**m, rel=1e-2)
+    assert np.median(step) == pytest.approx(factor * 0.08 / 2**m, rel=1e-2)
 
 
 def test_fan_in_init_variances():

@@ -122,15 +122,22 @@ class Task(TaskBase):
     width-8 net when it is right for the middle ones (256 terms), and too fast for
     the middle ones when right for the first. Scaling by 1/2^m equalises the
     step each layer takes in function space.
+
+    With optim.depth_ref > 0, a net deeper than depth_ref also learns at
+    depth_ref / depth of that: each layer's step moves the output, so a net's step in
+    function space grows with its depth, and deep nets collapsed where shallower ones
+    did not (README, "Fits that never collapse").
     """
     if (not self.config.optim.get("scale_by_terms", False)
         or self.config.model.get("kind", "fourier") != "fourier"):
       return None
-    dims = fourier.layer_dims(self.config.model.width, self.config.model.depth, self.channels)
+    depth, ref = self.config.model.depth, self.config.optim.get("depth_ref", 0)
+    dims = fourier.layer_dims(self.config.model.width, depth, self.channels)
+    deep = min(1.0, ref / depth) if ref > 0 else 1.0
 
     def multiplier(path):
       layer = next(int(k.key) for k in path if isinstance(getattr(k, "key", None), int))
-      return 1.0 / 2**dims[layer][0]
+      return deep / 2**dims[layer][0]
     return multiplier
 
   def reference_loss(self) -> float:

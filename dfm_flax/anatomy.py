@@ -23,26 +23,20 @@ import numpy as np
 from dfm_flax import fourier
 
 
-def hidden_values(params, coords: jax.Array, method: str = "auto") -> list[jax.Array]:
-  """Each layer's output at coords (the last layer's before the tanh)."""
-  out, h = [], coords
-  for a, b in params:
-    h = fourier.layer_apply(h, a, b, method)
-    out.append(h)
-  return out
-
-
 def layer_scales(params, coords: jax.Array, pixel_pitch: tuple[float, float],
-                 jacobian_points: int = 256, method: str = "auto") -> list[dict]:
+                 points: int = 2**16, jacobian_points: int = 256,
+                 method: str = "auto") -> list[dict]:
   """Per layer: std, max_abs, per_pixel and weight_norm (module docstring).
 
   pixel_pitch: the coordinate distance between neighbouring pixels along x1 (columns) and
-  x2 (rows). The Jacobian is taken at `jacobian_points` of the coords, evenly spread.
+  x2 (rows). std and max_abs are taken over `points` of the coords and the Jacobian at
+  `jacobian_points`, each evenly spread: all the pixels of a large photograph at once
+  would not fit in memory (a layer's product form holds 2^(m/2) x n values per pixel).
   """
   pitch = jnp.asarray(pixel_pitch, coords.dtype)
-  hidden = hidden_values(params, coords, method)
-  step = max(1, len(coords) // jacobian_points)
-  jac = jax.vmap(jax.jacfwd(lambda xy: hidden_values(params, xy, method)))(coords[::step])
+  hidden = fourier.hidden_values(params, coords[::max(1, len(coords) // points)], method)
+  jac = jax.vmap(jax.jacfwd(lambda xy: fourier.hidden_values(params, xy, method)))(
+      coords[::max(1, len(coords) // jacobian_points)])
   return [{"std": float(jnp.std(h)), "max_abs": float(jnp.max(jnp.abs(h))),
            "per_pixel": float(jnp.sqrt(jnp.mean((j * pitch) ** 2))),
            "weight_norm": float(np.sqrt(np.sum(np.square(a)) + np.sum(np.square(b))))}

@@ -190,13 +190,21 @@ def flatten(params: Sequence[tuple[jax.Array, jax.Array]]) -> jax.Array:
   return jnp.concatenate([jnp.concatenate([a.ravel(), b.ravel()]) for a, b in params])
 
 
+def hidden_values(params: Sequence[tuple[jax.Array, jax.Array]], coords: jax.Array,
+                  method: str = "auto") -> list[jax.Array]:
+  """Each layer's output at coords, the layers composed (the last before the tanh). The
+  list costs nothing in net_apply, which keeps only the last: XLA keeps no unused output."""
+  out, h = [], coords
+  for a, b in params:
+    h = layer_apply(h, a, b, method)
+    out.append(h)
+  return out
+
+
 def net_apply(params: Sequence[tuple[jax.Array, jax.Array]], coords: jax.Array,
               method: str = "auto") -> jax.Array:
   """The Fourier Net: layers composed, tanh on the output. coords: (..., 2)."""
-  h = coords
-  for a, b in params:
-    h = layer_apply(h, a, b, method)
-  return jnp.tanh(h)
+  return jnp.tanh(hidden_values(params, coords, method)[-1])
 
 
 def render(weights: jax.Array, coords: jax.Array, width: int, depth: int, channels: int,

@@ -21,7 +21,8 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Wraps tasks.make so that the run's own call of task.evaluate is timed; both trees'
-# train loops call tasks.make(config) and then task.evaluate(model, workdir).
+# train loops call tasks.make(config) and then task.evaluate(model, workdir). It loads the
+# config file itself, not with files.load_config, which older baselines do not have.
 _WORKER = """
 import importlib.util, json, sys, time
 from dfm_flax import tasks, train

@@ -17,7 +17,6 @@ is the smallest file of each kind that decodes within 0.1 dB of the uncoded fit.
 Writes OUT/meta_start.json, OUT/meta_start.md and OUT/meta_start.png and prints the table.
 """
 import argparse
-import json
 import os
 
 CHECKPOINTS = (0, 1, 3, 10, 100, 1000)
@@ -92,7 +91,7 @@ def main():
   import optax
   from flax import nnx
 
-  from dfm_flax import encoding, fourier, images
+  from dfm_flax import encoding, files, fourier, images, logs
   from dfm_flax.restore import saved_config
   from dfm_flax.tasks import compress, meta
 
@@ -153,11 +152,9 @@ def main():
             "net": f"{model_cfg.width}x{model_cfg.depth}", "sgd_lr": mc.inner_lr,
             "adam_lr": adam_lr, "psnr": curves, "diverged": diverged, "coding": coding}
   os.makedirs(a.out, exist_ok=True)
-  with open(os.path.join(a.out, "meta_start.json"), "w") as f:
-    json.dump(report, f, indent=1)
+  logs.write_json(os.path.join(a.out, "meta_start.json"), report)
   text = _table(report)
-  with open(os.path.join(a.out, "meta_start.md"), "w") as f:
-    f.write(text)
+  files.write_bytes(os.path.join(a.out, "meta_start.md"), text.encode())
   _plot(report, os.path.join(a.out, "meta_start.png"))
   print(text)
 

@@ -3,6 +3,8 @@
   python -m benchmarks.stability --out runs/stability --images cat,clock,gravel \
       --sizes 6x6,7x6,7x8,8x6,8x8,6x10 --lrs 0.05,0.1,0.2 [--stop_at 1300] [--shard 0/2]
   python -m benchmarks.stability --out runs/stability --report   # table + figure only
+  python -m benchmarks.stability --out runs/stab_b1_0.95 --set optim.b1=0.95 \
+      --against runs/stab2 --labels "b1 0.9,b1 0.95" ...   # the same cells under two recipes
 
 Each cell is one `compress.py:best` fit (per-layer lr = optim.lr / 2^m, warm-up 1,000
 steps then cosine over 10,000) with the divergence guard in `detect` mode, so it never
@@ -11,7 +13,9 @@ warm-up, peak and 300 steps past it, where the collapses happen; the schedule is
 full run's). Cells run one after another, skipping finished ones (rerun to resume);
 --shard i/n runs every n-th cell, for n processes side by side. Writes
 DIR/stability.csv (image, width, depth, lr, seed, psnr, best_logged_psnr, collapsed)
-and DIR/stability.png (final PSNR per lr and size, collapses marked).
+and DIR/stability.png (final PSNR per lr and size, collapses marked). With --against
+BASE (a directory of the same cells run under another recipe): DIR/compare.csv and
+DIR/compare.png, each cell's PSNR under both recipes side by side.
 """
 import argparse
 import functools
@@ -103,6 +107,53 @@ def plot(rows, path):
   plt.close(fig)
 
 
+def plot_against(pairs, labels, path):
+  """Each cell's PSNR under the base recipe and this one, side by side; red x: collapsed."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(pairs) + 2), 4.2))
+  marked = False
+  for i, pair in enumerate(pairs):
+    ax.plot([i - 0.15, i + 0.15], [pair[0]["psnr"], pair[1]["psnr"]], "-", color="0.7", zorder=1)
+    for j, (r, colour) in enumerate(zip(pair, ("tab:gray", "tab:blue"))):
+      x = i - 0.15 + 0.3 * j
+      ax.plot(x, r["psnr"], "o", color=colour, ms=6, label=labels[j] if i == 0 else None)
+      if r["collapsed"]:
+        ax.plot(x, r["psnr"], "x", ms=12, mew=2.5, color="tab:red",
+                label=None if marked else "collapsed")
+        marked = True
+  ax.set_xticks(range(len(pairs)))
+  ax.set_xticklabels([f"{p[0]['image']} {p[0]['width']}x{p[0]['depth']}\nlr {p[0]['lr']:g} s{p[0]['seed']}"
+                      for p in pairs], rotation=60, ha="right", fontsize=8)
+  ax.set_ylabel("PSNR after warm-up + peak (dB)")
+  ax.grid(alpha=0.3, axis="y")
+  ax.legend(fontsize=8)
+  ax.set_title(f"The same cells, {labels[0]} (grey) and {labels[1]} (blue)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_against(out, base, labels, cells):
+  """compare.csv and compare.png for the cells done under both recipes."""
+  from dfm_flax import files
+  pairs = []
+  for im, (w, d), lr, s in cells:
+    mine, theirs = row(out, im, w, d, lr, s), row(base, im, w, d, lr, s)
+    if mine and theirs:
+      pairs.append((theirs, mine))
+  fields = ["image", "width", "depth", "lr", "seed"] + [
+      f"{k} ({label})" for label in labels for k in ("psnr", "collapsed")]
+  files.write_csv(os.path.join(out, "compare.csv"), fields, [
+      {**{k: a[k] for k in fields[:5]},
+       **{f"{k} ({label})": r[k] for label, r in zip(labels, (a, b)) for k in ("psnr", "collapsed")}}
+      for a, b in pairs])
+  if pairs:
+    plot_against(pairs, labels, os.path.join(out, "compare.png"))
+  return pairs
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", required=True)
@@ -114,6 +165,8 @@ def main():
   p.add_argument("--shard", default="0/1")
   p.add_argument("--set", action="append", default=[], help="KEY=VALUE config override")
   p.add_argument("--report", action="store_true", help="only write the table and figure")
+  p.add_argument("--against", default="", help="a directory of the same cells under another recipe")
+  p.add_argument("--labels", default="base,this", help="names of the two recipes for --against")
   a = p.parse_args()
   sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",")]
   cells = list(itertools.product(a.images.split(","), sizes, [float(x) for x in a.lrs.split(",")],
@@ -131,8 +184,12 @@ def main():
   files.write_csv(os.path.join(a.out, "stability.csv"), FIELDS, rows)
   if rows:
     plot(rows, os.path.join(a.out, "stability.png"))
-  print(json.dumps({"cells": len(cells), "done": len(rows),
-                    "collapsed": sum(r["collapsed"] for r in rows)}))
+  summary = {"cells": len(cells), "done": len(rows), "collapsed": sum(r["collapsed"] for r in rows)}
+  if a.against:
+    pairs = write_against(a.out, a.against, a.labels.split(","), cells)
+    summary.update(paired=len(pairs), collapsed_base=sum(p[0]["collapsed"] for p in pairs),
+                   collapsed_this=sum(p[1]["collapsed"] for p in pairs))
+  print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -136,9 +136,9 @@ CODING_GAIN_BITS = 1.4
 # a larger one at 8 bits in every comparison measured (README).
 BPP_BITS = 10
 # Net shapes the picker considers. Depth 4-7 only: at peak lr 0.1 / 2^m a 6x11 net
-# collapsed three times in one full fit of coffee (each rescued by the guard); the only
-# other collapse on the panel was a 7x8 net's (moon), and none of depth <= 7 collapsed
-# (benchmarks/panel.py, README); depth 6 is where every earlier study was made. Within a size budget the picker spends it on
+# collapsed three times in one full fit of coffee (each rescued by the guard), and deeper
+# nets collapsed more often on the stability map and the panel (README, "Fits that never
+# collapse"); depth 6 is where every earlier study was made. Within a size budget the picker spends it on
 # width first (more terms per layer) as long as the depth stays at least MIN_DEPTH; the
 # bit depth (encode_to_bpp) fills the gaps between sizes.
 WIDTHS, DEPTHS, MIN_DEPTH = range(3, 11), range(4, 8), 5

@@ -147,7 +147,7 @@ def best(c: ml_collections.ConfigDict) -> None:
   #    lr): 38 / lr at 0.9, 78 / lr at 0.95 (Cohen et al. 2022, "Adaptive gradient methods at
   #    the edge of stability"). The collapses at peak 0.1 were of that kind: a net whose loss
   #    rises within 25 steps while its hidden values are still healthy (README, "Fits that
-  #    never collapse"). At 0.1, 1 of 19 fits cut after the peak collapsed with 0.95 where
+  #    never collapse"). At 0.1, 1 of 22 fits cut after the peak collapsed with 0.95 where
   #    8 did with 0.9, and the four built-in photographs' full-length 7x6 fits were as good
   #    (+0.02 dB mean per file). The guard stays on: moon's 7x8 net still collapses.
   c.optim.b1 = 0.95

@@ -79,10 +79,15 @@ def flat_psnr(out, image) -> float:
   return images.psnr(img, np.broadcast_to(img.mean(axis=(0, 1)), img.shape))
 
 
-def plot(rows, path):
+def _pyplot():
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  return plt
+
+
+def plot(rows, path):
+  plt = _pyplot()
   images = sorted({r["image"] for r in rows})
   sizes = sorted({(r["width"], r["depth"]) for r in rows}, key=lambda s: (s[1], s[0]))
   fig, axes = plt.subplots(1, len(images), figsize=(4.2 * len(images), 3.6), squeeze=False)
@@ -109,9 +114,7 @@ def plot(rows, path):
 
 def plot_against(pairs, labels, path):
   """Each cell's PSNR under the base recipe and this one, side by side; red x: collapsed."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(pairs) + 2), 4.2))
   marked = False
   for i, pair in enumerate(pairs):
@@ -135,14 +138,17 @@ def plot_against(pairs, labels, path):
   plt.close(fig)
 
 
-def write_against(out, base, labels, cells):
-  """compare.csv and compare.png for the cells done under both recipes."""
+def done_rows(out, cells):
+  """The rows of the cells finished in `out`."""
+  return [r for r in (row(out, im, w, d, lr, s) for im, (w, d), lr, s in cells) if r]
+
+
+def write_against(out, base, labels, rows):
+  """compare.csv and compare.png for the cells of `rows` (done in out) also done in base."""
   from dfm_flax import files
-  pairs = []
-  for im, (w, d), lr, s in cells:
-    mine, theirs = row(out, im, w, d, lr, s), row(base, im, w, d, lr, s)
-    if mine and theirs:
-      pairs.append((theirs, mine))
+  pairs = [(theirs, mine) for mine in rows
+           if (theirs := row(base, mine["image"], mine["width"], mine["depth"], mine["lr"],
+                             mine["seed"]))]
   fields = ["image", "width", "depth", "lr", "seed"] + [
       f"{k} ({label})" for label in labels for k in ("psnr", "collapsed")]
   files.write_csv(os.path.join(out, "compare.csv"), fields, [
@@ -179,14 +185,14 @@ def main():
         m = run_cell(a.out, image, w, d, lr, seed, a.stop_at, overrides)
         print(f"{image} {w}x{d} lr {lr:g} seed {seed}: {m['psnr']:.2f} dB"
               f"{'  COLLAPSED' if m.get('collapsed') else ''}", flush=True)
-  rows = [r for r in (row(a.out, im, w, d, lr, s) for im, (w, d), lr, s in cells) if r]
+  rows = done_rows(a.out, cells)
   from dfm_flax import files
   files.write_csv(os.path.join(a.out, "stability.csv"), FIELDS, rows)
   if rows:
     plot(rows, os.path.join(a.out, "stability.png"))
   summary = {"cells": len(cells), "done": len(rows), "collapsed": sum(r["collapsed"] for r in rows)}
   if a.against:
-    pairs = write_against(a.out, a.against, a.labels.split(","), cells)
+    pairs = write_against(a.out, a.against, a.labels.split(","), rows)
     summary.update(paired=len(pairs), collapsed_base=sum(p[0]["collapsed"] for p in pairs),
                    collapsed_this=sum(p[1]["collapsed"] for p in pairs))
   print(json.dumps(summary))

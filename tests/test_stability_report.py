@@ -28,7 +28,7 @@ def test_against_pairs_the_same_cells_and_keeps_each_recipes_verdict(tmp_path):
   fake_cell(mine, "clock", 6, 6, 0.1, 0, [30.0, 35.0, 36.0])  # Not run under the base recipe.
   cells = [("clock", (7, 8), 0.1, 0), ("clock", (8, 7), 0.1, 0), ("clock", (6, 6), 0.1, 0)]
 
-  pairs = stability.write_against(mine, base, ["old", "new"], cells)
+  pairs = stability.write_against(mine, base, ["old", "new"], stability.done_rows(mine, cells))
 
   assert [(p[0]["width"], p[0]["depth"]) for p in pairs] == [(7, 8), (8, 7)]
   with open(os.path.join(mine, "compare.csv")) as f:

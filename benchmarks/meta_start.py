@@ -3,9 +3,10 @@ and the bytes that difference coding saves.
 
   python -m benchmarks.meta_start --start runs/meta --out runs/meta_start [--crops 16]
 
-The crops are `--crops` squares of the start's training size, cut from the photographs
-its run held out (`meta.held_out`, never drawn in its training), with a seed its own
-evaluation did not use. Each crop is fitted, all 1,024 pixels every step, from the learned
+The crops are `--crops` squares of the start's training size, cut from the images
+its run held out (`meta.held_out` photographs, or with `meta.source=data` the last
+`meta.held_out_last` images; never drawn in its training), with a seed its own
+evaluation did not use. Each crop is fitted, all its pixels every step, from the learned
 start and from a random start (the compress net's initialisation, one seed per crop) with
 two optimisers, both per layer lr / 2^m as the recipe:
   * sgd: plain gradient descent at the run's inner-loop step (what the start was learned for);
@@ -98,12 +99,13 @@ def main():
   cfg = saved_config(a.start)
   model_cfg, learned = encoding.load_start(a.start)
   mc = cfg.meta
-  targets = meta.crops([n for n in mc.held_out.split(",") if n], mc.crop, a.crops, cfg.seed + 2)
+  targets = meta.meta_crops(cfg, a.crops, cfg.seed + 2, held_out=True)
+  channels = targets.shape[-1]
   coords = jax.numpy.asarray(images.pixel_grid(mc.crop, mc.crop, tuple(model_cfg.coord_range)))
   method = model_cfg.method
-  dims = fourier.layer_dims(model_cfg.width, model_cfg.depth, 3)
+  dims = fourier.layer_dims(model_cfg.width, model_cfg.depth, channels)
   randoms = [[(np.asarray(x), np.asarray(y)) for x, y in
-              compress.one_net(model_cfg, 3, nnx.Rngs(10_000 + i)).net_params()]
+              compress.one_net(model_cfg, channels, nnx.Rngs(10_000 + i)).net_params()]
              for i in range(a.crops)]
   starts = {"learned": jax.tree.map(lambda x: np.broadcast_to(x, (a.crops, *x.shape)), learned),
             "random": jax.tree.map(lambda *xs: np.stack(xs), *randoms)}
@@ -129,7 +131,7 @@ def main():
             for (opt, name), f in fits.items()}
   diverged = {f"{opt}/{name}": int(np.sum(~np.isfinite(f[CHECKPOINTS[-1]][1])))
               for (opt, name), f in fits.items()}
-  shape = (mc.crop, mc.crop, 3)
+  shape = (mc.crop, mc.crop, channels)
   coding = {}
   for opt in ("sgd", "adam"):
     for k in CODED_AT:

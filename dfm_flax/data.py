@@ -120,14 +120,21 @@ def load_cifar_pickle(directory: str, split: str = "train") -> Dataset:
 
 
 # --- a folder of images -------------------------------------------------------
-def load_folder(directory: str) -> Dataset:
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def folder_images(directory: str) -> tuple[list[np.ndarray], list[str]]:
+  """Every image under directory (sorted paths, any sizes), float32 (H, W, C) in [0, 1]."""
   from dfm_flax.images import load_image
-  exts = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
   paths = sorted(p for p in glob.glob(os.path.join(directory, "**", "*"), recursive=True)
-                 if p.lower().endswith(exts))
+                 if p.lower().endswith(IMAGE_EXTENSIONS))
   if not paths:
-    raise UserError(f"no images ({', '.join(exts)}) in {directory}")
-  arrays = [load_image(p) for p in paths]
+    raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {directory}")
+  return [load_image(p) for p in paths], paths
+
+
+def load_folder(directory: str) -> Dataset:
+  arrays, paths = folder_images(directory)
   shapes = {a.shape for a in arrays}
   if len(shapes) > 1:
     sizes = sorted({f"{s[1]}x{s[0]}x{s[2]}" for s in shapes})
@@ -138,6 +145,16 @@ def load_folder(directory: str) -> Dataset:
   labels = np.array([classes.index(os.path.relpath(os.path.dirname(p), directory)) if has_classes
                      else -1 for p in paths], np.int64)
   return Dataset(np.stack(arrays), labels, f"{len(paths)} images from {directory}")
+
+
+def image_list(data_cfg) -> tuple[list[np.ndarray], str]:
+  """The images of config.data as a list (a folder's may differ in size), and a description."""
+  if data_cfg.source == "folder" and data_cfg.get("dir") and os.path.isdir(data_cfg.dir):
+    arrays, _ = folder_images(data_cfg.dir)
+    limit = data_cfg.get("limit", 0)
+    return (arrays[:limit] if limit else arrays), f"{len(arrays)} images from {data_cfg.dir}"
+  ds = load(data_cfg)
+  return list(ds.images), ds.description
 
 
 # --- npz ------------------------------------------------------------------------
@@ -170,13 +187,23 @@ def photo_crops(names, count: int, size: int, seed: int, stride: int = 1):
   pics = []
   for name in names:
     p = photos.pixels(name)
-    p = np.repeat(p[..., None], 3, -1) if p.ndim == 2 else p[..., :3]
-    if min(p.shape[:2]) < size * stride:
-      raise UserError(f"photograph {name} ({p.shape[0]}x{p.shape[1]}) is smaller than a "
-                      f"{size * stride}-pixel crop")
-    pics.append(p)
-  rng, span = np.random.default_rng(seed), size * stride
-  crops = np.empty((count, size, size, 3), np.uint8)
+    pics.append(np.repeat(p[..., None], 3, -1) if p.ndim == 2 else p[..., :3])
+  return random_crops(pics, count, size, seed, stride, names=names)
+
+
+def random_crops(pics, count: int, size: int, seed: int, stride: int = 1, names=None):
+  """count size x size crops of the (H, W, C) arrays `pics` (any dtype, kept), every
+  `stride`-th pixel of a random window: crop i comes from picture i mod len(pics), its
+  label. Deterministic in seed."""
+  span = size * stride
+  for i, p in enumerate(pics):
+    if min(p.shape[:2]) < span:
+      what = f"photograph {names[i]}" if names else f"image {i}"
+      raise UserError(f"{what} ({p.shape[0]}x{p.shape[1]}) is smaller than a {span}-pixel crop")
+  if len({p.shape[2] for p in pics}) > 1:
+    raise UserError("the images mix grey and colour; give them one channel count")
+  rng = np.random.default_rng(seed)
+  crops = np.empty((count, size, size, pics[0].shape[2]), pics[0].dtype)
   labels = np.arange(count) % len(pics)
   for i, label in enumerate(labels):
     img = pics[label]

@@ -7,10 +7,18 @@
       --config.init_from=runs/meta --config.model.width=6 --config.model.depth=5
 
 Crops of the built-in colour photographs train it; `meta.held_out` photographs are never
-drawn in training and score it. The net is the compress task's (init, coordinates,
+drawn in training and score it. Any other source the suite reads (a folder of photographs
+of any sizes, MNIST, CIFAR, TFDS, .npz) trains it with `--config.meta.source=data` and the
+`data` settings of the generation configs; the last `meta.held_out_last` images are then
+never drawn in training and score it:
+  python -m experiments.run --config experiments/meta.py --workdir runs/meta_folder \
+      --config.meta.source=data --config.data.source=folder --config.data.dir=PHOTOS
+  python -m experiments.run --config experiments/meta.py:mnist --workdir runs/meta_mnist The net is the compress task's (init, coordinates,
 method), so a compress run of the same width and depth can start from it.
 
-Variants: (none) Reptile (outer SGD 0.1), 5 inner steps, 32x32 crops, a 6x5 net; `maml`
+Variants: (none) Reptile (outer SGD 0.1), 5 inner steps, 32x32 crops, a 6x5 net; `mnist`
+the same on the 1,000 MNIST digits that ship with the project (28x28 grey, a 5x4 net, the
+last 100 held out; `--config.data.source=idx --config.data.dir=DIR` for all 70,000); `maml`
 second-order MAML through 3 inner steps (Adam 1e-4, not tuned); `smoke` a tiny run for tests (it checks the pipeline only).
 `python -m experiments.codec encode IMAGE --out F.dfm --init RUN` fits from the learned start
 and stores the difference from it; `python -m benchmarks.meta_start --start RUN --out DIR`
@@ -37,10 +45,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       "tasks_per_step": 8,      # crops adapted to per outer step
       "crop": 32,
       "pool": 4096,             # crops drawn once from meta.photos, sampled each step
+      "source": "photos",       # photos: the built-in ones below; data: config.data
       "photos": "astronaut,coffee_full,rocket,retina,hubble,ihc",
       "held_out": "chelsea,cat",  # never drawn in training; the evaluation's crops
+      "held_out_last": 64,      # source=data: the last images, never drawn in training
       "eval_crops": 64,
   })
+  c.data = common.bundled_mnist()  # read only with meta.source=data
   c.train = common.train(steps=3000, batch_size=8, log_every=50, checkpoint_every=500)
   # Reptile's outer step: theta moves 0.1 of the way to the crops' mean adapted weights
   # (SGD on its loss). Adam moved these tiny weights by its lr every step and did worse
@@ -57,6 +68,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.meta.inner_steps = 3
     c.optim = common.adam(1e-4, "constant")  # not tuned: worse than a random start so far
     c.optim.scale_by_terms = False
+  elif variant == "mnist":
+    c.meta.source = "data"
+    c.meta.crop = 28
+    c.meta.held_out_last = 100
+    c.model.width, c.model.depth = 5, 4
   elif variant == "smoke":
     c.meta.inner_steps = 2
     c.meta.tasks_per_step = 4
@@ -67,5 +83,5 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.train = common.train(steps=20, batch_size=4, log_every=5, checkpoint_every=10)
     c.wandb.mode = "disabled"
   elif variant:
-    raise ValueError(f"unknown variant {variant!r} of meta.py; use maml or smoke")
+    raise ValueError(f"unknown variant {variant!r} of meta.py; use mnist, maml or smoke")
   return c

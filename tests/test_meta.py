@@ -82,6 +82,48 @@ def test_held_out_photographs_must_not_be_trained_on():
     meta.Task(c)
 
 
+def _folder(tmp_path, sizes):
+  """Images of one flat grey level each (image i: level 40 * (i + 1)), of the given sizes,
+  named so that sorted order is creation order."""
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  for i, (h, w) in enumerate(sizes):
+    Image.fromarray(np.full((h, w, 3), 40 * (i + 1), np.uint8)).save(folder / f"im{i}.png")
+  return str(folder)
+
+
+def test_meta_from_a_folder_of_mixed_sizes_never_trains_on_its_held_out_images(tmp_path):
+  c = meta_config.get_config("smoke")
+  c.meta.source, c.meta.held_out_last = "data", 2
+  c.data.source, c.data.dir = "folder", _folder(tmp_path, [(20, 30), (40, 17), (16, 16),
+                                                           (33, 25), (18, 50)])
+  task = meta.Task(c)
+  level = lambda crops: set(np.round((np.asarray(crops) + 1) * 127.5).astype(int).ravel())  # noqa: E731
+  assert level(task.pool) == {40, 80, 120}  # every training image drawn, no held-out one
+  assert level(task.held_out) == {160, 200}
+  assert task.pool.shape == (c.meta.pool, 16 * 16, 3) and task.channels == 3
+  c.meta.held_out_last = 5
+  with pytest.raises(UserError, match="held_out_last=5 must be between 1 and 4"):
+    meta.Task(c)
+
+
+def test_meta_on_mnist_digits_learns_a_grey_net_and_holds_out_the_last_digits():
+  c = meta_config.get_config("mnist")
+  c.meta.pool, c.meta.eval_crops = 64, 16
+  task = meta.Task(c)
+  digits = data.load(c.data).images.reshape(1000, 28 * 28, 1) * 2 - 1
+  held = np.asarray(task.held_out)
+  # Crops of a digit's own size are the digits: each held-out crop is one of the last 100.
+  dist = lambda a, b: np.abs(a[:, None] - b[None]).max(axis=(2, 3))  # noqa: E731
+  assert np.all(dist(held, digits[-100:]).min(axis=1) < 1e-6)
+  assert np.all(dist(held, digits[:-100]).min(axis=1) > 1e-3)
+  assert np.all(dist(np.asarray(task.pool), digits[:-100]).min(axis=1) < 1e-6)
+  model = task.build_model(nnx.Rngs(0))
+  assert model(task.coords).shape == (28 * 28, 1)
+  loss, aux = task.loss(model, task.batch(0))
+  assert np.isfinite(float(loss)) and float(aux["mse_after"]) < float(aux["mse_before"])
+
+
 @pytest.mark.slow
 def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   wd, fit = str(tmp_path / "meta"), str(tmp_path / "fit")

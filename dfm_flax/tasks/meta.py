@@ -1,7 +1,7 @@
 """Meta-learning a starting point for Fourier nets (issue 13; first part).
 
 The model is one Fourier Net, the compress task's net. Each step draws `meta.tasks_per_step`
-square crops (colour photographs, `meta.crop` px) and adapts the net to each one with
+square crops (`meta.crop` px) of the training images and adapts the net to each one with
 `meta.inner_steps` steps of gradient descent on its pixels' MSE (per-layer step
 `meta.inner_lr / 2^m`, as `optim.scale_by_terms`), vmapped over the crops. The outer loss:
 
@@ -9,6 +9,15 @@ square crops (colour photographs, `meta.crop` px) and adapts the net to each one
            (`meta.first_order`: without the inner steps' second derivatives);
   reptile  0.5 ||theta - stop_gradient(phi)||^2 averaged over the crops, whose gradient is
            theta - mean(phi): Reptile's update, taken by the shared loop's optimizer.
+
+The images (`meta.source`):
+
+  photos   the built-in photographs `meta.photos` (colour; grey ones repeated), scored on
+           crops of the photographs `meta.held_out`, which training never draws;
+  data     any source the suite reads, as `config.data` (a folder of photographs of any
+           sizes, MNIST digits, CIFAR, TFDS, .npz): images larger than the crop are cut
+           into random crops; the last `meta.held_out_last` images are never drawn in
+           training and score it.
 
 Everything else is the shared loop's: checkpoints, resume, logging, the guard. The learned
 start is the checkpoint; `compress.py --config.init_from=RUN` starts a fit from it.
@@ -37,6 +46,43 @@ def crops(names: list[str], size: int, count: int, seed: int) -> np.ndarray:
   from dfm_flax import data
   pixels, _ = data.photo_crops(names, count, size, seed)
   return pixels.reshape(count, size * size, 3).astype(np.float32) / 127.5 - 1
+
+
+def source(meta_cfg) -> str:
+  """meta.source; runs saved before it existed read built-in photographs."""
+  return meta_cfg.get("source", "photos")
+
+
+def data_images(config) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """meta.source=data: config.data's images, split into (training, held out), with one
+  channel count (grey repeated when grey and colour mix)."""
+  from dfm_flax import data
+  pics, description = data.image_list(config.data)
+  if len({p.shape[2] for p in pics}) > 1:
+    pics = [np.repeat(p, 3, -1) if p.shape[2] == 1 else p for p in pics]
+  k = config.meta.held_out_last
+  if not 0 < k < len(pics):
+    raise UserError(f"meta.held_out_last={k} must be between 1 and {len(pics) - 1}: "
+                    f"{description} has {len(pics)} images")
+  return pics[:-k], pics[-k:]
+
+
+def _flat(pixels: np.ndarray) -> np.ndarray:
+  """(count, size, size, C) in [0, 1] -> (count, size*size, C) in [-1, 1]."""
+  return pixels.reshape(len(pixels), -1, pixels.shape[-1]).astype(np.float32) * 2 - 1
+
+
+def meta_crops(config, count: int, seed: int, held_out: bool, split=None) -> np.ndarray:
+  """count crops, (count, crop*crop, C) in [-1, 1], of the training images or of those
+  training never draws (held_out: the evaluation's, the benchmark's). split: data_images'
+  result when already read."""
+  mc = config.meta
+  if source(mc) == "photos":
+    return crops([n for n in (mc.held_out if held_out else mc.photos).split(",") if n],
+                 mc.crop, count, seed)
+  from dfm_flax import data
+  pics = (split or data_images(config))[1 if held_out else 0]
+  return _flat(data.random_crops(pics, count, mc.crop, seed)[0])
 
 
 def psnr(mse):
@@ -70,19 +116,24 @@ class Task(TaskBase):
       raise UserError(f"unknown meta.algorithm {mc.algorithm!r}; use maml or reptile")
     if mc.inner_steps < 1:
       raise UserError(f"meta.inner_steps must be at least 1, got {mc.inner_steps}")
-    train_names = [n for n in mc.photos.split(",") if n]
-    held_out = [n for n in mc.held_out.split(",") if n]
-    if set(train_names) & set(held_out):
-      raise UserError(f"meta.photos and meta.held_out share {sorted(set(train_names) & set(held_out))}")
-    self.pool = jnp.asarray(crops(train_names, mc.crop, mc.pool, config.seed))
-    self.held_out = jnp.asarray(crops(held_out, mc.crop, mc.eval_crops, config.seed + 1))
+    if source(mc) not in ("photos", "data"):
+      raise UserError(f"unknown meta.source {mc.source!r}; use photos or data")
+    if source(mc) == "photos":
+      shared = set(mc.photos.split(",")) & set(mc.held_out.split(",")) - {""}
+      if shared:
+        raise UserError(f"meta.photos and meta.held_out share {sorted(shared)}")
+    split = data_images(config) if source(mc) == "data" else None
+    self.pool = jnp.asarray(meta_crops(config, mc.pool, config.seed, False, split))
+    self.held_out = jnp.asarray(meta_crops(config, mc.eval_crops, config.seed + 1, True, split))
+    self.channels = int(self.pool.shape[-1])
     self.coords = jnp.asarray(images.pixel_grid(mc.crop, mc.crop, tuple(config.model.coord_range)))
-    dims = fourier.layer_dims(config.model.width, config.model.depth, 3)
+    dims = fourier.layer_dims(config.model.width, config.model.depth, self.channels)
     self.lrs = [mc.inner_lr / 2**m for m, _ in dims]
     self._draw = jax.jit(lambda key: jax.random.choice(key, len(self.pool), (mc.tasks_per_step,)))
 
   def meta(self) -> dict:
-    return {"channels": 3, "image_shape": [self.config.meta.crop, self.config.meta.crop, 3]}
+    crop = self.config.meta.crop
+    return {"channels": self.channels, "image_shape": [crop, crop, self.channels]}
 
   def build_model(self, rngs: nnx.Rngs):
     return model_from_meta(self.config, self.meta(), rngs)
@@ -123,7 +174,8 @@ class Task(TaskBase):
     """PSNR on held-out crops after 0 and inner_steps steps, learned vs random start."""
     mc = self.config.meta
     random_net = model_from_meta(self.config, self.meta(), nnx.Rngs(self.config.seed + 1000))
-    metrics = {"held_out": mc.held_out, "eval_crops": mc.eval_crops, "crop": mc.crop,
+    held_out = mc.held_out if source(mc) == "photos" else f"last {mc.held_out_last} images"
+    metrics = {"held_out": held_out, "eval_crops": mc.eval_crops, "crop": mc.crop,
                "inner_steps": mc.inner_steps}
     for name, net in (("learned", model), ("random", random_net)):
       phis, before = self._adapt_all(net.params_list(), self.held_out)

@@ -1,7 +1,8 @@
 """Optax optimizers and learning-rate schedules chosen by config.
 
 config.optim: name (adam | adamw | sgd), lr (peak), schedule (constant | linear |
-cosine), warmup_steps, end_lr (final lr of linear / cosine), b1, b2, grad_clip.
+cosine), warmup_steps, end_lr (final lr of linear / cosine), b1, b2, grad_clip,
+update_clip (adam: the largest RMS of each weight array's Adam direction, 0 = off).
 `groups` (optional) maps a parameter label to an override ConfigDict of the same
 keys: the task labels each parameter and `optax.multi_transform` gives each
 group its own optimizer (e.g. the auto-decoder's latent table).
@@ -36,7 +37,13 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
 
 def single(cfg, total_steps: int) -> optax.GradientTransformation:
   lr = schedule(cfg, total_steps)
-  if cfg.name == "adam":
+  if cfg.name == "adam" and cfg.get("update_clip", 0.0):
+    # Adam's direction m / sqrt(v) has an RMS near or below 1 while v keeps up with the
+    # gradients; a sudden larger gradient meets a stale v and the step overshoots
+    # (StableAdamW, Wortsman et al. 2023). Clipping that RMS per array bounds the step.
+    tx = optax.chain(optax.scale_by_adam(b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999)),
+                     optax.clip_by_block_rms(cfg.update_clip), optax.scale_by_learning_rate(lr))
+  elif cfg.name == "adam":
     tx = optax.adam(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999))
   elif cfg.name == "adamw":
     tx = optax.adamw(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),

@@ -105,6 +105,7 @@ def thesis() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
   c.optim.grad_clip = 0.0
+  c.optim.update_clip = 0.0  # > 0 (adam): clip the RMS of each array's Adam direction (dfm_flax/optim.py).
   c.optim.scale_by_terms = False  # True: layer lr = optim.lr / 2^m (see tasks/compress.py).
   c.optim.depth_ref = 0  # > 0 (with scale_by_terms): nets deeper than this learn at lr * depth_ref / depth.
 

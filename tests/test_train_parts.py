@@ -1,7 +1,5 @@
 """Pieces of the shared loop: optimizer schedules, per-layer learning rates, W&B mode."""
-import jax
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 

@@ -41,13 +41,6 @@ def model_from_meta(config, meta: dict, rngs: nnx.Rngs):
   return one_net(config.model, meta["channels"], rngs)
 
 
-def crops(names: list[str], size: int, count: int, seed: int) -> np.ndarray:
-  """count random size x size crops of the named photographs, (count, size*size, 3) in [-1, 1]."""
-  from dfm_flax import data
-  pixels, _ = data.photo_crops(names, count, size, seed)
-  return pixels.reshape(count, size * size, 3).astype(np.float32) / 127.5 - 1
-
-
 def source(meta_cfg) -> str:
   """meta.source; runs saved before it existed read built-in photographs."""
   return meta_cfg.get("source", "photos")
@@ -76,11 +69,11 @@ def meta_crops(config, count: int, seed: int, held_out: bool, split=None) -> np.
   """count crops, (count, crop*crop, C) in [-1, 1], of the training images or of those
   training never draws (held_out: the evaluation's, the benchmark's). split: data_images'
   result when already read."""
+  from dfm_flax import data
   mc = config.meta
   if source(mc) == "photos":
-    return crops([n for n in (mc.held_out if held_out else mc.photos).split(",") if n],
-                 mc.crop, count, seed)
-  from dfm_flax import data
+    names = [n for n in (mc.held_out if held_out else mc.photos).split(",") if n]
+    return _flat(data.photo_crops(names, count, mc.crop, seed)[0] / 255.0)
   pics = (split or data_images(config))[1 if held_out else 0]
   return _flat(data.random_crops(pics, count, mc.crop, seed)[0])
 

@@ -151,8 +151,8 @@ def image_list(data_cfg) -> tuple[list[np.ndarray], str]:
   """The images of config.data as a list (a folder's may differ in size), and a description."""
   if data_cfg.source == "folder" and data_cfg.get("dir") and os.path.isdir(data_cfg.dir):
     arrays, _ = folder_images(data_cfg.dir)
-    limit = data_cfg.get("limit", 0)
-    return (arrays[:limit] if limit else arrays), f"{len(arrays)} images from {data_cfg.dir}"
+    arrays = arrays[:data_cfg.get("limit", 0) or None]
+    return arrays, f"{len(arrays)} images from {data_cfg.dir}"
   ds = load(data_cfg)
   return list(ds.images), ds.description
 

@@ -13,8 +13,9 @@ of any sizes, MNIST, CIFAR, TFDS, .npz) trains it with `--config.meta.source=dat
 never drawn in training and score it:
   python -m experiments.run --config experiments/meta.py --workdir runs/meta_folder \
       --config.meta.source=data --config.data.source=folder --config.data.dir=PHOTOS
-  python -m experiments.run --config experiments/meta.py:mnist --workdir runs/meta_mnist The net is the compress task's (init, coordinates,
-method), so a compress run of the same width and depth can start from it.
+  python -m experiments.run --config experiments/meta.py:mnist --workdir runs/meta_mnist
+The net is the compress task's (init, coordinates, method), so a compress run of the same
+width and depth can start from it.
 
 Variants: (none) Reptile (outer SGD 0.1), 5 inner steps, 32x32 crops, a 6x5 net; `mnist`
 the same on the 1,000 MNIST digits that ship with the project (28x28 grey, a 5x4 net, inner

@@ -123,37 +123,42 @@ def load_cifar_pickle(directory: str, split: str = "train") -> Dataset:
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def folder_images(directory: str) -> tuple[list[np.ndarray], list[str]]:
-  """Every image under directory (sorted paths, any sizes), float32 (H, W, C) in [0, 1]."""
+def folder_images(directory: str) -> tuple[list[np.ndarray], np.ndarray]:
+  """Every image under directory (sorted paths, any sizes), float32 (H, W, C) in [0, 1],
+  and its label: the index of its subdirectory (-1 when all sit in directory itself)."""
   from dfm_flax.images import load_image
   paths = sorted(p for p in glob.glob(os.path.join(directory, "**", "*"), recursive=True)
                  if p.lower().endswith(IMAGE_EXTENSIONS))
   if not paths:
     raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {directory}")
-  return [load_image(p) for p in paths], paths
+  subdirs = [os.path.relpath(os.path.dirname(p), directory) for p in paths]
+  classes = sorted(set(subdirs))
+  labels = np.array([classes.index(d) if classes != ["."] else -1 for d in subdirs], np.int64)
+  return [load_image(p) for p in paths], labels
 
 
 def load_folder(directory: str) -> Dataset:
-  arrays, paths = folder_images(directory)
+  arrays, labels = folder_images(directory)
   shapes = {a.shape for a in arrays}
   if len(shapes) > 1:
     sizes = sorted({f"{s[1]}x{s[0]}x{s[2]}" for s in shapes})
     raise UserError(f"images in {directory} have mixed sizes ({', '.join(sizes[:5])}); "
                     f"resize them to one size first")
-  classes = sorted({os.path.relpath(os.path.dirname(p), directory) for p in paths})
-  has_classes = classes != ["."]
-  labels = np.array([classes.index(os.path.relpath(os.path.dirname(p), directory)) if has_classes
-                     else -1 for p in paths], np.int64)
-  return Dataset(np.stack(arrays), labels, f"{len(paths)} images from {directory}")
+  return Dataset(np.stack(arrays), labels, f"{len(arrays)} images from {directory}")
 
 
 def image_list(data_cfg) -> tuple[list[np.ndarray], str]:
-  """The images of config.data as a list (a folder's may differ in size), and a description."""
+  """The images of config.data as a list (a folder's may differ in size), after data.classes
+  and data.limit, and a description."""
   if data_cfg.source == "folder" and data_cfg.get("dir") and os.path.isdir(data_cfg.dir):
-    arrays, _ = folder_images(data_cfg.dir)
-    arrays = arrays[:data_cfg.get("limit", 0) or None]
-    return arrays, f"{len(arrays)} images from {data_cfg.dir}"
-  ds = load(data_cfg)
+    arrays, labels = folder_images(data_cfg.dir)
+    pics = np.empty(len(arrays), object)  # One entry per image: sizes may differ.
+    for i, a in enumerate(arrays):
+      pics[i] = a
+    ds = _filter(Dataset(pics, labels, f"{len(arrays)} images from {data_cfg.dir}"),
+                 data_cfg.get("classes", ""), data_cfg.get("limit", 0))
+  else:
+    ds = load(data_cfg)
   return list(ds.images), ds.description
 
 

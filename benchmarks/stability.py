@@ -44,8 +44,17 @@ def run_cell(out, image, w, d, lr, seed, stop_at, overrides):
   c.optim.depth_ref = 0  # The map's lr is the peak every net gets, whatever its depth.
   for key, value in overrides.items():
     section, name = key.split(".")
-    c[section][name] = type(c[section][name])(value)
+    c[section][name] = value if isinstance(c[section][name], str) else _literal(key, value)
   return train_and_evaluate(c, cell_dir(out, image, w, d, lr, seed))
+
+
+def _literal(key, value):
+  """A --set value as Python reads it: bool("False") would be True."""
+  import ast
+  try:
+    return ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    raise SystemExit(f"--set {key}={value}: not a number or True/False") from None
 
 
 def row(out, image, w, d, lr, seed):

@@ -1,8 +1,9 @@
 """Optax optimizers and learning-rate schedules chosen by config.
 
 config.optim: name (adam | adamw | sgd), lr (peak), schedule (constant | linear |
-cosine), warmup_steps, end_lr (final lr of linear / cosine), b1, b2, grad_clip,
-update_clip (adam: the largest RMS of each weight array's Adam direction, 0 = off).
+cosine), warmup_steps, end_lr (final lr of linear / cosine), b1, b2, eps (Adam's
+epsilon; optax's 1e-8 when absent), grad_clip, update_clip (adam: the largest RMS of
+each weight array's Adam direction, 0 = off).
 `groups` (optional) maps a parameter label to an override ConfigDict of the same
 keys: the task labels each parameter and `optax.multi_transform` gives each
 group its own optimizer (e.g. the auto-decoder's latent table).
@@ -37,7 +38,7 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
 
 def single(cfg, total_steps: int) -> optax.GradientTransformation:
   lr = schedule(cfg, total_steps)
-  betas = {"b1": cfg.get("b1", 0.9), "b2": cfg.get("b2", 0.999)}
+  betas = {"b1": cfg.get("b1", 0.9), "b2": cfg.get("b2", 0.999), "eps": cfg.get("eps", 1e-8)}
   if cfg.name == "adam" and cfg.get("update_clip", 0.0):
     # Adam's direction m / sqrt(v) has an RMS near or below 1 while v keeps up with the
     # gradients; a sudden larger gradient meets a stale v and the step overshoots

@@ -104,6 +104,7 @@ def thesis() -> ml_collections.ConfigDict:
   c.optim.end_lr = 0.0
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
+  c.optim.eps = 1e-8  # Adam's epsilon (optax's default).
   c.optim.grad_clip = 0.0
   c.optim.update_clip = 0.0  # > 0 (adam): clip the RMS of each array's Adam direction (dfm_flax/optim.py).
   c.optim.scale_by_terms = False  # True: layer lr = optim.lr / 2^m (see tasks/compress.py).

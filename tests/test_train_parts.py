@@ -69,13 +69,18 @@ def test_optimizer_groups_get_their_own_lr():
   assert np.allclose(np.abs(updates["latent"]), 1e-3, rtol=1e-3)
 
 
-@pytest.mark.parametrize("clip", [0.0, 1.0])
-def test_update_clip_bounds_the_rms_of_adams_direction(clip):
+@pytest.mark.parametrize("clip, eps", [(0.0, None), (1.0, None), (0.0, 1e-2), (1.0, 1e-2)])
+def test_update_clip_bounds_the_rms_of_adams_direction(clip, eps):
   """Against Adam by hand: equal without the clip; after a gradient spike (which meets a
-  stale second moment) the clipped step is the same direction with RMS `clip`."""
+  stale second moment) the clipped step is the same direction with RMS `clip`. optim.eps
+  (absent: optax's 1e-8) is Adam's epsilon; 1e-2 is the size of these gradients."""
   cfg = get_config("thesis").optim
   # b1 0.5 takes in the spike at once; b2 0.99 over 300 steps leaves v's bias correction near 1.
   cfg.lr, cfg.b1, cfg.b2, cfg.update_clip = 0.5, 0.5, 0.99, clip
+  if eps is None:
+    del cfg["eps"]
+  else:
+    cfg.eps = eps
   rng = np.random.default_rng(0)
   grads = [rng.normal(0, 0.01, 64).astype(np.float32) for _ in range(300)]
   grads.append(grads[-1] * np.where(np.arange(64) < 32, 100.0, 1.0).astype(np.float32))
@@ -85,7 +90,7 @@ def test_update_clip_bounds_the_rms_of_adams_direction(clip):
   for t, g in enumerate(grads, 1):
     updates, state = tx.update(g, state, params)
     m, v = 0.5 * m + 0.5 * g, 0.99 * v + 0.01 * g.astype(np.float64) ** 2
-    direction = (m / (1 - 0.5**t)) / (np.sqrt(v / (1 - 0.99**t)) + 1e-8)
+    direction = (m / (1 - 0.5**t)) / (np.sqrt(v / (1 - 0.99**t)) + (eps or 1e-8))
     rms = np.sqrt(np.mean(direction**2))
     expect = -0.5 * direction * (min(1.0, clip / rms) if clip else 1.0)
     np.testing.assert_allclose(np.asarray(updates), expect, rtol=1e-4, atol=1e-7)

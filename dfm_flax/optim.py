@@ -38,17 +38,17 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
 
 def single(cfg, total_steps: int) -> optax.GradientTransformation:
   lr = schedule(cfg, total_steps)
-  betas = {"b1": cfg.get("b1", 0.9), "b2": cfg.get("b2", 0.999), "eps": cfg.get("eps", 1e-8)}
+  adam_args = {"b1": cfg.get("b1", 0.9), "b2": cfg.get("b2", 0.999), "eps": cfg.get("eps", 1e-8)}
   if cfg.name == "adam" and cfg.get("update_clip", 0.0):
     # Adam's direction m / sqrt(v) has an RMS near or below 1 while v keeps up with the
     # gradients; a sudden larger gradient meets a stale v and the step overshoots
     # (StableAdamW, Wortsman et al. 2023). Clipping that RMS per array bounds the step.
-    tx = optax.chain(optax.scale_by_adam(**betas), optax.clip_by_block_rms(cfg.update_clip),
+    tx = optax.chain(optax.scale_by_adam(**adam_args), optax.clip_by_block_rms(cfg.update_clip),
                      optax.scale_by_learning_rate(lr))
   elif cfg.name == "adam":
-    tx = optax.adam(lr, **betas)
+    tx = optax.adam(lr, **adam_args)
   elif cfg.name == "adamw":
-    tx = optax.adamw(lr, **betas, weight_decay=cfg.get("weight_decay", 1e-4))
+    tx = optax.adamw(lr, **adam_args, weight_decay=cfg.get("weight_decay", 1e-4))
   elif cfg.name == "sgd":
     tx = optax.sgd(lr, momentum=cfg.get("momentum", 0.9))
   else:

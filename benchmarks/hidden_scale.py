@@ -4,13 +4,18 @@
       runs/stability/runs/clock_7x6_lr0.1_s0
 
 Prints, per run and layer, the spread of the outputs, the largest, their RMS change from
-one pixel to the next, and the layer's weight norm. A collapsed run shows hidden values
-that change by a large part of a period (or more) per pixel.
+one pixel to the next, the layer's weight norm, and (Adam runs) the median sqrt(v) of its
+weights: the size of their recent gradients, which Adam's eps is compared with. A collapsed
+run shows hidden values that change by a large part of a period (or more) per pixel.
 """
 import argparse
+import os
+import re
 import sys
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dfm_flax import anatomy, images, restore
 from dfm_flax.errors import UserError
@@ -25,11 +30,32 @@ def report(workdir: str) -> str:
   coords = jnp.asarray(images.pixel_grid(h, w, (lo, hi)))
   scales = anatomy.layer_scales(model.params_list(), coords, ((hi - lo) / w, (hi - lo) / h),
                                 method=model.method)
+  sqrt_v = adam_sqrt_v(workdir, len(scales))
   lines = [f"{workdir} ({config.model.width}x{config.model.depth}, {h}x{w})",
-           "layer       std   max_abs  per_pixel  weight_norm"]
+           "layer       std   max_abs  per_pixel  weight_norm  adam_sqrt_v"]
   lines += [f"{i + 1:5d} {s['std']:9.3f} {s['max_abs']:9.2f} {s['per_pixel']:10.4f} {s['weight_norm']:12.3f}"
-            for i, s in enumerate(scales)]
+            f" {v:12.3g}" for i, (s, v) in enumerate(zip(scales, sqrt_v))]
   return "\n".join(lines)
+
+
+def adam_sqrt_v(workdir: str, depth: int) -> list[float]:
+  """Per layer, the median sqrt(v) of Adam's second moment in the latest checkpoint (nan
+  for an optimizer without one). Read as saved, whatever the optimizer chain around it."""
+  import orbax.checkpoint as ocp
+  from dfm_flax.checkpoint import Checkpointer
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+  try:
+    step = ckpt.latest_step()
+  finally:
+    ckpt.close()
+  state = ocp.StandardCheckpointer().restore(os.path.join(ckpt.directory, str(step), "optimizer"))
+  per_layer = [[] for _ in range(depth)]
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    name = jax.tree_util.keystr(path)
+    layer = re.search(r"\['nu'\]\['layers'\]\['(\d+)'\]", name)
+    if layer:
+      per_layer[int(layer.group(1))].append(np.sqrt(np.ravel(np.asarray(leaf))))
+  return [float(np.median(np.concatenate(v))) if v else float("nan") for v in per_layer]
 
 
 def main():

@@ -157,7 +157,7 @@ def best(c: ml_collections.ConfigDict) -> None:
   #    gradients are small (a low-contrast image, or one already fitted well) 1 / sqrt(v)
   #    is large, and so is the preconditioned sharpness at a given lr. That made the stable
   #    lr depend on the image: moon's depth-7 and -8 nets collapsed at 0.1 and even 0.075.
-  #    1e-3 is near the median sqrt(v) of moon's and clock's hidden layers and 5-90x below
+  #    1e-3 is near the median sqrt(v) of moon's and clock's hidden layers and 19-89x below
   #    astronaut's, so it slows only the small-gradient fits. At 0.1 none of 24 fits cut
   #    after the peak collapsed (3 did with 1e-8), moon's nets held at 0.15, and the four
   #    built-in photographs' full-length 7x6 files were as good (README, "Fits that never

@@ -51,4 +51,5 @@ def test_hidden_scale_command(tmp_path):
   rows = [line.split() for line in proc.stdout.splitlines()[2:]]
   assert [int(r[0]) for r in rows] == [1, 2, 3, 4]  # smoke: depth 4
   assert all(float(r[1]) > 0 and float(r[4]) > 0 for r in rows)
+  assert all(0 < float(r[5]) < 1 for r in rows)  # Adam's sqrt(v): found per layer, finite
   assert "not a dfm run directory" in error_line(run_cli("benchmarks.hidden_scale", str(tmp_path)))

@@ -4,6 +4,7 @@
   python -m benchmarks.panel --out runs/panel --images coffee,moon --bpps 0.3 --seeds 0
   python -m benchmarks.panel --out runs/panel --stop_at 0          # full-length fits
   python -m benchmarks.panel --out runs/panel --report             # table only
+  python -m benchmarks.panel --out runs/panel_eps2 --set optim.eps=1e-2   # another recipe
 
 For each photograph (scikit-image, offline), target bpp and seed: the net size the
 codec picks for that bpp (encoding.size_for_bpp), one `compress.py:best` fit with the
@@ -15,12 +16,17 @@ resumable (rerun the same command). Writes DIR/panel.csv (one row per fit) and
 DIR/panel.md (per image and bpp: PSNR per seed, collapses, recoveries, delivered bpp,
 JPEG and WebP) and DIR/panel.png, and prints the table.
 
+--set KEY=VALUE changes a setting of `compress.py:best` for every fit (benchmarks/settings.py;
+OUT records it and refuses fits of other settings).
+
 A collapse here: a fit whose guard says it ended collapsed, or a seed more than 3 dB
 below the best seed of its cell.
 """
 import argparse
 import itertools
 import os
+
+from benchmarks import settings
 
 DEFAULT_IMAGES = ("astronaut,chelsea,coffee,camera,rocket,retina,hubble,ihc,brick,grass,moon,"
                   "page,text,coins")
@@ -29,7 +35,7 @@ FIELDS = ["image", "pixels", "target_bpp", "seed", "net", "bits", "bytes", "bpp"
           "webp_bytes", "seconds"]
 
 
-def fit_and_code(out, name, bpp, seed, stop_at, qat_steps, net="", bits=10):
+def fit_and_code(out, name, bpp, seed, stop_at, qat_steps, net="", bits=10, overrides=None):
   from dfm_flax import encoding, images, logs, photos
   from dfm_flax.train import train_and_evaluate
   from experiments.compress import get_config
@@ -42,6 +48,7 @@ def fit_and_code(out, name, bpp, seed, stop_at, qat_steps, net="", bits=10):
   c.model.width, c.model.depth = (tuple(int(v) for v in net.split("x")) if net
                                   else encoding.size_for_bpp(bpp, image.shape, bits))
   c.train.stop_at, c.train.quiet, c.wandb.mode = stop_at, True, "disabled"
+  settings.apply(c, overrides or {})
   m = train_and_evaluate(c, os.path.join(cell, "run"))
   row, bits, note = encoding.encode_to_bpp(os.path.join(cell, "run"), image,
                                            os.path.join(cell, "file.dfm"), bpp, bits, "ans",
@@ -146,8 +153,11 @@ def main():
   p.add_argument("--shard", default="0/1", help="i/n: every n-th cell (n processes)")
   p.add_argument("--net", default="", help="WxD: this net size instead of the codec's pick")
   p.add_argument("--bits", type=int, default=10, help="bit depth the codec starts from")
+  p.add_argument("--set", action="append", default=[],
+                 help="KEY=VALUE: a setting of compress.py:best for every fit (repeatable)")
   p.add_argument("--report", action="store_true")
   a = p.parse_args()
+  overrides = settings.for_command(a.out, a.set, a.report)  # Checked before any cell.
   from absl import logging
   logging.set_verbosity(logging.ERROR)  # orbax logs every checkpoint it writes.
   from dfm_flax import files, logs
@@ -158,7 +168,8 @@ def main():
   for i, (name, bpp, seed) in enumerate(cells):
     done = logs.read_json(os.path.join(a.out, "runs", f"{name}_{bpp:g}bpp_s{seed}", "row.json"))
     if done is None and not a.report and i % count == index:
-      done = fit_and_code(a.out, name, bpp, seed, a.stop_at, a.qat_steps, a.net, a.bits)
+      done = fit_and_code(a.out, name, bpp, seed, a.stop_at, a.qat_steps, a.net, a.bits,
+                          overrides)
       print(f"{name} {bpp:g} bpp seed {seed}: {done['net']} {done['bits']}-bit "
             f"{done['bpp']} bpp {done['psnr']} dB (JPEG {done['jpeg_psnr'] or '-'}, "
             f"WebP {done['webp_psnr'] or '-'}), recoveries {done['recoveries']}"

@@ -23,6 +23,8 @@ import itertools
 import json
 import os
 
+from benchmarks import settings
+
 FIELDS = ["image", "width", "depth", "lr", "seed", "psnr", "best_logged_psnr", "flat_psnr",
           "collapsed", "seconds"]
 
@@ -42,35 +44,8 @@ def run_cell(out, image, w, d, lr, seed, stop_at, overrides):
   c.train.checkpoint_every = stop_at
   c.guard.mode = "detect"
   c.optim.depth_ref = 0  # The map's lr is the peak every net gets, whatever its depth.
-  for key, value in overrides.items():
-    section, name = key.split(".")
-    c[section][name] = value
+  settings.apply(c, overrides)
   return train_and_evaluate(c, cell_dir(out, image, w, d, lr, seed))
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-  """--set KEY=VALUE pairs, checked once before any cell runs: KEY a SECTION.NAME of
-  compress.py:best, VALUE as Python reads it unless that setting is a string (bool("False")
-  would be True)."""
-  import ast
-  import ml_collections
-  from experiments.compress import get_config
-  c, overrides = get_config("best"), {}
-  for pair in pairs:
-    key, sep, value = pair.partition("=")
-    section, _, name = key.partition(".")
-    if not sep or section not in c or not isinstance(c[section], ml_collections.ConfigDict) \
-        or name not in c[section]:
-      raise SystemExit(f"--set {pair}: want KEY=VALUE with KEY a setting of compress.py:best, "
-                       f"e.g. optim.b1=0.95")
-    if isinstance(c[section][name], str):
-      overrides[key] = value
-      continue
-    try:
-      overrides[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      raise SystemExit(f"--set {pair}: not a number or True/False") from None
-  return overrides
 
 
 def row(out, image, w, d, lr, seed):
@@ -203,7 +178,7 @@ def main():
   cells = list(itertools.product(a.images.split(","), sizes, [float(x) for x in a.lrs.split(",")],
                                  [int(s) for s in a.seeds.split(",")]))
   index, count = (int(v) for v in a.shard.split("/"))
-  overrides = parse_overrides(a.set)
+  overrides = settings.for_command(a.out, a.set, a.report)  # Checked before any cell.
   if not a.report:
     for i, (image, (w, d), lr, seed) in enumerate(cells):
       if i % count == index:

@@ -22,6 +22,7 @@ class Study:
   siren_bits: tuple[int, ...] = ()  # empty: every bit depth
   siren_steps: int = 0  # 0: `steps`
   seed: int = 0
+  settings: tuple = ()  # (KEY, value) pairs set on every DFM fit's compress.py:best (--set)
 
   def fit(self, image: str, run_dir: str, overrides: dict) -> dict:
     """One `compress:best` (or `:siren`) run of `steps`; resumes a run already in run_dir."""
@@ -34,7 +35,7 @@ class Study:
     config.seed = self.seed
     config.train.quiet = True
     config.wandb.mode = "disabled"
-    for key, value in overrides.items():
+    for key, value in (() if siren else self.settings) + tuple(overrides.items()):
       section, name = key.split(".")
       config[section][name] = value
     return train_and_evaluate(config, run_dir)

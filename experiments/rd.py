@@ -2,6 +2,7 @@
 
   python -m experiments.rd IMAGES... --out DIR [--sizes 4x6,6x6,8x6] [--bits 6,8,10]
       [--steps 3000] [--qat_steps 300] [--siren] [--siren_bits 8] [--siren_steps N] [--seed 0]
+      [--set optim.eps=1e-2 ...]
 
 IMAGES are files or the built-in names coffee, astronaut, chelsea, camera (scikit-image).
 For each DFM size (width x depth) one net per image is trained (compress:best, --steps;
@@ -16,7 +17,8 @@ DIR/summary.md (per DFM setting: the mean over images of every codec at the DFM 
 bytes; * counts images where even JPEG quality 1 is larger than the DFM file) and
 DIR/fits.csv (images fitted at once, size, steps, seconds). --replot redraws rd.png and
 summary.md from rd.csv alone, with the rows of each --also OTHER/rd.csv replacing those of
-the same image and DFM setting (e.g. a net refitted with another --seed).
+the same image and DFM setting (e.g. a net refitted with another --seed). --set KEY=VALUE
+changes a setting of compress.py:best for every DFM fit (benchmarks/settings.py).
 """
 import csv
 import os
@@ -41,6 +43,8 @@ _ALSO = flags.DEFINE_multi_string("also", [], "--replot: another rd.csv whose DF
                                   "their comparisons) replace those of the same image and setting.")
 _SIREN_STEPS = flags.DEFINE_integer("siren_steps", 0, "SIREN training steps (default: --steps).",
                                     lower_bound=0)
+_SET = flags.DEFINE_multi_string("set", [], "KEY=VALUE: a setting of compress.py:best for every "
+                                 "DFM fit (repeatable; OUT records it and refuses other settings).")
 flags.mark_flags_as_required(["out"])
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -73,9 +77,11 @@ def _rd(argv):
                     f"{_SIZES.value!r}, {_BITS.value!r}, {_SIREN_BITS.value!r}") from None
   if any(len(s) != 2 for s in sizes):
     raise UserError(f"--sizes takes WIDTHxDEPTH,...; got {_SIZES.value!r}")
+  from benchmarks import settings
+  overrides = settings.recorded(_OUT.value, _SET.value)
   rd_study.Study(_OUT.value, sizes=sizes, bits=bits, steps=_STEPS.value, qat_steps=_QAT.value,
                  siren=_SIREN.value, siren_bits=siren_bits, siren_steps=_SIREN_STEPS.value,
-                 seed=_SEED.value).run(argv[1:])
+                 seed=_SEED.value, settings=tuple(overrides.items())).run(argv[1:])
 
 
 def main(argv):

@@ -37,18 +37,3 @@ def test_against_pairs_the_same_cells_and_keeps_each_recipes_verdict(tmp_path):
           for r in rows] == [("7", "21.7", "True", "42.0", "False"),
                              ("8", "21.8", "True", "39.5", "False")]
   assert os.path.getsize(os.path.join(mine, "compare.png")) > 0
-
-
-def test_set_overrides_are_read_as_python_values_and_checked_before_any_cell():
-  got = stability.parse_overrides(["optim.b1=0.95", "optim.update_clip=0", "guard.mode=recover",
-                                   "model.coord_range=(0.0, 1.0)"])
-  assert got == {"optim.b1": 0.95, "optim.update_clip": 0, "guard.mode": "recover",
-                 "model.coord_range": (0.0, 1.0)}
-  assert stability.parse_overrides(["train.quiet=False"])["train.quiet"] is False  # not bool("False")
-  for bad in ["optim.epss=1", "optim.b1=abc", "optim.b1", "optim=1"]:
-    try:
-      stability.parse_overrides([bad])
-    except SystemExit as e:
-      assert bad in str(e)
-    else:
-      raise AssertionError(f"--set {bad} was accepted")

@@ -11,8 +11,11 @@ start and from a random start (the compress net's initialisation, one seed per c
 two optimisers, both per layer lr / 2^m as the recipe:
   * sgd: plain gradient descent at the run's inner-loop step (what the start was learned for);
   * adam: Adam at a constant lr, the best of --adam_lrs for the random start at the last step.
-PSNR is recorded after 0, 1, 3, 10, 100 and 1,000 steps. Then each fit from the learned
-start at 10, 100 and 1,000 steps is coded (ANS, no fine-tune) at 4-12 bits, once as its
+  * recipe (with --recipe_steps N): `compress.py:best`'s own optimiser and schedule for N
+    steps (Adam b1 0.95, eps 1e-3, warm-up then cosine, peak 0.1 / 2^m): the full-length
+    fit the codec makes, here on all the crop's pixels every step.
+PSNR is recorded after 0, 1, 3, 10, 100 and 1,000 steps (and N). Then each fit from the
+learned start at 10, 100 and 1,000 steps (and the recipe's at N) is coded (ANS, no fine-tune) at 4-12 bits, once as its
 weights and once as the difference from the start (codec `start=`); "bytes at equal PSNR"
 is the smallest file of each kind that decodes within 0.1 dB of the uncoded fit.
 Writes OUT/meta_start.json, OUT/meta_start.md and OUT/meta_start.png and prints the table.
@@ -61,6 +64,18 @@ def _runner(tx, coords, method):
           jax.jit(jax.vmap(lambda p, t: meta.psnr(meta.mse(p, coords, t, method)))))
 
 
+def _recipe(steps: int):
+  """compress.py:best's optimiser and schedule over `steps`, at a peak of 1 (the runner
+  scales each layer's update by its lr), and the recipe's peak lr."""
+  from dfm_flax import optim
+  from experiments.compress import get_config
+  cfg = get_config("best").optim
+  peak = cfg.lr
+  cfg.lr, cfg.end_lr = 1.0, cfg.end_lr / peak
+  cfg.warmup_steps = min(cfg.warmup_steps, steps // 2)
+  return optim.single(cfg, steps), peak
+
+
 def _coded_psnr(params, target, coords, net, shape, bits, start):
   """(bytes, PSNR) of the file at `bits`; net is the model config (width, depth, method)."""
   from dfm_flax import codec
@@ -86,6 +101,8 @@ def main():
   p.add_argument("--out", required=True)
   p.add_argument("--crops", type=int, default=16)
   p.add_argument("--adam_lrs", default="0.003,0.01,0.03,0.1")
+  p.add_argument("--recipe_steps", type=int, default=0,
+                 help="also fit with compress.py:best's optimiser and schedule for this many steps")
   a = p.parse_args()
   import jax
   import numpy as np
@@ -126,33 +143,40 @@ def main():
   fits[("adam", "random")] = sweep[adam_lr]
   fits[("adam", "learned")] = _fit_segments(adam, starts["learned"], targets, per_layer(adam_lr),
                                             CHECKPOINTS)
+  coded_at = [(opt, k) for opt in ("sgd", "adam") for k in CODED_AT]
+  if a.recipe_steps:
+    tx, peak = _recipe(a.recipe_steps)
+    recipe = _runner(tx, coords, method)
+    marks = sorted({k for k in CHECKPOINTS if k <= a.recipe_steps} | {a.recipe_steps})
+    for name, start in starts.items():
+      fits[("recipe", name)] = _fit_segments(recipe, start, targets, per_layer(peak), marks)
+    coded_at.append(("recipe", a.recipe_steps))
   # Mean over crops; a diverged fit (NaN) is left out of the mean and counted beside it.
-  curves = {f"{opt}/{name}": {k: float(np.nanmean(f[k][1])) for k in CHECKPOINTS}
+  curves = {f"{opt}/{name}": {k: float(np.nanmean(f[k][1])) for k in f}
             for (opt, name), f in fits.items()}
-  diverged = {f"{opt}/{name}": int(np.sum(~np.isfinite(f[CHECKPOINTS[-1]][1])))
+  diverged = {f"{opt}/{name}": int(np.sum(~np.isfinite(f[max(f)][1])))
               for (opt, name), f in fits.items()}
   shape = (mc.crop, mc.crop, channels)
   coding = {}
-  for opt in ("sgd", "adam"):
-    for k in CODED_AT:
-      params, psnrs = fits[(opt, "learned")][k]
-      plain, diff = [], []
-      for i in range(a.crops):
-        if not np.isfinite(psnrs[i]):  # A diverged fit: nothing to code.
-          continue
-        one = [(np.asarray(x[i]), np.asarray(y[i])) for x, y in params]
-        t = np.asarray(targets[i])
-        plain.append(_bytes_at(one, t, coords, model_cfg, shape, float(psnrs[i]), None))
-        diff.append(_bytes_at(one, t, coords, model_cfg, shape, float(psnrs[i]), learned))
-      pairs = [(x, y) for x, y in zip(plain, diff) if x and y]
-      coding[f"{opt}/{k}"] = {
-          "plain_bytes": float(np.mean([x for x, _ in pairs])) if pairs else None,
-          "difference_bytes": float(np.mean([y for _, y in pairs])) if pairs else None,
-          "saved": float(1 - np.mean([y / x for x, y in pairs])) if pairs else None,
-          "crops": len(pairs)}
+  for opt, k in coded_at:
+    params, psnrs = fits[(opt, "learned")][k]
+    plain, diff = [], []
+    for i in range(a.crops):
+      if not np.isfinite(psnrs[i]):  # A diverged fit: nothing to code.
+        continue
+      one = [(np.asarray(x[i]), np.asarray(y[i])) for x, y in params]
+      t = np.asarray(targets[i])
+      plain.append(_bytes_at(one, t, coords, model_cfg, shape, float(psnrs[i]), None))
+      diff.append(_bytes_at(one, t, coords, model_cfg, shape, float(psnrs[i]), learned))
+    pairs = [(x, y) for x, y in zip(plain, diff) if x and y]
+    coding[f"{opt}/{k}"] = {
+        "plain_bytes": float(np.mean([x for x, _ in pairs])) if pairs else None,
+        "difference_bytes": float(np.mean([y for _, y in pairs])) if pairs else None,
+        "saved": float(1 - np.mean([y / x for x, y in pairs])) if pairs else None,
+        "crops": len(pairs)}
   report = {"start": a.start, "crops": a.crops, "crop": mc.crop, "held_out": mc.held_out,
             "net": f"{model_cfg.width}x{model_cfg.depth}", "sgd_lr": mc.inner_lr,
-            "adam_lr": adam_lr, "psnr": curves, "diverged": diverged, "coding": coding}
+            "adam_lr": adam_lr, "recipe_steps": a.recipe_steps, "psnr": curves, "diverged": diverged, "coding": coding}
   os.makedirs(a.out, exist_ok=True)
   logs.write_json(os.path.join(a.out, "meta_start.json"), report)
   text = _table(report)
@@ -162,13 +186,17 @@ def main():
 
 
 def _table(r) -> str:
+  marks = sorted({k for curve in r["psnr"].values() for k in curve})
   lines = [f"Held-out crops: {r['crops']} of {r['crop']}x{r['crop']} px from {r['held_out']}; "
-           f"net {r['net']}; sgd lr {r['sgd_lr']:g} / 2^m, adam lr {r['adam_lr']:g} / 2^m.", "",
-           "| optimiser / start | " + " | ".join(f"{k} steps" for k in CHECKPOINTS) + " |",
-           "|---|" + "---|" * len(CHECKPOINTS)]
+           f"net {r['net']}; sgd lr {r['sgd_lr']:g} / 2^m, adam lr {r['adam_lr']:g} / 2^m"
+           + (f"; recipe: compress.py:best over {r['recipe_steps']} steps" if r.get("recipe_steps")
+              else "") + ".", "",
+           "| optimiser / start | " + " | ".join(f"{k} steps" for k in marks) + " |",
+           "|---|" + "---|" * len(marks)]
   for key, curve in r["psnr"].items():
     note = f" ({r['diverged'][key]} diverged, left out)" if r["diverged"][key] else ""
-    lines.append(f"| {key}{note} | " + " | ".join(f"{curve[k]:.2f}" for k in CHECKPOINTS) + " |")
+    lines.append(f"| {key}{note} | "
+                 + " | ".join(f"{curve[k]:.2f}" if k in curve else "" for k in marks) + " |")
   lines += ["", "| fit from the learned start | bytes, weights coded | bytes, difference coded | "
             "saved |", "|---|---|---|---|"]
   for key, c in r["coding"].items():
@@ -184,10 +212,10 @@ def _plot(r, path: str) -> None:
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.5, 4))
   styles = {"learned": "-", "random": "--"}
-  colours = {"sgd": "tab:blue", "adam": "tab:orange"}
+  colours = {"sgd": "tab:blue", "adam": "tab:orange", "recipe": "tab:green"}
   for key, curve in r["psnr"].items():
     opt, start = key.split("/")
-    ks = [k for k in CHECKPOINTS if k > 0]
+    ks = [k for k in sorted(curve) if k > 0]
     ax.plot(ks, [curve[k] for k in ks], styles[start], color=colours[opt], marker="o", ms=3,
             label=f"{opt}, {start} start")
   ax.set_xscale("log")

@@ -157,3 +157,39 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   # Another net of the same size (the fit's) is not the start the file names.
   assert "not the start this file was coded from" in error_line(
       run_cli("experiments.codec", "decode", out, "--out", png, "--init", fit))
+  # What the start buys (benchmarks.meta_start), with the recipe's own fits too.
+  bench = str(tmp_path / "bench")
+  proc = run_cli("benchmarks.meta_start", "--start", wd, "--out", bench, "--crops", "2",
+                 "--adam_lrs", "0.1", "--recipe_steps", "40")
+  assert proc.returncode == 0, proc.stderr
+  with open(os.path.join(bench, "meta_start.json")) as f:
+    r = json.load(f)
+  assert set(r["psnr"]) == {f"{o}/{s}" for o in ("sgd", "adam", "recipe")
+                            for s in ("learned", "random")}
+  assert sorted(int(k) for k in r["psnr"]["recipe/random"]) == [0, 1, 3, 10, 40]
+  # Every curve of one start begins at that start's PSNR, and the recipe's fit improves it.
+  for start in ("learned", "random"):
+    assert r["psnr"][f"sgd/{start}"]["0"] == r["psnr"][f"recipe/{start}"]["0"]
+    assert r["psnr"][f"recipe/{start}"]["40"] > r["psnr"][f"recipe/{start}"]["0"] + 1
+  assert "recipe/40" in r["coding"] and r["coding"]["recipe/40"]["crops"] >= 1
+
+
+def test_meta_start_recipe_is_compress_best_scaled_per_layer():
+  """benchmarks.meta_start fits with :best's optimiser at a peak of 1 and scales each layer
+  by its lr: the same updates as :best's own optimiser, to float rounding."""
+  from benchmarks.meta_start import _recipe
+  from dfm_flax import optim
+  from experiments.compress import get_config
+  steps = 3000
+  tx, peak = _recipe(steps)
+  ref = optim.single(get_config("best").optim, steps)
+  grads = 0.01 * (jnp.arange(steps)[:, None] % 7 - 3.0) * jnp.ones((1, 3))
+
+  def updates(t):
+    def step(state, g):
+      u, state = t.update(g, state)
+      return state, u
+    return jax.lax.scan(step, t.init(grads[0]), grads)[1]
+  np.testing.assert_allclose(np.asarray(updates(tx)) * peak, np.asarray(updates(ref)),
+                             rtol=1e-5, atol=1e-12)
+  assert peak == get_config("best").optim.lr

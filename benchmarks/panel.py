@@ -136,9 +136,11 @@ def summary(rows) -> str:
     within = sum(abs(float(r["bpp"]) / bpp - 1) <= 0.1 for r in rs)
     gains = [float(r["psnr"]) - float(r["jpeg_psnr"]) for r in rs if r["jpeg_psnr"] != ""]
     wgap = [float(r["webp_psnr"]) - float(r["psnr"]) for r in rs if r["webp_psnr"] != ""]
-    out.append(f"{bpp:g} bpp: {len(rs)} fits, {within} within 10% of the target; "
-               f"DFM - JPEG {sum(gains) / max(len(gains), 1):+.2f} dB over {len(gains)} fits "
-               f"where JPEG is that small; WebP - DFM {sum(wgap) / max(len(wgap), 1):+.2f} dB")
+    jpeg = (f"DFM - JPEG {sum(gains) / len(gains):+.2f} dB over {len(gains)} fits where JPEG "
+            f"is that small" if gains else "JPEG is never that small")
+    webp = (f"WebP - DFM {sum(wgap) / len(wgap):+.2f} dB over {len(wgap)} fits" if wgap
+            else "WebP is never that small")
+    out.append(f"{bpp:g} bpp: {len(rs)} fits, {within} within 10% of the target; {jpeg}; {webp}")
   return "\n".join(out)
 
 

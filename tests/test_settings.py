@@ -84,3 +84,31 @@ def test_panel_refuses_other_settings_in_one_line_before_any_fit(tmp_path):
   proc = run_cli("benchmarks.stability", "--out", out, "--set", "optim.nope=1")
   assert "--set optim.nope=1" in error_line(proc)
   assert sorted(os.listdir(out)) == [settings.RECORD]  # No fit was started.
+
+
+def _row(image, bpp, seed, psnr, got_bpp, jpeg="", webp="", collapsed=False, recoveries=0):
+  return {"image": image, "pixels": "10x10x1", "target_bpp": bpp, "seed": seed, "net": "6x5",
+          "bits": 10, "bytes": 100, "bpp": got_bpp, "psnr": psnr, "float_psnr": psnr,
+          "recoveries": recoveries, "collapsed": collapsed, "jpeg_psnr": jpeg, "jpeg_bytes": "",
+          "webp_psnr": webp, "webp_bytes": "", "seconds": 1.0}
+
+
+def test_panel_table_counts_collapses_by_the_issues_rule_and_sizes_by_ten_percent():
+  rows = [_row("moon", 0.3, 0, 33.0, 0.31, 41.0, 43.0),
+          _row("moon", 0.3, 1, 29.5, 0.33, 41.0, 43.0),  # 3.5 dB below the best seed
+          _row("moon", 0.3, 2, 32.0, 0.2699, 41.0, 43.0, recoveries=1),
+          _row("text", 0.3, 0, 26.5, 0.30, 27.0, "", collapsed="True"),
+          _row("text", 0.1, 0, 24.0, 0.1)]
+  lines = panel.table(rows).splitlines()
+  moon = next(line for line in lines if line.startswith("| moon"))
+  text = next(line for line in lines if line.startswith("| text | 10x10x1 | 0.3"))
+  # moon: one seed more than 3 dB below its best; one rollback; DFM - JPEG = mean - 41.
+  assert moon.split(" | ")[6:9] == ["1", "1", "41.00"] and moon.endswith("| -9.50 |")
+  assert text.split(" | ")[6] == "1"  # the guard's own verdict
+  got = panel.summary(rows).splitlines()
+  assert got[0] == ("0.1 bpp: 1 fits, 1 within 10% of the target; JPEG is never that small; "
+                    "WebP is never that small")
+  # 0.33 and 0.2699 are outside 10% of 0.3; the mean gain is over the four with a JPEG.
+  # (33 + 29.5 + 32 + 26.5) / 4 - (41 * 3 + 27) / 4 = -7.25; WebP: 43 - moon's mean 31.5.
+  assert got[1] == ("0.3 bpp: 4 fits, 2 within 10% of the target; DFM - JPEG -7.25 dB over 4 "
+                    "fits where JPEG is that small; WebP - DFM +11.50 dB over 3 fits")

@@ -145,6 +145,9 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
                  "--config.train.steps=5")
   assert proc.returncode == 0, proc.stderr
   assert f"difference from {wd}" in proc.stdout
+  # The smoke start was learned on 16x16 crops: a 24x24 image gets the one-line note.
+  assert f"note: {wd} was learned on 16x16 crops; on this 24x24 image" in proc.stderr
+  assert encoding.start_size_note(wd, (16, 16, 3)) == ""
   raw = open(out, "rb").read()
   assert raw[4] == codec.VERSION_WITH_START
   _, start = encoding.load_start(wd)

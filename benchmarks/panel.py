@@ -48,7 +48,7 @@ def fit_and_code(out, name, bpp, seed, stop_at, qat_steps, net="", bits=10, over
   c.model.width, c.model.depth = (tuple(int(v) for v in net.split("x")) if net
                                   else encoding.size_for_bpp(bpp, image.shape, bits))
   c.train.stop_at, c.train.quiet, c.wandb.mode = stop_at, True, "disabled"
-  settings.apply(c, overrides or {})
+  c.update_from_flattened_dict(overrides or {})
   m = train_and_evaluate(c, os.path.join(cell, "run"))
   row, bits, note = encoding.encode_to_bpp(os.path.join(cell, "run"), image,
                                            os.path.join(cell, "file.dfm"), bpp, bits, "ans",

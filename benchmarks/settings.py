@@ -1,6 +1,7 @@
 """`--set KEY=VALUE`: the same change to `compress.py:best` for every fit of a benchmark
 (benchmarks.stability, benchmarks.panel, experiments.rd), so two recipes can be compared
-cell by cell without editing the config file.
+cell by cell without editing the config file. Each fit applies the parsed settings with
+ml_collections' `config.update_from_flattened_dict`.
 
 The settings are checked once, before any fit, and recorded in OUT/settings.json: a
 directory holds the fits of one recipe, and a later command that would add fits of
@@ -39,14 +40,6 @@ def parse(pairs: list[str]) -> dict:
     except (ValueError, SyntaxError):
       raise UserError(f"--set {pair}: not a number, tuple or True/False") from None
   return overrides
-
-
-def apply(config, overrides: dict):
-  """config with each KEY set to its value (in place; returned for chaining)."""
-  for key, value in overrides.items():
-    section, name = key.split(".")
-    config[section][name] = value
-  return config
 
 
 def _plain(overrides: dict) -> dict:

@@ -44,7 +44,7 @@ def run_cell(out, image, w, d, lr, seed, stop_at, overrides):
   c.train.checkpoint_every = stop_at
   c.guard.mode = "detect"
   c.optim.depth_ref = 0  # The map's lr is the peak every net gets, whatever its depth.
-  settings.apply(c, overrides)
+  c.update_from_flattened_dict(overrides)
   return train_and_evaluate(c, cell_dir(out, image, w, d, lr, seed))
 
 

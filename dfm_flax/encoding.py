@@ -43,9 +43,9 @@ def start_size_note(run: str, shape) -> str:
   if not crop or (h, w) == (crop, crop):
     return ""
   # Measured once (README, "Meta-learned starting points"): chelsea, 451x300, from the
-  # 6x5 start learned on 32x32 crops, decoded 4.6 dB below the same fit from a random start.
+  # 6x5 start learned on 32x32 crops, decoded 4.5 dB below the same fit from a random start.
   return (f"note: {run} was learned on {crop}x{crop} crops; on this {w}x{h} image a fit from it "
-          f"can end worse than one from a random start (README: 4.6 dB worse on a 451x300 "
+          f"can end worse than one from a random start (README: 4.5 dB worse on a 451x300 "
           f"photograph)")
 
 

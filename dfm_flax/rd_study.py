@@ -35,9 +35,7 @@ class Study:
     config.seed = self.seed
     config.train.quiet = True
     config.wandb.mode = "disabled"
-    for key, value in (() if siren else self.settings) + tuple(overrides.items()):
-      section, name = key.split(".")
-      config[section][name] = value
+    config.update_from_flattened_dict({**({} if siren else dict(self.settings)), **overrides})
     return train_and_evaluate(config, run_dir)
 
   def siren_row(self, name, path, image, nbytes) -> dict:

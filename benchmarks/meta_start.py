@@ -15,9 +15,10 @@ two optimisers, both per layer lr / 2^m as the recipe:
     steps (Adam b1 0.95, eps 1e-3, warm-up then cosine, peak 0.1 / 2^m): the full-length
     fit the codec makes, here on all the crop's pixels every step.
 PSNR is recorded after 0, 1, 3, 10, 100 and 1,000 steps (and N). Then each fit from the
-learned start at 10, 100 and 1,000 steps (and the recipe's at N) is coded (ANS, no fine-tune) at 4-12 bits, once as its
-weights and once as the difference from the start (codec `start=`); "bytes at equal PSNR"
-is the smallest file of each kind that decodes within 0.1 dB of the uncoded fit.
+learned start at 10, 100 and 1,000 steps (and the recipe's at N) is coded (ANS, no
+fine-tune) at 4-12 bits, once as its weights and once as the difference from the start
+(codec `start=`); "bytes at equal PSNR" is the smallest file of each kind that decodes
+within 0.1 dB of the uncoded fit (none may: the table says so).
 Writes OUT/meta_start.json, OUT/meta_start.md and OUT/meta_start.png and prints the table.
 """
 import argparse
@@ -176,7 +177,8 @@ def main():
         "crops": len(pairs)}
   report = {"start": a.start, "crops": a.crops, "crop": mc.crop, "held_out": mc.held_out,
             "net": f"{model_cfg.width}x{model_cfg.depth}", "sgd_lr": mc.inner_lr,
-            "adam_lr": adam_lr, "recipe_steps": a.recipe_steps, "psnr": curves, "diverged": diverged, "coding": coding}
+            "adam_lr": adam_lr, "recipe_steps": a.recipe_steps, "psnr": curves,
+            "diverged": diverged, "coding": coding}
   os.makedirs(a.out, exist_ok=True)
   logs.write_json(os.path.join(a.out, "meta_start.json"), report)
   text = _table(report)

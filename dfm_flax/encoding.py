@@ -34,21 +34,6 @@ def load_start(run: str):
                         for a, b in model.net_params()]
 
 
-def start_size_note(run: str, shape) -> str:
-  """A line for `codec encode --init` when the image is not of the size the start was
-  meta-learned on (its crops), else ''."""
-  from dfm_flax.restore import saved_config
-  crop = saved_config(run).get("meta", {}).get("crop")
-  h, w = shape[:2]
-  if not crop or (h, w) == (crop, crop):
-    return ""
-  # Measured once (README, "Meta-learned starting points"): chelsea, 451x300, from the
-  # 6x5 start learned on 32x32 crops, decoded 4.5 dB below the same fit from a random start.
-  return (f"note: {run} was learned on {crop}x{crop} crops; on this {w}x{h} image a fit from it "
-          f"can end worse than one from a random start (README: 4.5 dB worse on a 451x300 "
-          f"photograph)")
-
-
 def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder: str,
                 qat_steps: int, qat_prefix: str | None = None, start=None) -> list[dict]:
   """Code each net of a finished compress run (one, or several fitted at once) into

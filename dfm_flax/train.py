@@ -24,7 +24,7 @@ from flax import nnx
 
 import numpy as np
 
-from dfm_flax import distributed, files, guard, logs, optim, progress, sharding, tasks
+from dfm_flax import distributed, files, guard, logs, optim, progress, restore, sharding, tasks
 from dfm_flax.checkpoint import Checkpointer
 from dfm_flax.errors import UserError
 
@@ -155,14 +155,21 @@ def build(config, task):
   return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
-def _init_from(model, source: str) -> None:
-  """Start from the weights of another run (fine-tuning); its optimizer state is not used."""
+def _init_from(model, source: str, task) -> None:
+  """Start from the weights of another run (fine-tuning); its optimizer state is not used.
+  A start meta-learned on crops of another size than the task's images is said in one line:
+  there it can end worse than a random start."""
   source_ckpt = Checkpointer(os.path.join(source, "checkpoints"), read_only=True)
   try:
     source_ckpt.restore(model)
   finally:
     source_ckpt.close()
   _say(f"initialised from the weights in {source}")
+  meta = task.meta()
+  for shape in meta.get("image_shapes", [meta["image_shape"]] if "image_shape" in meta else []):
+    if note := restore.start_size_note(source, shape):
+      _say(note)
+      break
 
 
 def place_on_mesh(config, model, optimizer):
@@ -203,7 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _resume_guard(watch, meta, ckpt, model, optimizer)
     _say(f"resumed from checkpoint at step {meta['step']}")
   elif config.get("init_from", ""):
-    _init_from(model, config.init_from)
+    _init_from(model, config.init_from, task)
   start = int(meta.get("step", 0))
   sharding.global_batch(task, start, mesh)  # A batch that does not divide fails here.
 

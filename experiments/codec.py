@@ -78,8 +78,6 @@ def _encode(image_path: str):
     # rate-distortion study), so --bpp starts from BPP_BITS.
     bits = encoding.BPP_BITS
   start_model, start = encoding.load_start(_INIT.value) if _INIT.value else (None, None)
-  if start is not None and (note := encoding.start_size_note(_INIT.value, image.shape)):
-    print(note, file=sys.stderr)
   if start is not None and _QAT.value and bits != 16:
     print("note: --init codes the difference from the start, so the quantisation-aware "
           "fine-tune (whose grid is the weights') is skipped", file=sys.stderr)

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from dfm_flax import codec, data, encoding, fourier
+from dfm_flax import codec, data, encoding, fourier, restore
 from dfm_flax.errors import UserError
 from dfm_flax.tasks import meta
 from experiments import meta as meta_config
@@ -137,6 +137,8 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
                  "--config.train.steps=1")
   assert proc.returncode == 0, proc.stderr
   assert "initialised from the weights in" in proc.stdout + proc.stderr
+  # The smoke start was learned on 16x16 crops, the smoke image is not: one line says so.
+  assert f"note: {wd} was learned on 16x16 crops; on this" in proc.stdout + proc.stderr
   # The codec from the learned start: the file stores the difference and names the start.
   img, out = str(tmp_path / "img.png"), str(tmp_path / "img.dfm")
   Image.fromarray(data.photo_crops(["astronaut"], 1, 24, 0)[0][0]).save(img)
@@ -146,8 +148,8 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert f"difference from {wd}" in proc.stdout
   # The smoke start was learned on 16x16 crops: a 24x24 image gets the one-line note.
-  assert f"note: {wd} was learned on 16x16 crops; on this 24x24 image" in proc.stderr
-  assert encoding.start_size_note(wd, (16, 16, 3)) == ""
+  assert f"note: {wd} was learned on 16x16 crops; on this 24x24 image" in proc.stdout + proc.stderr
+  assert restore.start_size_note(wd, (16, 16, 3)) == ""
   raw = open(out, "rb").read()
   assert raw[4] == codec.VERSION_WITH_START
   _, start = encoding.load_start(wd)

@@ -18,7 +18,9 @@ PSNR is recorded after 0, 1, 3, 10, 100 and 1,000 steps (and N). Then each fit f
 learned start at 10, 100 and 1,000 steps (and the recipe's at N) is coded (ANS, no
 fine-tune) at 4-12 bits, once as its weights and once as the difference from the start
 (codec `start=`); "bytes at equal PSNR" is the smallest file of each kind that decodes
-within 0.1 dB of the uncoded fit (none may: the table says so).
+within 0.1 dB of the uncoded fit (none may: the table says so), and the Bjontegaard delta
+rate between the two 4-12-bit curves (`rate_distortion.bd_rate`) gives the bytes saved at
+equal PSNR over the range both curves cover, for any fit.
 Writes OUT/meta_start.json, OUT/meta_start.md and OUT/meta_start.png and prints the table.
 """
 import argparse
@@ -87,13 +89,14 @@ def _coded_psnr(params, target, coords, net, shape, bits, start):
   return len(data), float(meta.psnr(meta.mse(back, coords, target, net.method)))
 
 
-def _bytes_at(params, target, coords, net, shape, goal, start):
-  """Smallest file (4-12 bits) decoding within 0.1 dB of `goal`; None if none does."""
-  for bits in range(4, 13):
-    size, psnr = _coded_psnr(params, target, coords, net, shape, bits, start)
-    if psnr >= goal - 0.1:
-      return size
-  return None
+def _rd_points(params, target, coords, net, shape, start):
+  """(bytes, PSNR) of the files at 4-12 bits: the fit's rate-distortion curve."""
+  return [_coded_psnr(params, target, coords, net, shape, bits, start) for bits in range(4, 13)]
+
+
+def _bytes_at(points, goal):
+  """Smallest file among `points` decoding within 0.1 dB of `goal`; None if none does."""
+  return next((size for size, psnr in points if psnr >= goal - 0.1), None)
 
 
 def main():
@@ -110,7 +113,7 @@ def main():
   import optax
   from flax import nnx
 
-  from dfm_flax import encoding, files, fourier, images, logs
+  from dfm_flax import encoding, files, fourier, images, logs, rate_distortion
   from dfm_flax.restore import saved_config
   from dfm_flax.tasks import compress, meta
 
@@ -161,20 +164,26 @@ def main():
   coding = {}
   for opt, k in coded_at:
     params, psnrs = fits[(opt, "learned")][k]
-    plain, diff = [], []
+    plain, diff, bd = [], [], []
     for i in range(a.crops):
       if not np.isfinite(psnrs[i]):  # A diverged fit: nothing to code.
         continue
       one = [(np.asarray(x[i]), np.asarray(y[i])) for x, y in params]
       t = np.asarray(targets[i])
-      plain.append(_bytes_at(one, t, coords, model_cfg, shape, float(psnrs[i]), None))
-      diff.append(_bytes_at(one, t, coords, model_cfg, shape, float(psnrs[i]), learned))
+      rd = [_rd_points(one, t, coords, model_cfg, shape, s) for s in (None, learned)]
+      plain.append(_bytes_at(rd[0], float(psnrs[i])))
+      diff.append(_bytes_at(rd[1], float(psnrs[i])))
+      bd.append(rate_distortion.bd_rate(*rd))
     pairs = [(x, y) for x, y in zip(plain, diff) if x and y]
+    bd = [x for x in bd if x is not None]
     coding[f"{opt}/{k}"] = {
         "plain_bytes": float(np.mean([x for x, _ in pairs])) if pairs else None,
         "difference_bytes": float(np.mean([y for _, y in pairs])) if pairs else None,
         "saved": float(1 - np.mean([y / x for x, y in pairs])) if pairs else None,
-        "crops": len(pairs)}
+        "crops": len(pairs),
+        # Over the 4-12-bit curves at equal PSNR (Bjontegaard), defined for fits too fine
+        # for any file to come within 0.1 dB of them: mean over crops, saved = -BD-rate.
+        "saved_bd": float(-np.mean(bd)) if bd else None, "crops_bd": len(bd)}
   report = {"start": a.start, "crops": a.crops, "crop": mc.crop, "held_out": mc.held_out,
             "net": f"{model_cfg.width}x{model_cfg.depth}", "sgd_lr": mc.inner_lr,
             "adam_lr": adam_lr, "recipe_steps": a.recipe_steps, "psnr": curves,
@@ -200,13 +209,15 @@ def _table(r) -> str:
     lines.append(f"| {key}{note} | "
                  + " | ".join(f"{curve[k]:.2f}" if k in curve else "" for k in marks) + " |")
   lines += ["", "| fit from the learned start | bytes, weights coded | bytes, difference coded | "
-            "saved |", "|---|---|---|---|"]
+            "saved | saved at equal PSNR on the 4-12-bit curves (BD-rate) |",
+            "|---|---|---|---|---|"]
   for key, c in r["coding"].items():
+    bd = f"{c['saved_bd']:.0%} ({c['crops_bd']} crops)" if c.get("saved_bd") is not None else "-"
     if c["plain_bytes"]:
       lines.append(f"| {key} steps | {c['plain_bytes']:.0f} | {c['difference_bytes']:.0f} | "
-                   f"{c['saved']:.0%} |")
+                   f"{c['saved']:.0%} | {bd} |")
     else:  # Said, not dropped: a fit too fine for the codec's bit depths.
-      lines.append(f"| {key} steps | no 4-12-bit file within 0.1 dB of the fit | | |")
+      lines.append(f"| {key} steps | no 4-12-bit file within 0.1 dB of the fit | | | {bd} |")
   return "\n".join(lines) + "\n"
 
 

@@ -87,6 +87,26 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
   return front
 
 
+def bd_rate(reference: list[tuple[float, float]], test: list[tuple[float, float]]) -> float | None:
+  """Bjontegaard delta rate: how much larger (> 0) or smaller (< 0) `test`'s files are than
+  `reference`'s at equal PSNR, averaged over the PSNR range both cover. Points are (bytes or
+  bpp, PSNR); each curve is reduced to its Pareto front, and log rate is interpolated as a
+  function of PSNR piecewise-cubically and monotonically (PCHIP, the interpolation recent
+  codec tests use instead of the original cubic fit). None when a curve has fewer than two
+  points on its front or the PSNR ranges do not overlap."""
+  from scipy.interpolate import PchipInterpolator
+  fronts = [pareto(points) for points in (reference, test)]
+  if any(len(f) < 2 for f in fronts):
+    return None
+  lo = max(f[0][1] for f in fronts)
+  hi = min(f[-1][1] for f in fronts)
+  if hi <= lo:
+    return None
+  areas = [PchipInterpolator([p for _, p in f], np.log([r for r, _ in f])).integrate(lo, hi)
+           for f in fronts]
+  return float(np.expm1((areas[1] - areas[0]) / (hi - lo)))
+
+
 def plot(rows, path):
   """PSNR vs bpp: every setting's mean as a dot, each codec's best settings joined."""
   from dfm_flax import figures  # noqa: F401  (Agg backend)

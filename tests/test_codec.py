@@ -312,3 +312,34 @@ def test_rd_pareto_front_keeps_only_undominated_settings():
   # (0.44, 23.3) is beaten by (0.37, 28.5): fewer bits and more dB.
   points = [(0.06, 24.8), (0.44, 23.3), (0.37, 28.5), (0.04, 22.0), (0.82, 30.0)]
   assert pareto(points) == [(0.04, 22.0), (0.06, 24.8), (0.37, 28.5), (0.82, 30.0)]
+
+
+def test_bd_rate_on_curves_known_in_closed_form():
+  from dfm_flax.rate_distortion import bd_rate
+  # log bytes linear in PSNR: log r = a + b p. The test curve is the same line shifted by
+  # log(0.8), sampled at other PSNRs over a range that only partly overlaps: any
+  # interpolation of straight lines is exact, so the answer is exactly 0.8 - 1.
+  b = 0.23
+  ref = [(float(np.exp(1.0 + b * p)), p) for p in (20.0, 23.0, 27.0, 31.0)]
+  test = [(float(np.exp(1.0 + np.log(0.8) + b * p)), p) for p in (22.5, 25.0, 29.5, 36.0)]
+  assert bd_rate(ref, test) == pytest.approx(-0.2, abs=1e-9)
+  assert bd_rate(test, ref) == pytest.approx(0.25, abs=1e-9)
+  # A dominated point (more bytes, fewer dB) is left out: the answer does not move.
+  assert bd_rate(ref + [(float(np.exp(1.0 + b * 31.0)) * 1.5, 24.0)], test) == pytest.approx(
+      -0.2, abs=1e-9)
+
+
+def test_bd_rate_matches_numerical_integration_and_says_when_undefined():
+  from scipy.interpolate import PchipInterpolator
+
+  from dfm_flax.rate_distortion import bd_rate
+  ref = [(1000.0, 20.0), (1500.0, 24.0), (2600.0, 27.0), (5200.0, 30.0)]
+  test = [(900.0, 21.0), (1200.0, 23.5), (2500.0, 28.0), (4000.0, 31.0)]
+  # Independently: the mean log-rate gap on a fine grid of the common PSNR range (21-30 dB).
+  grid = np.linspace(21.0, 30.0, 200_001)
+  curve = lambda pts: PchipInterpolator([p for _, p in pts], np.log([r for r, _ in pts]))(grid)  # noqa: E731
+  expected = np.exp(np.trapezoid(curve(test) - curve(ref), grid) / 9.0) - 1
+  assert bd_rate(ref, test) == pytest.approx(expected, abs=1e-6)
+  assert bd_rate(ref, test) < 0  # the test curve is below the reference everywhere here
+  assert bd_rate(ref, [(100.0, 40.0), (200.0, 45.0)]) is None  # no common PSNR range
+  assert bd_rate(ref, [(100.0, 25.0)]) is None  # one point is not a curve

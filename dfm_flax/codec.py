@@ -78,9 +78,13 @@ def _levels(bits: int) -> int:
   return 2 ** (bits - 1) - 1
 
 
-def quantize(w: np.ndarray, bits: int) -> tuple[np.ndarray, float]:
+def quantize(w: np.ndarray, bits: int, step: float | None = None) -> tuple[np.ndarray, float]:
+  """(integers, step) of one layer on a uniform grid: by default the finest that holds the
+  layer's peak in 2^(bits-1) - 1 levels; an encoder's own `step` is raised to that floor,
+  so that no weight is clipped."""
   peak = float(np.max(np.abs(w))) if w.size else 0.0
-  step = np.float32(peak / _levels(bits) if peak > 0 else 1.0)
+  floor = peak / _levels(bits) if peak > 0 else 1.0
+  step = np.float32(max(step, floor) if step else floor)
   q = np.clip(np.round(w / step), -_levels(bits), _levels(bits)).astype(np.int32)
   return q, float(step)
 
@@ -101,9 +105,12 @@ def _ans(bits: int):
 
 
 def encode(params, image_shape, width: int, depth: int, coord_range=(0.0, 1.0),
-           method: str = "auto", bits: int = 8, coder: str = "ans", start=None) -> bytes:
+           method: str = "auto", bits: int = 8, coder: str = "ans", start=None,
+           steps=None) -> bytes:
   """Serialise per-layer (a, b) weights. bits 16 means float16; else 4..12-bit uniform.
-  With `start` (per-layer (a, b) of the same net), the difference from it is coded."""
+  With `start` (per-layer (a, b) of the same net), the difference from it is coded.
+  `steps` (one per layer) sets each layer's grid step (see `quantize`): the file stores
+  the step either way, so a reader needs nothing else."""
   if bits != 16 and not 4 <= bits <= 12:
     raise UserError(f"--bits must be 16 (fp16) or 4..12, got {bits}")
   h, w, c = image_shape
@@ -119,7 +126,10 @@ def encode(params, image_shape, width: int, depth: int, coord_range=(0.0, 1.0),
     payload = b"".join(x.astype("<f2").tobytes() for x in layers)
     stats = [(1.0, 0.0, 1.0)] * len(layers)
   else:
-    quantised = [quantize(x, bits) for x in layers]
+    steps = [None] * len(layers) if steps is None else list(steps)
+    if len(steps) != len(layers):
+      raise ValueError(f"{len(steps)} grid steps for {len(layers)} layers")
+    quantised = [quantize(x, bits, step) for x, step in zip(layers, steps)]
     stats = []
     for q, step in quantised:
       stats.append((step, *_laplace(q)))

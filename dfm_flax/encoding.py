@@ -42,19 +42,10 @@ def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder:
   QAT_PREFIX.qatBITS (default: the first output file's path). With `start` (per-layer
   (a, b)), each file stores the difference from it; the fine-tune, whose grid is the
   weights' own, is then skipped."""
-  from dfm_flax import codec, files, images
-  from dfm_flax.restore import load_model
-  config, meta, model = load_model(source, expect_task="compress")
-  shapes = [tuple(s) for s in meta.get("image_shapes") or [meta["image_shape"]]]
-  given = [im.shape for im in images_in]
-  if len(shapes) == len(given) == 1 and shapes != given:
-    raise UserError(f"the net in {source} was fitted to a {list(shapes[0])} image, "
-                    f"not to this {list(given[0])} one")
-  if shapes != given:
-    raise UserError(f"the run in {source} fitted {len(shapes)} images of shapes {shapes}; "
-                    f"give those {len(shapes)} images in order (got {len(given)}: {given})")
+  from dfm_flax import codec
+  config, model = _fitted(source, images_in)
   n = sum(a.size + b.size for a, b in model.params_list()) // max(getattr(model, "count", 0), 1)
-  for h, w, c in shapes:
+  for h, w, c in (im.shape for im in images_in):
     if n * (16 if bits == 16 else bits) >= 8 * h * w * c:
       raise UserError(f"the image ({w}x{h}x{c}) is too small for this net: its {n:,} weights "
                       f"at {bits} bits take more bytes than the raw pixels; use a smaller net")
@@ -65,22 +56,41 @@ def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder:
   m = config.model
   rows = []
   for i, (image, out) in enumerate(zip(images_in, outs)):
-    h, w, _ = image.shape
     tic = time.perf_counter()
     params = model.net_params(i if getattr(model, "count", 0) else None)
     data = codec.encode(params, image.shape, m.width, m.depth, tuple(m.coord_range),
                         m.method, bits, coder, start)
-    encode_s = shared_s + time.perf_counter() - tic
-    tic = time.perf_counter()
-    _, decoded_params = codec.decode(data, start)  # What a reader gets: the PSNR reported is of this.
-    decoded = images.render_params(decoded_params, h, w, tuple(m.coord_range), m.method)
-    decode_s = time.perf_counter() - tic
-    files.write_bytes(out, data)
-    ref, rec = images.to_uint8(image) / 255, images.to_uint8(decoded) / 255
-    rows.append({"bytes": len(data), "bpp": 8 * len(data) / (h * w),
-                 "psnr": images.psnr(ref, rec), "ssim": images.ssim(ref, rec),
-                 "encode_s": encode_s, "decode_s": decode_s})
+    rows.append(_write(data, image, m, out, start, shared_s + time.perf_counter() - tic))
   return rows
+
+
+def _fitted(source: str, images_in: list):
+  """(config, model) of a finished compress run, checked against the images to code."""
+  from dfm_flax.restore import load_model
+  config, meta, model = load_model(source, expect_task="compress")
+  shapes = [tuple(s) for s in meta.get("image_shapes") or [meta["image_shape"]]]
+  given = [im.shape for im in images_in]
+  if len(shapes) == len(given) == 1 and shapes != given:
+    raise UserError(f"the net in {source} was fitted to a {list(shapes[0])} image, "
+                    f"not to this {list(given[0])} one")
+  if shapes != given:
+    raise UserError(f"the run in {source} fitted {len(shapes)} images of shapes {shapes}; "
+                    f"give those {len(shapes)} images in order (got {len(given)}: {given})")
+  return config, model
+
+
+def _write(data: bytes, image, net, out: str, start, encode_s: float) -> dict:
+  """Write the file and measure what it decodes to (what a reader gets)."""
+  from dfm_flax import codec, files, images
+  h, w, _ = image.shape
+  tic = time.perf_counter()
+  _, decoded_params = codec.decode(data, start)
+  decoded = images.render_params(decoded_params, h, w, tuple(net.coord_range), net.method)
+  decode_s = time.perf_counter() - tic
+  files.write_bytes(out, data)
+  ref, rec = images.to_uint8(image) / 255, images.to_uint8(decoded) / 255
+  return {"bytes": len(data), "bpp": 8 * len(data) / (h * w), "psnr": images.psnr(ref, rec),
+          "ssim": images.ssim(ref, rec), "encode_s": encode_s, "decode_s": decode_s}
 
 
 def encode_to_bpp(source: str, image, out: str, bpp: float, bits: int, coder: str,

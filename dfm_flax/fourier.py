@@ -24,6 +24,7 @@ this order, so their weights are interchangeable.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -213,12 +214,15 @@ def render(weights: jax.Array, coords: jax.Array, width: int, depth: int, channe
   return net_apply(unflatten(weights, width, depth, channels), coords, method)
 
 
-def fake_quantize(a: jax.Array, b: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
-  """A layer's (a, b) rounded to the codec's per-layer uniform grid (dfm_flax/codec.py),
-  with a straight-through gradient: quantisation-aware fine-tuning."""
+def fake_quantize(a: jax.Array, b: jax.Array, bits: int,
+                  step: float | None = None) -> tuple[jax.Array, jax.Array]:
+  """A layer's (a, b) rounded to the codec's per-layer uniform grid (dfm_flax/codec.py,
+  `quantize`: its own `step` if given, raised to the floor that holds the peak), with a
+  straight-through gradient: quantisation-aware fine-tuning."""
   levels = 2 ** (bits - 1) - 1
   peak = jnp.maximum(jnp.max(jnp.abs(a)), jnp.max(jnp.abs(b)))
-  step = jnp.where(peak > 0, peak / levels, 1.0)
+  floor = jnp.where(peak > 0, peak / levels, 1.0)
+  step = floor if step is None else jnp.maximum(jnp.float32(step), floor)
 
   def q(w):
     return w + jax.lax.stop_gradient(jnp.clip(jnp.round(w / step), -levels, levels) * step - w)
@@ -249,7 +253,7 @@ class FourierNet(nnx.Module):
 
   def __init__(self, width: int, depth: int, channels: int, *,
                init_variance: float | Sequence[float], method: str = "auto",
-               quant_bits: int = 0, rngs: nnx.Rngs):
+               quant_bits: int = 0, quant_steps: Sequence[float] = (), rngs: nnx.Rngs):
     if method not in METHODS:
       raise UserError(f"unknown model.method {method!r}; use one of {METHODS}")
     dims = layer_dims(width, depth, channels)
@@ -259,6 +263,10 @@ class FourierNet(nnx.Module):
       raise UserError(f"model.init_variance has {len(variances)} entries for {len(dims)} layers")
     self.width, self.depth, self.channels, self.method = width, depth, channels, method
     self.quant_bits = quant_bits  # > 0: forward pass sees the weights as the codec stores them.
+    # Empty: each layer's grid is the bit depth's; else one step per layer (dfm_flax/grids.py).
+    self.quant_steps = tuple(float(s) for s in quant_steps)
+    if self.quant_steps and len(self.quant_steps) != len(dims):
+      raise UserError(f"model.quant_steps has {len(self.quant_steps)} entries for {len(dims)} layers")
     self.count = 0  # Nets stacked in this module; 0: one plain net.
     self.layers = nnx.List([
         FourierLayer(m, n, init_variance=v, method=method, rngs=rngs)
@@ -278,8 +286,9 @@ class FourierNet(nnx.Module):
     """Each layer's (a, b); (count, 2^m, n) arrays for stacked nets."""
     params = [(layer.a[...], layer.b[...]) for layer in self.layers]
     if self.quant_bits:
-      quantize = lambda a, b: fake_quantize(a, b, self.quant_bits)  # noqa: E731
-      params = [(jax.vmap(quantize) if self.count else quantize)(a, b) for a, b in params]
+      steps = self.quant_steps or (None,) * len(params)
+      params = [(jax.vmap(quantize) if self.count else quantize)(a, b) for (a, b), quantize in zip(
+          params, [functools.partial(fake_quantize, bits=self.quant_bits, step=s) for s in steps])]
     return params
 
   def net_params(self, index: int | None = None) -> list[tuple[jax.Array, jax.Array]]:

@@ -81,6 +81,7 @@ def thesis() -> ml_collections.ConfigDict:
   c.model.init_variance = 2e-10
   c.model.coord_range = (0.0, 1.0)  # Pixel centres are scaled into [lo, hi]^2.
   c.model.quant_bits = 0  # > 0: quantisation-aware training for the .dfm codec.
+  c.model.quant_steps = ()  # With quant_bits: one grid step per layer (the sensitivity grid).
   c.model.kind = "fourier"  # or "siren": the COIN baseline (sine MLP) on the same loop.
   c.model.siren_hidden = 64
   c.model.siren_layers = 5

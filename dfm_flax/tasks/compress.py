@@ -56,7 +56,8 @@ def one_net(m, channels: int, rngs: nnx.Rngs):
     from dfm_flax.siren import Siren
     return Siren(m.siren_hidden, m.siren_layers, channels, w0=m.siren_w0, rngs=rngs)
   return fourier.FourierNet(m.width, m.depth, channels, init_variance=init_variances(m, channels),
-                            method=m.method, quant_bits=m.get("quant_bits", 0), rngs=rngs)
+                            method=m.method, quant_bits=m.get("quant_bits", 0),
+                            quant_steps=m.get("quant_steps", ()), rngs=rngs)
 
 
 def model_function(model, model_cfg, index: int | None = None):

@@ -1,0 +1,74 @@
+"""The sensitivity grid (dfm_flax/grids.py) and the codec's per-layer steps."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from dfm_flax import codec, fourier, grids, images
+from tests.test_codec import laplace_params
+
+
+def _net(width=4, depth=3, method="direct"):
+  return ml_collections.ConfigDict({"width": width, "depth": depth, "coord_range": (0.0, 0.5),
+                                    "method": method})
+
+
+def test_encoder_steps_are_the_files_grid_and_never_clip():
+  params = laplace_params(4, 3, 1, seed=1)
+  flat = codec._flat_layers(params)
+  floors = [np.abs(x).max() / (2**7 - 1) for x in flat]
+  # Layer 0 finer than its 8-bit floor (so raised to it), the others coarser.
+  asked = [floors[0] / 10, floors[1] * 3, floors[2] * 7]
+  data = codec.encode(params, (8, 8, 1), 4, 3, (0.0, 0.5), "direct", 8, "ans", steps=asked)
+  _, back = codec.decode(data)
+  for x, y, step in zip(flat, codec._flat_layers(back), [floors[0], asked[1], asked[2]]):
+    step = np.float32(step)
+    assert np.allclose(y / step, np.round(y / step), atol=1e-3)  # on the grid of that step
+    assert np.max(np.abs(y - x)) <= step / 2 * (1 + 1e-5)  # rounded, not clipped
+  # Coarser steps, fewer bytes; no steps is the default grid, byte for byte.
+  default = codec.encode(params, (8, 8, 1), 4, 3, (0.0, 0.5), "direct", 8, "ans")
+  assert len(data) < len(default)
+  assert codec.encode(params, (8, 8, 1), 4, 3, (0.0, 0.5), "direct", 8, "ans",
+                      steps=floors) == default
+  with pytest.raises(ValueError, match="2 grid steps for 3 layers"):
+    codec.encode(params, (8, 8, 1), 4, 3, (0.0, 0.5), "direct", 8, "ans", steps=asked[:2])
+
+
+def _exact_sensitivity(params, coords, method):
+  """sum over pixels and channels of (d output / d weight)^2, from the full Jacobian."""
+  jac = jax.jacrev(lambda p: fourier.net_apply(p, jnp.asarray(coords), method))(params)
+  return np.array([(np.sum(np.asarray(ja) ** 2) + np.sum(np.asarray(jb) ** 2))
+                   / (2 * np.size(a)) / len(coords) for (ja, jb), (a, _) in zip(jac, params)])
+
+
+def test_sensitivity_matches_the_exact_jacobian():
+  params = laplace_params(4, 3, 2, seed=2)
+  coords = images.pixel_grid(5, 5, (0.0, 0.5))
+  exact = _exact_sensitivity(params, coords, "direct")
+  # One pixel, one channel: sign probes square away, so the estimate is exact.
+  one = [(a[:, :1], b[:, :1]) if i == 2 else (a, b) for i, (a, b) in enumerate(params)]
+  assert np.allclose(grids.layer_sensitivity(one, coords[:1], "direct", probes=1),
+                     _exact_sensitivity(one, coords[:1], "direct"), rtol=1e-4)
+  # 25 pixels, 2 channels: unbiased, so many probes come close.
+  est = grids.layer_sensitivity(params, coords, "direct", probes=3000)
+  assert np.allclose(est, exact, rtol=0.15)
+  # The first layer's few weights move the picture most (the phases of all that follows).
+  assert exact[0] > exact[1] > 0
+
+
+def test_encode_at_bytes_hits_the_budget_with_steps_by_sensitivity():
+  params = laplace_params(6, 4, 3, seed=3)
+  net = _net(6, 4, "product")
+  sens = np.array([400.0, 25.0, 4.0, 1.0])
+  target = len(codec.encode(params, (30, 40, 3), 6, 4, (0.0, 0.5), "product", 8, "ans"))
+  data, steps = grids.encode_at_bytes(params, (30, 40, 3), net, sens, target)
+  assert target * 0.98 <= len(data) <= target
+  # Steps in proportion to 1 / sqrt(sensitivity): 1 : 4 : 10 : 20.
+  assert np.allclose(np.array(steps) / steps[0], [1, 4, 10, 20], rtol=1e-6)
+  header, back = codec.decode(data)
+  assert header["bits"] == 12  # the widest alphabet: the steps, not the depth, set the size
+  # A budget below the smallest file gives the smallest (every weight 0).
+  data, _ = grids.encode_at_bytes(params, (30, 40, 3), net, sens, 1)
+  _, back = codec.decode(data)
+  assert all(np.all(a == 0) and np.all(b == 0) for a, b in back)

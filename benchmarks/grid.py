@@ -53,7 +53,8 @@ def _curves(run: str) -> dict:
 def _table(rows) -> str:
   import numpy as np
   head = " | ".join(f"{b}-bit size: uniform / sensitivity" for b in SHOWN)
-  lines = [f"| run | image | net | {head} | BD-rate |", "|---|---|---|" + "---|" * len(SHOWN) + "---|"]
+  lines = [f"| run | image | net | {head} | BD-rate |",
+           "|---|---|---|" + "---|" * len(SHOWN) + "---|"]
   for r in rows:
     cells = []
     for b in SHOWN:

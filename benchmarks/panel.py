@@ -30,35 +30,41 @@ from benchmarks import settings
 
 DEFAULT_IMAGES = ("astronaut,chelsea,coffee,camera,rocket,retina,hubble,ihc,brick,grass,moon,"
                   "page,text,coins")
-FIELDS = ["image", "pixels", "target_bpp", "seed", "net", "bits", "bytes", "bpp", "psnr",
+FIELDS = ["image", "pixels", "target_bpp", "seed", "net", "grid", "bits", "bytes", "bpp", "psnr",
           "float_psnr", "recoveries", "collapsed", "jpeg_psnr", "jpeg_bytes", "webp_psnr",
           "webp_bytes", "seconds"]
 
 
-def fit_and_code(out, name, bpp, seed, stop_at, qat_steps, net="", bits=10, overrides=None):
+def cell_name(name: str, bpp: float, seed: int, grid: str = "uniform") -> str:
+  """A cell's directory under OUT/runs: the uniform grid's cells keep their old names."""
+  return f"{name}_{bpp:g}bpp_s{seed}" + ("" if grid == "uniform" else f"_{grid}")
+
+
+def fit_and_code(out, name, bpp, seed, stop_at, qat_steps, net="", bits=10, overrides=None,
+                 grid="uniform"):
   from dfm_flax import encoding, images, logs, photos
   from dfm_flax.train import train_and_evaluate
   from experiments.compress import get_config
   path = photos.path(name, os.path.join(out, "images"))
   image = images.load_image(path)
   h, w, _ = image.shape
-  cell = os.path.join(out, "runs", f"{name}_{bpp:g}bpp_s{seed}")
+  cell = os.path.join(out, "runs", cell_name(name, bpp, seed, grid))
   c = get_config("best")
   c.image, c.seed = path, seed
   c.model.width, c.model.depth = (tuple(int(v) for v in net.split("x")) if net
-                                  else encoding.size_for_bpp(bpp, image.shape, bits))
+                                  else encoding.size_for_bpp(bpp, image.shape, bits, grid))
   c.train.stop_at, c.train.quiet, c.wandb.mode = stop_at, True, "disabled"
   c.update_from_flattened_dict(overrides or {})
   m = train_and_evaluate(c, os.path.join(cell, "run"))
   row, bits, note = encoding.encode_to_bpp(os.path.join(cell, "run"), image,
                                            os.path.join(cell, "file.dfm"), bpp, bits, "ans",
-                                           qat_steps)
+                                           qat_steps, grid=grid)
   if note:
     print(f"{name} {bpp:g} bpp: {note}", flush=True)
   jpeg = images.jpeg_at_size(image, row["bytes"])
   webp = images.jpeg_at_size(image, row["bytes"], "WEBP")
   result = {"image": name, "pixels": f"{w}x{h}x{image.shape[2]}", "target_bpp": bpp,
-            "seed": seed, "net": f"{c.model.width}x{c.model.depth}", "bits": bits,
+            "seed": seed, "net": f"{c.model.width}x{c.model.depth}", "grid": grid, "bits": bits,
             "bytes": row["bytes"], "bpp": round(row["bpp"], 4), "psnr": round(row["psnr"], 2),
             "float_psnr": round(m["psnr"], 2), "recoveries": m["recoveries"],
             "collapsed": m["collapsed"],
@@ -74,19 +80,22 @@ def fit_and_code(out, name, bpp, seed, stop_at, qat_steps, net="", bits=10, over
 def table(rows) -> str:
   """Markdown: one line per (image, target bpp)."""
   cells = {}
-  for r in rows:
-    cells.setdefault((r["image"], float(r["target_bpp"])), []).append(r)
+  for r in rows:  # Rows from before the grid was recorded are the uniform grid's.
+    cells.setdefault((r["image"], float(r["target_bpp"]), r.get("grid") or "uniform"),
+                     []).append(r)
   lines = ["| image | pixels | target bpp | net | delivered bpp | PSNR per seed (dB) | "
            "collapses | recoveries | JPEG same bytes | WebP same bytes | DFM - JPEG |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
-  for (image, bpp), rs in sorted(cells.items()):
+  uniform_first = lambda kv: (*kv[0][:2], kv[0][2] != "uniform")  # noqa: E731
+  for (image, bpp, grid), rs in sorted(cells.items(), key=uniform_first):
     psnrs = [float(r["psnr"]) for r in rs]
     bad = sum(1 for r in rs if str(r["collapsed"]) == "True" or float(r["psnr"]) < max(psnrs) - 3)
     jpeg = [float(r["jpeg_psnr"]) for r in rs if r["jpeg_psnr"] != ""]
     webp = [float(r["webp_psnr"]) for r in rs if r["webp_psnr"] != ""]
     mean = sum(psnrs) / len(psnrs)
     lines.append(
-        f"| {image} | {rs[0]['pixels']} | {bpp:g} | {rs[0]['net']} | "
+        f"| {image} | {rs[0]['pixels']} | {bpp:g} | {rs[0]['net']}"
+        f"{', sensitivity grid' if grid == 'sensitivity' else ''} | "
         f"{', '.join(str(r['bpp']) for r in rs)} | {', '.join(f'{p:.2f}' for p in psnrs)} | "
         f"{bad} | {sum(int(r['recoveries']) for r in rs)} | "
         f"{f'{sum(jpeg) / len(jpeg):.2f}' if jpeg else 'none that small'} | "
@@ -155,6 +164,8 @@ def main():
   p.add_argument("--shard", default="0/1", help="i/n: every n-th cell (n processes)")
   p.add_argument("--net", default="", help="WxD: this net size instead of the codec's pick")
   p.add_argument("--bits", type=int, default=10, help="bit depth the codec starts from")
+  p.add_argument("--grid", default="uniform", choices=("uniform", "sensitivity"),
+                 help="the codec's quantisation grid (dfm_flax/encoding.py, GRIDS)")
   p.add_argument("--set", action="append", default=[],
                  help="KEY=VALUE: a setting of compress.py:best for every fit (repeatable)")
   p.add_argument("--report", action="store_true")
@@ -168,11 +179,12 @@ def main():
   index, count = (int(v) for v in a.shard.split("/"))
   rows = []
   for i, (name, bpp, seed) in enumerate(cells):
-    done = logs.read_json(os.path.join(a.out, "runs", f"{name}_{bpp:g}bpp_s{seed}", "row.json"))
+    done = logs.read_json(os.path.join(a.out, "runs", cell_name(name, bpp, seed, a.grid),
+                                       "row.json"))
     if done is None and not a.report and i % count == index:
       done = fit_and_code(a.out, name, bpp, seed, a.stop_at, a.qat_steps, a.net, a.bits,
-                          overrides)
-      print(f"{name} {bpp:g} bpp seed {seed}: {done['net']} {done['bits']}-bit "
+                          overrides, a.grid)
+      print(f"{name} {bpp:g} bpp seed {seed}: {done['net']} {done['grid']} grid {done['bits']}-bit "
             f"{done['bpp']} bpp {done['psnr']} dB (JPEG {done['jpeg_psnr'] or '-'}, "
             f"WebP {done['webp_psnr'] or '-'}), recoveries {done['recoveries']}"
             f"{', COLLAPSED' if done['collapsed'] else ''}", flush=True)

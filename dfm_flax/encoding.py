@@ -94,10 +94,17 @@ def _write(data: bytes, image, net, out: str, start, encode_s: float) -> dict:
 
 
 def encode_to_bpp(source: str, image, out: str, bpp: float, bits: int, coder: str,
-                  qat_steps: int, tolerance: float = 0.1, start=None) -> tuple[dict, int, str]:
-  """Code the run's net into `out` at the bit depth that lands within `tolerance` of
-  `bpp`: first at `bits`, then (at most 3 more tries) at the depth the measured file
-  size points to. Returns (row, bits used, a note when the target could not be met)."""
+                  qat_steps: int, tolerance: float = 0.1, start=None,
+                  grid: str = "uniform") -> tuple[dict, int, str]:
+  """Code the run's net into `out` within `tolerance` of `bpp`. On the uniform grid, at
+  the bit depth that lands there: first at `bits`, then (at most 3 more tries) at the depth
+  the measured file size points to. On the sensitivity grid, with its scale set to the
+  size (`encode_sensitive`). Returns (row, bits used, a note when the target could not be
+  met)."""
+  if grid == "sensitivity":
+    return encode_sensitive(source, image, out, bpp, coder, qat_steps, tolerance, start)
+  if grid != "uniform":
+    raise UserError(f"unknown grid {grid!r}; use one of {', '.join(GRIDS)}")
   from dfm_flax.restore import saved_config
   net = saved_config(source).model
   h, w, _ = image.shape
@@ -121,12 +128,52 @@ def encode_to_bpp(source: str, image, out: str, bpp: float, bits: int, coder: st
   return row, bits, note
 
 
-def fine_tune(source: str, workdir: str, bits: int, steps: int):
-  """Continue the source run for `steps` with the forward pass on the codec's grid."""
+def encode_sensitive(source: str, image, out: str, bpp: float, coder: str, qat_steps: int,
+                     tolerance: float = 0.1, start=None) -> tuple[dict, int, str]:
+  """Code the run's net into `out` on the sensitivity grid (dfm_flax/grids.py) at the
+  largest size not above `bpp`: the steps are set on the fitted net, the fine-tune (run
+  directory OUT.qat) rounds to those same steps, and the file keeps them unless the
+  fine-tune moved its size out of `tolerance` (then the scale is set again)."""
+  from dfm_flax import codec, grids, images
+  config, model = _fitted(source, [image])
+  net = config.model
+  h, w, _ = image.shape
+  target = bpp * h * w / 8
+  tic = time.perf_counter()
+  params = _numpy_params(model)
+  sensitivity = grids.layer_sensitivity(params, images.pixel_grid(h, w, tuple(net.coord_range)),
+                                        net.method)
+  data, steps = grids.encode_at_bytes(params, image.shape, net, sensitivity, target,
+                                      GRID_BITS, start, coder)
+  if qat_steps and start is None:
+    _, model = fine_tune(source, f"{out}.qat", GRID_BITS, qat_steps, steps)
+    params = _numpy_params(model)
+    data = codec.encode(params, image.shape, net.width, net.depth, tuple(net.coord_range),
+                        net.method, GRID_BITS, coder, None, steps)
+    if abs(len(data) / target - 1) > tolerance:
+      data, _ = grids.encode_at_bytes(params, image.shape, net, sensitivity, target, GRID_BITS,
+                                      None, coder)
+  row = _write(data, image, net, out, start, time.perf_counter() - tic)
+  note = ""
+  if abs(row["bytes"] / target - 1) > tolerance:
+    note = (f"note: no grid of this {net.width}x{net.depth} net comes within {tolerance:.0%} of "
+            f"{bpp:g} bpp; the nearest is {row['bpp']:.4f} bpp")
+  return row, GRID_BITS, note
+
+
+def _numpy_params(model) -> list:
+  import numpy as np
+  return [(np.asarray(a, np.float32), np.asarray(b, np.float32)) for a, b in model.net_params()]
+
+
+def fine_tune(source: str, workdir: str, bits: int, steps: int, grid_steps=()):
+  """Continue the source run for `steps` with the forward pass on the codec's grid: the bit
+  depth's, or `grid_steps` (one per layer, the sensitivity grid's)."""
   from dfm_flax.restore import saved_config, load_model
   from dfm_flax.train import train_and_evaluate
   config = saved_config(source)
   config.model.quant_bits = bits
+  config.model.quant_steps = tuple(float(s) for s in grid_steps)
   config.init_from = os.path.abspath(source)
   config.train.steps = steps
   config.train.checkpoint_every = steps
@@ -142,6 +189,13 @@ def fine_tune(source: str, workdir: str, bits: int, steps: int):
 # nets, 6-10 bits), 1.7 after a full fit and fine-tune (README, codec table). The middle
 # value predicts a file within about 5%; encode_to_bpp corrects the rest.
 CODING_GAIN_BITS = 1.4
+# The quantisation grids of --bpp: "uniform" (the bit depth's, `codec.quantize`) or
+# "sensitivity" (dfm_flax/grids.py: a step per layer, scaled to the size). The latter's
+# files hold their layers in the widest alphabet, GRID_BITS; its steps set the size.
+GRIDS = ("uniform", "sensitivity")
+GRID_BITS = 12
+# Coded bits per weight the picker plans with on the sensitivity grid: FIXME measured
+SENSITIVITY_BITS_PER_WEIGHT = 6.5
 # The bit depth a --bpp target starts from: at equal bytes, a smaller net at 10 bits beat
 # a larger one at 8 bits in every comparison measured (README).
 BPP_BITS = 10
@@ -154,15 +208,18 @@ BPP_BITS = 10
 WIDTHS, DEPTHS, MIN_DEPTH = range(3, 11), range(4, 8), 5
 
 
-def predicted_bytes(width: int, depth: int, channels: int, bits: int) -> float:
+def predicted_bytes(width: int, depth: int, channels: int, bits: int,
+                    grid: str = "uniform") -> float:
   """The .dfm file size the model of coded bits per weight predicts."""
   from dfm_flax import codec, fourier
-  per_weight = 16 if bits == 16 else bits - CODING_GAIN_BITS
+  per_weight = (16 if bits == 16 else SENSITIVITY_BITS_PER_WEIGHT if grid == "sensitivity"
+                else bits - CODING_GAIN_BITS)
   return codec.header_bytes(depth) + fourier.num_params(width, depth, channels) * per_weight / 8
 
 
-def size_for_bpp(bpp: float, image_shape, bits: int) -> tuple[int, int]:
-  """(width, depth) whose .dfm file at `bits` should come closest to `bpp`.
+def size_for_bpp(bpp: float, image_shape, bits: int, grid: str = "uniform") -> tuple[int, int]:
+  """(width, depth) whose .dfm file at `bits` (on the sensitivity grid: at its planned
+  bits per weight) should come closest to `bpp`.
 
   Among the shapes predicted within 7% of the budget, the widest with depth >= MIN_DEPTH
   (then the closest of that width); with none that close, the closest with depth >=
@@ -172,7 +229,7 @@ def size_for_bpp(bpp: float, image_shape, bits: int) -> tuple[int, int]:
   h, w, c = image_shape
   target = bpp * h * w / 8
   shapes = [(wd, d) for wd in WIDTHS for d in DEPTHS]
-  error = {s: predicted_bytes(*s, c, bits) / target - 1 for s in shapes}
+  error = {s: predicted_bytes(*s, c, bits, grid) / target - 1 for s in shapes}
   close = [s for s in shapes if abs(error[s]) <= 0.07]
   if close:
     return max(close, key=lambda s: (s[1] >= MIN_DEPTH, s[0], -abs(error[s])))

@@ -12,7 +12,9 @@ weights rounded as the file stores them (straight-through gradients; run directo
 FILE.dfm.qatBITS), quantises and codes it, writes FILE.dfm and prints bytes, bpp and the
 PSNR of what the file decodes to. With --bpp the net size comes from a model of coded
 bits per weight (encoding.size_for_bpp), and the bit depth is then moved (from --bits)
-until the file is within 10% of the target, or the nearest is said in one line. decode
+until the file is within 10% of the target, or the nearest is said in one line; with
+--grid sensitivity each layer gets its own step instead, from how much its weights move
+the picture, all scaled together to the target size (dfm_flax/grids.py). decode
 needs no training
 code; --size renders the continuous image at any resolution. Output files appear
 whole or not at all.
@@ -47,6 +49,10 @@ _BPP = flags.DEFINE_float("bpp", None, "encode: pick the net size for about this
 _QAT = flags.DEFINE_integer("qat_steps", 300, "Quantisation-aware fine-tuning steps before "
                             "coding (straight-through rounding); 0 to skip.", lower_bound=0)
 flags.DEFINE_alias("qat-steps", "qat_steps")
+_GRID = flags.DEFINE_enum("grid", "uniform", ["uniform", "sensitivity"],
+                          "encode --bpp: the quantisation grid. uniform: the bit depth's; "
+                          "sensitivity: a step per layer from how much its weights move the "
+                          "picture, scaled to the size (dfm_flax/grids.py).")
 _INIT = flags.DEFINE_string("init", None, "A run whose net is the start: encode fits from it and "
                             "codes the difference; decode adds it back.")
 flags.mark_flags_as_required(["out"])
@@ -70,6 +76,9 @@ def _encode(image_path: str):
   out = _OUT.value
   if _BITS.value != 16 and not 4 <= _BITS.value <= 12:
     raise UserError(f"--bits must be 16 (fp16) or 4..12, got {_BITS.value}")
+  grid = _GRID.value
+  if grid != "uniform" and _BPP.value is None:
+    raise UserError(f"--grid {grid} sets each layer's step to hit a size: give --bpp")
   image = images.load_image(image_path)
   bits = _BITS.value
   if _BPP.value is not None and not flags.FLAGS["bits"].present:
@@ -92,18 +101,19 @@ def _encode(image_path: str):
         config.init_from = os.path.abspath(_INIT.value)
       elif _BPP.value is not None:
         config.model.width, config.model.depth = encoding.size_for_bpp(
-            _BPP.value, image.shape, bits)
+            _BPP.value, image.shape, bits, grid)
     source = _WORKDIR.value or out + ".run"
     train_and_evaluate(config, source)
   if _BPP.value is not None:
     r, bits, note = encoding.encode_to_bpp(source, image, out, _BPP.value, bits, _CODER.value,
-                                           _QAT.value, start=start)
+                                           _QAT.value, start=start, grid=grid)
     if note:
       print(note, file=sys.stderr)
   else:
     r = encoding.encode_run(source, image, out, bits, _CODER.value, _QAT.value, start=start)
   print(f"wrote {out}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp, PSNR {r['psnr']:.2f} dB "
-        f"({bits}-bit, {_CODER.value if bits != 16 else 'fp16'}"
+        f"({'sensitivity grid' if grid == 'sensitivity' else f'{bits}-bit'}, "
+        f"{_CODER.value if bits != 16 else 'fp16'}"
         f"{', difference from ' + _INIT.value if start else ''})")
 
 

@@ -1,4 +1,6 @@
 """The sensitivity grid (dfm_flax/grids.py) and the codec's per-layer steps."""
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -72,3 +74,66 @@ def test_encode_at_bytes_hits_the_budget_with_steps_by_sensitivity():
   data, _ = grids.encode_at_bytes(params, (30, 40, 3), net, sens, 1)
   _, back = codec.decode(data)
   assert all(np.all(a == 0) and np.all(b == 0) for a, b in back)
+
+
+def test_fake_quantisation_with_steps_matches_the_file():
+  params = laplace_params(4, 3, 1, seed=4)
+  steps = [0.002, 0.01, 0.03]
+  _, decoded = codec.decode(codec.encode(params, (8, 8, 1), 4, 3, bits=12, coder="ans",
+                                         steps=steps))
+  for (a, b), (da, db), step in zip(params, decoded, steps):
+    qa, qb = fourier.fake_quantize(jnp.asarray(a), jnp.asarray(b), 12, step)
+    np.testing.assert_allclose(qa, da, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(qb, db, rtol=0, atol=1e-7)
+
+
+def test_picker_plans_more_weights_on_the_sensitivity_grid():
+  from dfm_flax import encoding
+  for shape in ((512, 512, 3), (300, 451, 3), (191, 384, 1)):
+    uniform = encoding.size_for_bpp(0.3, shape, encoding.BPP_BITS)
+    sens = encoding.size_for_bpp(0.3, shape, encoding.BPP_BITS, "sensitivity")
+    assert fourier.num_params(*sens, shape[2]) > fourier.num_params(*uniform, shape[2])
+    h, w, c = shape
+    assert encoding.predicted_bytes(*sens, c, 12, "sensitivity") == pytest.approx(
+        0.3 * h * w / 8, rel=0.2)
+
+
+@pytest.mark.slow
+def test_codec_on_the_sensitivity_grid_hits_the_size_and_fine_tunes_on_its_grid(tmp_path):
+  import json
+
+  from tests.helpers import error_line, run_cli
+  wd, img = str(tmp_path / "run"), str(tmp_path / "coffee.png")
+  images.save_png(images.default_image(), img)
+  assert run_cli("experiments.run", "--config", "experiments/compress.py:smoke",
+                 "--workdir", wd).returncode == 0
+  out = str(tmp_path / "s.dfm")
+  proc = run_cli("experiments.codec", "encode", img, "--out", out, "--from", wd, "--bpp", "0.02",
+                 "--grid", "sensitivity", "--qat_steps", "20")
+  assert proc.returncode == 0, proc.stderr
+  assert "sensitivity grid" in proc.stdout
+  size = os.path.getsize(out)
+  assert abs(8 * size / (400 * 400) / 0.02 - 1) <= 0.1 and "nearest" not in proc.stderr
+  header, back = codec.decode(open(out, "rb").read())
+  # The fine-tune rounded to the steps the file stores: its weights are the file's.
+  with open(os.path.join(out + ".qat", "config.json")) as f:
+    qat_steps = json.load(f)["model"]["quant_steps"]
+  from dfm_flax.restore import load_model
+  _, _, tuned = load_model(out + ".qat")
+  for (a, b), (da, db), step in zip(tuned.net_params(), back, qat_steps):
+    np.testing.assert_allclose(np.asarray(a), da, rtol=0, atol=1e-6)
+    assert np.allclose(da / np.float32(step), np.round(da / np.float32(step)), atol=1e-3)
+  # Without --bpp there is no size to scale the grid to: one line, no file.
+  assert "give --bpp" in error_line(run_cli("experiments.codec", "encode", img, "--out",
+                                            str(tmp_path / "n.dfm"), "--from", wd, "--grid",
+                                            "sensitivity"))
+  assert not (tmp_path / "n.dfm").exists()
+  # The benchmark comparing the two grids on this fit: both curves at the same sizes.
+  proc = run_cli("benchmarks.grid", wd, "--out", str(tmp_path / "grid"))
+  assert proc.returncode == 0, proc.stderr
+  with open(tmp_path / "grid" / "grid.json") as f:
+    (row,) = json.load(f)
+  assert len(row["uniform"]) == len(row["sensitivity"]) == 8
+  for (u, _), (s, _) in zip(row["uniform"], row["sensitivity"]):
+    assert s <= u  # the sensitivity grid's file is the largest not above the uniform one's
+  assert "BD-rate" in proc.stdout

@@ -112,3 +112,15 @@ def test_panel_table_counts_collapses_by_the_issues_rule_and_sizes_by_ten_percen
   # (33 + 29.5 + 32 + 26.5) / 4 - (41 * 3 + 27) / 4 = -7.25; WebP: 43 - moon's mean 31.5.
   assert got[1] == ("0.3 bpp: 4 fits, 2 within 10% of the target; DFM - JPEG -7.25 dB over 4 "
                     "fits where JPEG is that small; WebP - DFM +11.50 dB over 3 fits")
+
+
+def test_panel_keeps_the_two_grids_apart():
+  # Rows of the uniform grid (also old rows without the field) and of the sensitivity grid
+  # of the same photograph and size are two lines, the second labelled.
+  rows = [_row("moon", 0.3, 0, 33.0, 0.31), dict(_row("moon", 0.3, 1, 32.0, 0.30), grid="uniform"),
+          dict(_row("moon", 0.3, 0, 34.0, 0.30), grid="sensitivity")]
+  lines = [line for line in panel.table(rows).splitlines() if line.startswith("| moon")]
+  assert [line.split(" | ")[3] for line in lines] == ["6x5", "6x5, sensitivity grid"]
+  assert [line.split(" | ")[5] for line in lines] == ["33.00, 32.00", "34.00"]
+  assert panel.cell_name("moon", 0.3, 0) == "moon_0.3bpp_s0"
+  assert panel.cell_name("moon", 0.3, 0, "sensitivity") == "moon_0.3bpp_s0_sensitivity"

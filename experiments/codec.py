@@ -12,9 +12,10 @@ weights rounded as the file stores them (straight-through gradients; run directo
 FILE.dfm.qatBITS), quantises and codes it, writes FILE.dfm and prints bytes, bpp and the
 PSNR of what the file decodes to. With --bpp the net size comes from a model of coded
 bits per weight (encoding.size_for_bpp), and the bit depth is then moved (from --bits)
-until the file is within 10% of the target, or the nearest is said in one line; with
---grid sensitivity each layer gets its own step instead, from how much its weights move
-the picture, all scaled together to the target size (dfm_flax/grids.py). decode
+until the file is within 10% of the target, or the nearest is said in one line. That is
+--grid uniform; the default for --bpp, --grid sensitivity, gives each layer its own step
+instead, from how much its weights move the picture, all scaled together to the target
+size (dfm_flax/grids.py), and plans a larger net for it. decode
 needs no training
 code; --size renders the continuous image at any resolution. Output files appear
 whole or not at all.
@@ -49,10 +50,10 @@ _BPP = flags.DEFINE_float("bpp", None, "encode: pick the net size for about this
 _QAT = flags.DEFINE_integer("qat_steps", 300, "Quantisation-aware fine-tuning steps before "
                             "coding (straight-through rounding); 0 to skip.", lower_bound=0)
 flags.DEFINE_alias("qat-steps", "qat_steps")
-_GRID = flags.DEFINE_enum("grid", "uniform", ["uniform", "sensitivity"],
-                          "encode --bpp: the quantisation grid. uniform: the bit depth's; "
-                          "sensitivity: a step per layer from how much its weights move the "
-                          "picture, scaled to the size (dfm_flax/grids.py).")
+_GRID = flags.DEFINE_enum("grid", None, ["uniform", "sensitivity"],
+                          "encode --bpp: the quantisation grid (default sensitivity). uniform: "
+                          "the bit depth's; sensitivity: a step per layer from how much its "
+                          "weights move the picture, scaled to the size (dfm_flax/grids.py).")
 _INIT = flags.DEFINE_string("init", None, "A run whose net is the start: encode fits from it and "
                             "codes the difference; decode adds it back.")
 flags.mark_flags_as_required(["out"])
@@ -76,9 +77,14 @@ def _encode(image_path: str):
   out = _OUT.value
   if _BITS.value != 16 and not 4 <= _BITS.value <= 12:
     raise UserError(f"--bits must be 16 (fp16) or 4..12, got {_BITS.value}")
-  grid = _GRID.value
+  # --bpp codes on the sensitivity grid unless a bit depth (the uniform grid's) is asked for.
+  bits_given = flags.FLAGS["bits"].present
+  grid = _GRID.value or ("sensitivity" if _BPP.value is not None and not bits_given else "uniform")
   if grid != "uniform" and _BPP.value is None:
     raise UserError(f"--grid {grid} sets each layer's step to hit a size: give --bpp")
+  if grid != "uniform" and bits_given:
+    raise UserError(f"--bits is the uniform grid's bit depth; on the {grid} grid the size "
+                    f"sets the steps: drop --bits or use --grid uniform")
   image = images.load_image(image_path)
   bits = _BITS.value
   if _BPP.value is not None and not flags.FLAGS["bits"].present:

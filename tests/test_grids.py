@@ -128,6 +128,14 @@ def test_codec_on_the_sensitivity_grid_hits_the_size_and_fine_tunes_on_its_grid(
                                             str(tmp_path / "n.dfm"), "--from", wd, "--grid",
                                             "sensitivity"))
   assert not (tmp_path / "n.dfm").exists()
+  # --bpp alone codes on the sensitivity grid; with a bit depth, on the uniform grid; a
+  # bit depth on the sensitivity grid is refused in one line.
+  plain = ["experiments.codec", "encode", img, "--from", wd, "--bpp", "0.02", "--qat_steps", "0"]
+  assert "sensitivity grid" in run_cli(*plain, "--out", str(tmp_path / "d.dfm")).stdout
+  assert "(8-bit, ans" in run_cli(*plain, "--out", str(tmp_path / "u.dfm"), "--bits", "8").stdout
+  assert "drop --bits" in error_line(run_cli(*plain, "--out", str(tmp_path / "e.dfm"), "--bits",
+                                             "8", "--grid", "sensitivity"))
+  assert not (tmp_path / "e.dfm").exists()
   # The benchmark comparing the two grids on this fit: both curves at the same sizes.
   proc = run_cli("benchmarks.grid", wd, "--out", str(tmp_path / "grid"))
   assert proc.returncode == 0, proc.stderr

@@ -42,7 +42,8 @@ _OUT = flags.DEFINE_string("out", None, "Output file (.dfm for encode, .png for 
 _FROM = flags.DEFINE_string("from", None, "A finished compress workdir to take the net from.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where encode trains (default: OUT.run).")
 _BITS = flags.DEFINE_integer("bits", 8, "16 for float16, or 4..12 for uniform per-layer "
-                             "quantisation (with --bpp: where the search starts, default 10).")
+                             "quantisation (with --bpp: the uniform grid, its search starting "
+                             "there; without it, --bpp codes on the sensitivity grid).")
 _CODER = flags.DEFINE_enum("coder", "ans", ["ans", "raw"], "Entropy coder for quantised weights.")
 _SIZE = flags.DEFINE_string("size", None, "decode: render at WxH instead of the stored size.")
 _BPP = flags.DEFINE_float("bpp", None, "encode: pick the net size for about this many bits per "

@@ -2,7 +2,7 @@
 
   python -m experiments.codec encode IMAGE --out FILE.dfm [--from DIR] [--bits B] [--coder ans|raw]
                                   [--workdir DIR] [--config experiments/compress.py:best --config.KEY=VALUE]
-                                  [--init META_RUN]
+                                  [--init META_RUN] [--bpp B [--grid sensitivity|uniform]]
   python -m experiments.codec decode FILE.dfm --out IMAGE.png [--size WxH] [--init META_RUN]
 
 encode trains a net on IMAGE with the compress config (`:best` by default; its run

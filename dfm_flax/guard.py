@@ -13,11 +13,15 @@ extra host sync, and the same rule for every task):
     x the best logged loss,
     or, when the task knows the loss of its flat prediction (`reference_loss`: the
     compression task's mean colour) and the run had gained at least 3 dB over it, the
-    run lost more than half of that gain (in dB): a collapse. One noisy batch is never
+    run lost more than half of that gain (in dB), or, once it had been better than flat,
+    it fell more than 1 dB below flat (`BELOW_FLAT`): a collapse. One noisy batch is never
     enough; `ratio` (default 4, i.e. 6 dB of PSNR) is far above the batch-to-batch noise
     of a healthy run (a few percent at 4,096 pixels per batch), and the flat-image test
     catches the collapses of nets that had not yet got far above flat (a 20 dB fit on an
-    image whose mean colour gives 12 dB falls only 6x when it collapses).
+    image whose mean colour gives 12 dB falls only 6x when it collapses). The below-flat
+    test catches nets that never got far above flat: a 9x6 fit of the hubble photograph,
+    0.2 dB above its mean colour at step 600, fell 8 dB below it at step 700 and ended
+    3.3 dB below it at step 1,300 without tripping either rule.
 Hidden-value norms would see it coming earlier, but need a task-specific probe inside
 the jitted step; the loss is enough because nothing is lost: we roll back.
 
@@ -37,6 +41,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
+# A loss this many times the flat image's (1 dB of PSNR), in a run that had been better
+# than flat, is a net worse than its own mean colour: broken, whatever its best was.
+# Batch-to-batch noise at 4,096 pixels is a few percent, far below 26%.
+BELOW_FLAT = 10 ** 0.1
 
 import jax
 import jax.numpy as jnp
@@ -102,9 +111,12 @@ class DivergenceGuard:
 
   def healthy(self, loss: float) -> bool:
     """Finite, within ratio x best, and (when the flat loss is known and the run got
-    3 dB past it) still holding more than half of its dB gain over flat."""
+    3 dB past it) still holding more than half of its dB gain over flat, and (once it was
+    better than flat) not more than 1 dB below flat."""
     best = self.state.best
     if not math.isfinite(loss) or loss > self.cfg.ratio * best:
+      return False
+    if self.reference and best < self.reference and loss > BELOW_FLAT * self.reference:
       return False
     if self.reference and best <= self.reference / 2:
       return loss <= math.sqrt(best * self.reference)

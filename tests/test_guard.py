@@ -141,5 +141,20 @@ def test_guard_decisions():
   assert g5.observe(10, 0.1, None, None) == "ok"
   assert g5.observe(20, 0.11, None, None, final=True) == "ok" and not g5.state.collapsed
   assert g5.observe(20, 0.5, None, None, final=True) == "ok" and g5.state.collapsed
+  # A net that never got 3 dB past flat (hubble's 9x6 fit at step 600: 0.2 dB) and then
+  # fell below flat: within 4x its best, but worse than its own mean colour by > 1 dB.
+  g6 = guard.DivergenceGuard(cfg, reference_loss=0.0471)
+  g6.keep = lambda step, model, optimizer: setattr(g6.state, "good_step", step)
+  g6._good = "kept"
+  losses = [(100, 0.159), (300, 0.0447), (600, 0.0484), (700, 0.0621), (800, 0.060),
+            (900, 0.089)]
+  assert [g6.observe(s, x, None, None) for s, x in losses] == ["ok"] * 5 + ["rollback"]
+  assert g6.state.good_step == 600
+  # Before it was ever better than flat (the first steps from a near-zero net), or within
+  # 1 dB of flat, no alarm.
+  g7 = guard.DivergenceGuard(cfg, reference_loss=0.0471)
+  assert g7.healthy(0.159) and not g7.state.collapsed
+  g7.state.best = 0.0447
+  assert g7.healthy(0.058) and not g7.healthy(0.0600)
   state = guard.GuardState(best=math.inf, bad=2, recoveries=1, good_step=30)
   assert guard.GuardState.from_meta(json.loads(json.dumps(state.to_meta()))) == state

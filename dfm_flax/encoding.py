@@ -132,8 +132,9 @@ def encode_sensitive(source: str, image, out: str, bpp: float, coder: str, qat_s
                      tolerance: float = 0.1, start=None) -> tuple[dict, int, str]:
   """Code the run's net into `out` on the sensitivity grid (dfm_flax/grids.py) at the
   largest size not above `bpp`: the steps are set on the fitted net, the fine-tune (run
-  directory OUT.qat) rounds to those same steps, and the file keeps them unless the
-  fine-tune moved its size out of `tolerance` (then the scale is set again)."""
+  directory OUT.qatBPPbpp: one per size, since its steps are the size's) rounds to those
+  same steps, and the file keeps them unless the fine-tune moved its size out of
+  `tolerance` (then the scale is set again)."""
   from dfm_flax import codec, grids, images
   config, model = _fitted(source, [image])
   net = config.model
@@ -146,7 +147,7 @@ def encode_sensitive(source: str, image, out: str, bpp: float, coder: str, qat_s
   data, steps = grids.encode_at_bytes(params, image.shape, net, sensitivity, target,
                                       GRID_BITS, start, coder)
   if qat_steps and start is None:
-    _, model = fine_tune(source, f"{out}.qat", GRID_BITS, qat_steps, steps)
+    _, model = fine_tune(source, f"{out}.qat{bpp:g}bpp", GRID_BITS, qat_steps, steps)
     params = _numpy_params(model)
     data = codec.encode(params, image.shape, net.width, net.depth, tuple(net.coord_range),
                         net.method, GRID_BITS, coder, None, steps)

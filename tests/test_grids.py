@@ -122,10 +122,10 @@ def test_codec_on_the_sensitivity_grid_hits_the_size_and_fine_tunes_on_its_grid(
   assert abs(8 * size / (400 * 400) / 0.02 - 1) <= 0.1 and "nearest" not in proc.stderr
   header, back = codec.decode(open(out, "rb").read())
   # The fine-tune rounded to the steps the file stores: its weights are the file's.
-  with open(os.path.join(out + ".qat", "config.json")) as f:
+  with open(os.path.join(out + ".qat0.02bpp", "config.json")) as f:
     qat_steps = json.load(f)["model"]["quant_steps"]
   from dfm_flax.restore import load_model
-  _, _, tuned = load_model(out + ".qat")
+  _, _, tuned = load_model(out + ".qat0.02bpp")
   for (a, b), (da, db), step in zip(tuned.net_params(), back, qat_steps):
     np.testing.assert_allclose(np.asarray(a), da, rtol=0, atol=1e-6)
     assert np.allclose(da / np.float32(step), np.round(da / np.float32(step)), atol=1e-3)

@@ -42,11 +42,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-# A loss this many times the flat image's (1 dB of PSNR), in a run that had been better
-# than flat, is a net worse than its own mean colour: broken, whatever its best was.
-# Batch-to-batch noise at 4,096 pixels is a few percent, far below 26%.
-BELOW_FLAT = 10 ** 0.1
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -54,6 +49,11 @@ from flax import nnx
 
 from dfm_flax import optim
 from dfm_flax.errors import UserError
+
+# A loss this many times the flat image's (1 dB of PSNR), in a run that had been better
+# than flat, is a net worse than its own mean colour: broken, whatever its best was.
+# Batch-to-batch noise at 4,096 pixels is a few percent, far below 26%.
+BELOW_FLAT = 10 ** 0.1
 
 MODES = ("recover", "detect", "off")
 

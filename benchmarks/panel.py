@@ -185,7 +185,8 @@ def main():
     if done is None and not a.report and i % count == index:
       done = fit_and_code(a.out, name, bpp, seed, a.stop_at, a.qat_steps, a.net, a.bits,
                           overrides, a.grid)
-      print(f"{name} {bpp:g} bpp seed {seed}: {done['net']} {done['grid']} grid {done['bits']}-bit "
+      coding = "sensitivity grid" if done["grid"] == "sensitivity" else f"{done['bits']}-bit"
+      print(f"{name} {bpp:g} bpp seed {seed}: {done['net']} {coding} "
             f"{done['bpp']} bpp {done['psnr']} dB (JPEG {done['jpeg_psnr'] or '-'}, "
             f"WebP {done['webp_psnr'] or '-'}), recoveries {done['recoveries']}"
             f"{', COLLAPSED' if done['collapsed'] else ''}", flush=True)

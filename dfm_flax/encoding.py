@@ -25,13 +25,11 @@ def encode_run(source: str, image, out: str, bits: int, coder: str, qat_steps: i
 def load_start(run: str):
   """(model config, per-layer (a, b) as float32 numpy) of the net a run ended with: the
   start that difference coding (codec `start=`) measures from, e.g. a meta-learning run."""
-  import numpy as np
   from dfm_flax.restore import load_model
   config, _, model = load_model(run)
   if not hasattr(model, "net_params") or getattr(model, "count", 0):
     raise UserError(f"{run} does not hold one Fourier net to start from")
-  return config.model, [(np.asarray(a, np.float32), np.asarray(b, np.float32))
-                        for a, b in model.net_params()]
+  return config.model, _numpy_params(model)
 
 
 def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder: str,

@@ -285,11 +285,13 @@ class FourierNet(nnx.Module):
   def params_list(self) -> list[tuple[jax.Array, jax.Array]]:
     """Each layer's (a, b); (count, 2^m, n) arrays for stacked nets."""
     params = [(layer.a[...], layer.b[...]) for layer in self.layers]
-    if self.quant_bits:
-      steps = self.quant_steps or (None,) * len(params)
-      params = [(jax.vmap(quantize) if self.count else quantize)(a, b) for (a, b), quantize in zip(
-          params, [functools.partial(fake_quantize, bits=self.quant_bits, step=s) for s in steps])]
-    return params
+    if not self.quant_bits:
+      return params
+    quantised = []
+    for (a, b), step in zip(params, self.quant_steps or (None,) * len(params)):
+      quantize = functools.partial(fake_quantize, bits=self.quant_bits, step=step)
+      quantised.append((jax.vmap(quantize) if self.count else quantize)(a, b))
+    return quantised
 
   def net_params(self, index: int | None = None) -> list[tuple[jax.Array, jax.Array]]:
     """One net's (a, b) per layer: net `index` of a stack, or the plain net."""

@@ -25,13 +25,14 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(saved)
 
 
-def start_size_note(run: str, shape) -> str:
-  """A line for a fit that starts from `run` (`init_from`, `codec encode --init`) when the
-  image is not of the size the start was meta-learned on (its crops), else ''."""
+def start_size_note(run: str, shapes) -> str:
+  """A line for a fit that starts from `run` (`init_from`, `codec encode --init`) when an
+  image of `shapes` is not of the size the start was meta-learned on (its crops), else ''."""
   crop = saved_config(run).get("meta", {}).get("crop")
-  h, w = shape[:2]
-  if not crop or (h, w) == (crop, crop):
+  other = [s for s in shapes if tuple(s[:2]) != (crop, crop)]
+  if not crop or not other:
     return ""
+  h, w = other[0][:2]
   # Measured once (README, "Meta-learned starting points"): chelsea, 451x300, from the
   # 6x5 start learned on 32x32 crops, decoded 4.5 dB below the same fit from a random start.
   return (f"note: {run} was learned on {crop}x{crop} crops; on this {w}x{h} image a fit from it "

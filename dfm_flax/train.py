@@ -166,10 +166,9 @@ def _init_from(model, source: str, task) -> None:
     source_ckpt.close()
   _say(f"initialised from the weights in {source}")
   meta = task.meta()
-  for shape in meta.get("image_shapes", [meta["image_shape"]] if "image_shape" in meta else []):
-    if note := restore.start_size_note(source, shape):
-      _say(note)
-      break
+  shapes = (meta.get("image_shapes") or [meta["image_shape"]]) if "image_shape" in meta else []
+  if note := restore.start_size_note(source, shapes):
+    _say(note)
 
 
 def place_on_mesh(config, model, optimizer):

@@ -88,7 +88,7 @@ def _encode(image_path: str):
                     f"sets the steps: drop --bits or use --grid uniform")
   image = images.load_image(image_path)
   bits = _BITS.value
-  if _BPP.value is not None and not flags.FLAGS["bits"].present:
+  if _BPP.value is not None and not bits_given:
     # At a size budget, more bits on a smaller net win: 8-bit files decoded 1.1-4.3 dB
     # below their float nets, a 9-bit one 0.3 dB (README: the panel and the
     # rate-distortion study), so --bpp starts from BPP_BITS.

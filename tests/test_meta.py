@@ -149,7 +149,7 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   assert f"difference from {wd}" in proc.stdout
   # The smoke start was learned on 16x16 crops: a 24x24 image gets the one-line note.
   assert f"note: {wd} was learned on 16x16 crops; on this 24x24 image" in proc.stdout + proc.stderr
-  assert restore.start_size_note(wd, (16, 16, 3)) == ""
+  assert restore.start_size_note(wd, [(16, 16, 3)]) == ""
   raw = open(out, "rb").read()
   assert raw[4] == codec.VERSION_WITH_START
   _, start = encoding.load_start(wd)

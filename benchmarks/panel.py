@@ -51,14 +51,18 @@ def fit_and_code(out, name, bpp, seed, stop_at, qat_steps, net="", bits=10, over
   cell = os.path.join(out, "runs", cell_name(name, bpp, seed, grid))
   c = get_config("best")
   c.image, c.seed = path, seed
-  c.model.width, c.model.depth = (tuple(int(v) for v in net.split("x")) if net
-                                  else encoding.size_for_bpp(bpp, image.shape, bits, grid))
   c.train.stop_at, c.train.quiet, c.wandb.mode = stop_at, True, "disabled"
   c.update_from_flattened_dict(overrides or {})
-  m = train_and_evaluate(c, os.path.join(cell, "run"))
-  row, bits, note = encoding.encode_to_bpp(os.path.join(cell, "run"), image,
-                                           os.path.join(cell, "file.dfm"), bpp, bits, "ans",
-                                           qat_steps, grid=grid)
+  run = os.path.join(cell, "run")
+  if net:
+    c.model.width, c.model.depth = (int(v) for v in net.split("x"))
+    m = train_and_evaluate(c, run)
+  else:  # As the codec: its pick, and on the sensitivity grid a wider net if that one stayed flat.
+    run, m = encoding.fit_for_bpp(c, run, image, bpp, bits, grid,
+                                  log=lambda line: print(f"{name} {bpp:g} bpp seed {seed}: {line}",
+                                                         flush=True))
+  row, bits, note = encoding.encode_to_bpp(run, image, os.path.join(cell, "file.dfm"), bpp, bits,
+                                           "ans", qat_steps, grid=grid)
   if note:
     print(f"{name} {bpp:g} bpp: {note}", flush=True)
   jpeg = images.jpeg_at_size(image, row["bytes"])
@@ -160,7 +164,9 @@ def main():
   p.add_argument("--bpps", default="0.1,0.3,0.6")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--stop_at", type=int, default=1300, help="0: full-length fits")
-  p.add_argument("--qat_steps", type=int, default=100)
+  p.add_argument("--qat_steps", type=int, default=None,
+                 help="default: the codec's (encoding.QAT_STEPS) for full-length fits, 100 for "
+                      "cut ones")
   p.add_argument("--shard", default="0/1", help="i/n: every n-th cell (n processes)")
   p.add_argument("--net", default="", help="WxD: this net size instead of the codec's pick")
   p.add_argument("--bits", type=int, default=10, help="bit depth the codec starts from")
@@ -172,6 +178,9 @@ def main():
   p.add_argument("--report", action="store_true")
   a = p.parse_args()
   overrides = settings.for_command(a.out, a.set, a.report)  # Checked before any cell.
+  if a.qat_steps is None:
+    from dfm_flax.encoding import QAT_STEPS
+    a.qat_steps = 100 if a.stop_at else QAT_STEPS
   from absl import logging
   logging.set_verbosity(logging.ERROR)  # orbax logs every checkpoint it writes.
   from dfm_flax import files, logs

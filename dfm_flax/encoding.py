@@ -183,6 +183,10 @@ def fine_tune(source: str, workdir: str, bits: int, steps: int, grid_steps=()):
   return config, model
 
 
+# The codec's quantisation-aware fine-tune (steps at a tenth of the recipe's lr, on the
+# file's grid). At 0.3 bpp on the sensitivity grid, 2,000 steps decoded 0.05-0.41 dB
+# above 300 on nine full-length fits (README, "Depth 8"), for about 20% more time.
+QAT_STEPS = 2000
 # Coded bits per weight = bits - CODING_GAIN_BITS, measured with ANS on compress:best
 # nets: 1.0-1.4 bits below the bit depth after 1,300 steps (benchmarks/stability.py
 # nets, 6-10 bits), 1.7 after a full fit and fine-tune (README, codec table). The middle
@@ -209,6 +213,15 @@ BPP_BITS = 10
 # width first (more terms per layer) as long as the depth stays at least MIN_DEPTH; the
 # bit depth (encode_to_bpp) fills the gaps between sizes.
 WIDTHS, DEPTHS, MIN_DEPTH = range(3, 11), range(4, 8), 5
+# The sensitivity grid's picker goes one layer deeper. At 0.3 bpp, full length, depth 8
+# beat the depth-7-capped pick by 0.56-1.19 dB on astronaut, moon, rocket, chelsea and
+# coins and on the held-out motorcycle and clock; camera lost 0.16 dB (README, "Depth 8").
+# But on texture (gravel) the 7x8 net never left its flat image where the 8x5 one reached
+# 21.7 dB: hence `fit_for_bpp`'s second, wider candidate.
+SENSITIVITY_DEPTHS = range(4, 9)
+# A fit ending less than this above its flat image (the mean colour: 0.0 dB for the 7x8
+# nets of gravel and grass, at least 5.4 dB for every other full-length fit) learned nothing.
+FLAT_MARGIN_DB = 1.0
 
 
 def predicted_bytes(width: int, depth: int, channels: int, bits: int,
@@ -232,7 +245,8 @@ def size_for_bpp(bpp: float, image_shape, bits: int, grid: str = "uniform") -> t
   """
   h, w, c = image_shape
   target = bpp * h * w / 8
-  shapes = [(wd, d) for wd in WIDTHS for d in DEPTHS]
+  depths = SENSITIVITY_DEPTHS if grid == "sensitivity" else DEPTHS
+  shapes = [(wd, d) for wd in WIDTHS for d in depths]
   error = {s: predicted_bytes(*s, c, bits, grid) / target - 1 for s in shapes}
   if grid == "sensitivity":
     # Depth first: at 0.3 bpp (full-length fits, README "The .dfm codec") the 8x5 nets
@@ -250,6 +264,62 @@ def size_for_bpp(bpp: float, image_shape, bits: int, grid: str = "uniform") -> t
   # its 7x7 net fitted 27.4 (README, the panel).
   deep = [s for s in shapes if s[1] >= MIN_DEPTH and abs(error[s]) <= 0.2]
   return min(deep or shapes, key=lambda s: abs(error[s]))
+
+
+def wide_size_for_bpp(bpp: float, image_shape) -> tuple[int, int]:
+  """The sensitivity grid's second candidate: the widest shape of depth >= MIN_DEPTH
+  within 20% of the budget (then the closest), else `size_for_bpp`'s pick."""
+  h, w, c = image_shape
+  target = bpp * h * w / 8
+  error = {(wd, d): predicted_bytes(wd, d, c, GRID_BITS, "sensitivity") / target - 1
+           for wd in WIDTHS for d in SENSITIVITY_DEPTHS if d >= MIN_DEPTH}
+  near = [s for s in error if abs(error[s]) <= 0.2]
+  if not near:
+    return size_for_bpp(bpp, image_shape, GRID_BITS, "sensitivity")
+  return max(near, key=lambda s: (s[0], -abs(error[s])))
+
+
+def flat_psnr(image) -> float:
+  """PSNR (8-bit) of the image's mean colour: what a net that learned nothing shows."""
+  import numpy as np
+
+  from dfm_flax import images
+  ref = images.to_uint8(image) / 255
+  flat = np.broadcast_to(np.mean(image, axis=(0, 1)), image.shape)
+  return images.psnr(ref, images.to_uint8(flat) / 255)
+
+
+def fit_for_bpp(config, workdir: str, image, bpp: float, bits: int, grid: str,
+                log=print) -> tuple[str, dict]:
+  """Fit the net `size_for_bpp` picks for `bpp` in workdir; on the sensitivity grid, if
+  that fit ended collapsed or within FLAT_MARGIN_DB of its flat image and the widest
+  candidate (`wide_size_for_bpp`) is wider, fit that too (in workdir.WxD) and
+  keep the better. Returns (run directory, its metrics), config.model holding the kept
+  net's size. `log` gets the one line that says a second net is fitted."""
+  from dfm_flax.train import train_and_evaluate
+  config.model.width, config.model.depth = size_for_bpp(bpp, image.shape, bits, grid)
+  metrics = train_and_evaluate(config, workdir)
+  if grid != "sensitivity":
+    return workdir, metrics
+  wide = wide_size_for_bpp(bpp, image.shape)
+  flat = flat_psnr(image)
+  # A fit cut short (train.stop_at) may not have left its flat image yet: judged on
+  # collapse alone (brick's 8x5 net was flat at step 1,300 and 31 dB at 10,000).
+  whole = not config.train.get("stop_at", 0)
+  stuck = metrics["collapsed"] or (whole and metrics["psnr"] < flat + FLAT_MARGIN_DB)
+  if not stuck or wide[0] <= config.model.width:
+    return workdir, metrics
+  log(f"the {config.model.width}x{config.model.depth} net ended at {metrics['psnr']:.2f} dB, "
+      f"{'collapsed' if metrics['collapsed'] else 'near its flat image'} ({flat:.2f} dB): "
+      f"fitting the wider {wide[0]}x{wide[1]} net too")
+  first = (config.model.width, config.model.depth)
+  config.model.width, config.model.depth = wide
+  other = f"{workdir}.{wide[0]}x{wide[1]}"
+  wide_metrics = train_and_evaluate(config, other)
+  if wide_metrics["psnr"] > metrics["psnr"]:
+    return other, wide_metrics
+  config.model.width, config.model.depth = first  # The config says which net was kept.
+  return workdir, metrics
 
 
 def nearest_bits(bits: int, got_bytes: int, target_bytes: float, depth: int) -> int:

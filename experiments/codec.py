@@ -33,6 +33,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from dfm_flax.encoding import QAT_STEPS
 from experiments.cli import config_value, fail, parse_flags, run_main
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compress.py") + ":best"
@@ -48,8 +49,8 @@ _CODER = flags.DEFINE_enum("coder", "ans", ["ans", "raw"], "Entropy coder for qu
 _SIZE = flags.DEFINE_string("size", None, "decode: render at WxH instead of the stored size.")
 _BPP = flags.DEFINE_float("bpp", None, "encode: pick the net size for about this many bits per "
                           "pixel (instead of --config.model.width/depth).", lower_bound=0.0)
-_QAT = flags.DEFINE_integer("qat_steps", 300, "Quantisation-aware fine-tuning steps before "
-                            "coding (straight-through rounding); 0 to skip.", lower_bound=0)
+_QAT = flags.DEFINE_integer("qat_steps", QAT_STEPS, "Quantisation-aware fine-tuning steps "
+                            "before coding (straight-through rounding); 0 to skip.", lower_bound=0)
 flags.DEFINE_alias("qat-steps", "qat_steps")
 _GRID = flags.DEFINE_enum("grid", None, ["uniform", "sensitivity"],
                           "encode --bpp: the quantisation grid (default sensitivity). uniform: "
@@ -106,11 +107,11 @@ def _encode(image_path: str):
         for key in ("width", "depth", "coord_range", "method"):
           config.model[key] = start_model[key]
         config.init_from = os.path.abspath(_INIT.value)
-      elif _BPP.value is not None:
-        config.model.width, config.model.depth = encoding.size_for_bpp(
-            _BPP.value, image.shape, bits, grid)
     source = _WORKDIR.value or out + ".run"
-    train_and_evaluate(config, source)
+    if _BPP.value is not None and start_model is None:
+      source, _ = encoding.fit_for_bpp(config, source, image, _BPP.value, bits, grid)
+    else:
+      train_and_evaluate(config, source)
   if _BPP.value is not None:
     r, bits, note = encoding.encode_to_bpp(source, image, out, _BPP.value, bits, _CODER.value,
                                            _QAT.value, start=start, grid=grid)

@@ -136,7 +136,8 @@ def fitted(tmp_path_factory):
 def test_cli_encode_decode_any_size(fitted, tmp_path):
   root, wd, img = fitted
   out = str(tmp_path / "x.dfm")
-  proc = run_cli("experiments.codec", "encode", img, "--out", out, "--from", wd, "--bits", "10")
+  proc = run_cli("experiments.codec", "encode", img, "--out", out, "--from", wd, "--bits", "10",
+                 "--qat_steps", "100")
   assert proc.returncode == 0, proc.stderr
   assert f"{os.path.getsize(out):,} bytes" in proc.stdout and "PSNR" in proc.stdout
   png = str(tmp_path / "x.png")
@@ -153,7 +154,8 @@ def test_cli_encode_decode_any_size(fitted, tmp_path):
 def test_cli_bad_input_leaves_no_file(fitted, tmp_path):
   root, wd, img = fitted
   good = str(tmp_path / "g.dfm")
-  assert run_cli("experiments.codec", "encode", img, "--out", good, "--from", wd).returncode == 0
+  assert run_cli("experiments.codec", "encode", img, "--out", good, "--from", wd,
+                 "--qat_steps", "100").returncode == 0
   cut = tmp_path / "cut.dfm"
   cut.write_bytes(open(good, "rb").read()[:-7])
   png = tmp_path / "o.png"

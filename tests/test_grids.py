@@ -97,7 +97,8 @@ def test_picker_plans_deeper_nets_on_the_sensitivity_grid():
     error = lambda s: encoding.predicted_bytes(*s, c, 12, "sensitivity") / (0.3 * h * w / 8) - 1  # noqa: E731
     assert abs(error(sens)) <= 0.2
     # The deepest shape within 20% of the budget, then the closest.
-    near = [(wd, d) for wd in encoding.WIDTHS for d in encoding.DEPTHS if abs(error((wd, d))) <= 0.2]
+    near = [(wd, d) for wd in encoding.WIDTHS for d in encoding.SENSITIVITY_DEPTHS
+            if abs(error((wd, d))) <= 0.2]
     assert sens[1] == max(d for _, d in near)
     assert abs(error(sens)) == min(abs(error(s)) for s in near if s[1] == sens[1])
     more += fourier.num_params(*sens, c) > fourier.num_params(*uniform, c)
@@ -151,3 +152,58 @@ def test_codec_on_the_sensitivity_grid_hits_the_size_and_fine_tunes_on_its_grid(
   for (u, _), (s, _) in zip(row["uniform"], row["sensitivity"]):
     assert s <= u  # the sensitivity grid's file is the largest not above the uniform one's
   assert "BD-rate" in proc.stdout
+
+
+def test_wide_candidate_is_the_widest_near_the_budget():
+  from dfm_flax import encoding
+  for shape, bpp in (((512, 512, 3), 0.3), ((300, 451, 3), 0.3), ((512, 512, 1), 0.6),
+                     ((32, 32, 1), 3.0)):
+    h, w, c = shape
+    err = lambda s: encoding.predicted_bytes(*s, c, 12, "sensitivity") / (bpp * h * w / 8) - 1  # noqa: E731
+    wide = encoding.wide_size_for_bpp(bpp, shape)
+    assert abs(err(wide)) <= 0.2 and wide[1] >= encoding.MIN_DEPTH
+    # No shape of depth >= MIN_DEPTH within 20% is wider.
+    assert not any(abs(err((wd, d))) <= 0.2 for wd in encoding.WIDTHS if wd > wide[0]
+                   for d in encoding.SENSITIVITY_DEPTHS if d >= encoding.MIN_DEPTH)
+  # At 0.3 bpp on a 512x512 colour photograph: 7x8 first, 8x5 if that stays flat.
+  assert encoding.size_for_bpp(0.3, (512, 512, 3), 12, "sensitivity") == (7, 8)
+  assert encoding.wide_size_for_bpp(0.3, (512, 512, 3)) == (8, 5)
+
+
+def test_flat_psnr_is_the_mean_colours():
+  from dfm_flax import encoding
+  rng = np.random.default_rng(0)
+  img = rng.uniform(0, 1, (20, 30, 3)).astype(np.float32)
+  ref = np.round(img * 255)
+  flat = np.round(img.reshape(-1, 3).mean(0) * 255)
+  want = 10 * np.log10(255.0**2 / np.mean((ref - flat) ** 2))
+  assert encoding.flat_psnr(img) == pytest.approx(want, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_fit_that_stays_flat_gets_the_wider_net_too(tmp_path):
+  from dfm_flax import encoding
+  from experiments.compress import get_config
+  img = np.linspace(0, 1, 32)[None, :, None] * np.linspace(0.2, 0.9, 32)[:, None, None]
+  lines = []
+
+  def fit(lr, workdir):
+    c = get_config("best")
+    c.optim.lr, c.optim.warmup_steps, c.train.steps, c.train.batch_size = lr, 20, 200, 1024
+    c.train.checkpoint_every, c.wandb.mode = 200, "disabled"
+    c.image = str(tmp_path / "img.png")
+    images.save_png(img.astype(np.float32), c.image)
+    return encoding.fit_for_bpp(c, str(workdir), img.astype(np.float32), 3.0, 12,
+                                "sensitivity", log=lines.append), c
+
+  # lr 0: the net stays at its start, no better than flat: 3x8 first, then 4x5.
+  (run, metrics), c = fit(0.0, tmp_path / "still")
+  assert len(lines) == 1 and "4x5" in lines[0]
+  assert os.path.exists(tmp_path / "still.4x5" / "metrics.json")
+  assert (c.model.width, c.model.depth) == ((4, 5) if run.endswith("4x5") else (3, 8))
+  # A fit that learns keeps the first net and fits nothing else.
+  lines.clear()
+  (run, metrics), c = fit(get_config("best").optim.lr, tmp_path / "learns")
+  assert metrics["psnr"] > encoding.flat_psnr(img.astype(np.float32)) + encoding.FLAT_MARGIN_DB
+  assert not lines and run == str(tmp_path / "learns") and (c.model.width, c.model.depth) == (3, 8)
+  assert not os.path.exists(tmp_path / "learns.4x5")

@@ -164,9 +164,13 @@ class DivergenceGuard:
     """Restore the last good state with a lower lr; returns the line to print."""
     s = self.state
     model_state, optimizer_state = self._good
+    # Lower the lr from the one that just failed, not the kept copy's: a second collapse
+    # before a new good step rolls back to the same copy, and would otherwise replay the
+    # same lr into the same collapse (hubble's 9x6 fit: three rollbacks to step 1,200,
+    # each at x0.25, each collapsing again at step 1,300).
+    scale = optim.get_lr_scale(optimizer) * self.cfg.lr_factor
     nnx.update(model, _copy(model_state))
     nnx.update(optimizer, _copy(optimizer_state))
-    scale = optim.get_lr_scale(optimizer) * self.cfg.lr_factor
     optim.set_lr_scale(optimizer, scale)
     s.recoveries += 1
     s.bad, s.collapsed = 0, False

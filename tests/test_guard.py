@@ -158,3 +158,23 @@ def test_guard_decisions():
   assert g7.healthy(0.058) and not g7.healthy(0.0600)
   state = guard.GuardState(best=math.inf, bad=2, recoveries=1, good_step=30)
   assert guard.GuardState.from_meta(json.loads(json.dumps(state.to_meta()))) == state
+
+
+def test_each_rollback_lowers_the_lr_even_to_the_same_kept_step():
+  from flax import nnx
+
+  from dfm_flax import guard, optim
+  from dfm_flax.tasks.compress import Task as CompressTask
+  from experiments.compress import get_config
+  config = get_config("smoke")
+  task = CompressTask(config)
+  model = task.build_model(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, optim.build(config.optim, 10), wrt=nnx.Param)
+  g = guard.DivergenceGuard(guard.defaults(), reference_loss=1.0)
+  assert g.observe(100, 0.1, model, optimizer) == "ok"  # Kept: step 100, lr x1.
+  scales = []
+  for _ in range(3):  # Three collapses at the last step, each before a new good step.
+    assert g.observe(200, 0.9, model, optimizer, final=True) == "rollback"
+    g.rollback(200, 0.9, model, optimizer)
+    scales.append(optim.get_lr_scale(optimizer))
+  assert scales == [0.5, 0.25, 0.125] and g.state.good_step == 100

@@ -149,7 +149,9 @@ def test_guard_decisions():
   losses = [(100, 0.159), (300, 0.0447), (600, 0.0484), (700, 0.0621), (800, 0.060),
             (900, 0.089)]
   assert [g6.observe(s, x, None, None) for s, x in losses] == ["ok"] * 5 + ["rollback"]
-  assert g6.state.good_step == 600
+  # Back to step 300, the last state better than flat: step 600 was healthy (0.1 dB below
+  # flat) but no state to return to.
+  assert g6.state.good_step == 300
   # Before it was ever better than flat (the first steps from a near-zero net), or within
   # 1 dB of flat, no alarm.
   g7 = guard.DivergenceGuard(cfg, reference_loss=0.0471)
@@ -178,3 +180,22 @@ def test_each_rollback_lowers_the_lr_even_to_the_same_kept_step():
     g.rollback(200, 0.9, model, optimizer)
     scales.append(optim.get_lr_scale(optimizer))
   assert scales == [0.5, 0.25, 0.125] and g.state.good_step == 100
+
+
+def test_rollbacks_return_only_to_states_no_worse_than_flat():
+  """Hubble's 9x6 cut fit: after a collapse at step 1,000 it was within 1 dB of flat, so
+  healthy, at step 1,200, and each rollback to that copy collapsed again at step 1,300."""
+  from dfm_flax import guard
+  g = guard.DivergenceGuard(guard.defaults(), reference_loss=0.0471)
+  g.keep = lambda step, model, optimizer: setattr(g.state, "good_step", step)
+  g._good = "kept"
+  losses = [(100, 0.1587), (200, 0.0512), (300, 0.0447), (400, 0.0464), (500, 0.0454),
+            (700, 0.0397), (800, 0.0488), (900, 0.0502), (1000, 0.3644), (1100, 0.0679),
+            (1200, 0.0560)]
+  assert all(g.observe(s, x, None, None) == "ok" for s, x in losses)
+  assert g.state.good_step == 700  # Not 1,200 (0.0560) nor 800-900 (worse than flat).
+  assert g.observe(1300, 0.0617, None, None, final=True) == "rollback"
+  # Before the run beats flat, every healthy state is kept (a fit starts far below flat).
+  g2 = guard.DivergenceGuard(guard.defaults(), reference_loss=0.0471)
+  g2.keep, g2._good = (lambda step, model, optimizer: setattr(g2.state, "good_step", step)), "kept"
+  assert g2.observe(100, 0.1587, None, None) == "ok" and g2.state.good_step == 100

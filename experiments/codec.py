@@ -15,10 +15,11 @@ bits per weight (encoding.size_for_bpp), and the bit depth is then moved (from -
 until the file is within 10% of the target, or the nearest is said in one line. That is
 --grid uniform; the default for --bpp, --grid sensitivity, gives each layer its own step
 instead, from how much its weights move the picture, all scaled together to the target
-size (dfm_flax/grids.py), and plans a larger net for it. decode
-needs no training
-code; --size renders the continuous image at any resolution. Output files appear
-whole or not at all.
+size (dfm_flax/grids.py), and plans a larger net for it (depth up to 8); if that net's
+fit ends collapsed or within 1 dB of the image's flat mean colour, the widest net of the
+size is fitted too (FILE.dfm.run.WxD) and the better one coded (encoding.fit_for_bpp).
+decode needs no training code; --size renders the continuous image at any resolution.
+Output files appear whole or not at all.
 
 --init META_RUN (a meta-learning run, experiments/meta.py, or any run of one Fourier net):
 encode fits from that start (the net's size, coordinates and method are the start's) and

@@ -239,8 +239,8 @@ def size_for_bpp(bpp: float, image_shape, bits: int, grid: str = "uniform") -> t
 
   Uniform grid: among the shapes predicted within 7% of the budget, the widest with depth
   >= MIN_DEPTH (then the closest of that width); with none that close, the closest with
-  depth >= MIN_DEPTH within 20%, else the closest one. Sensitivity grid: the deepest
-  within 20% (then the closest), else the closest. Below the smallest net this returns
+  depth >= MIN_DEPTH within 20%, else the closest one. Sensitivity grid (depths
+  SENSITIVITY_DEPTHS): the deepest within 20% (then the closest), else the closest. Below the smallest net this returns
   the smallest (encode_to_bpp says so).
   """
   h, w, c = image_shape

@@ -184,8 +184,8 @@ def fine_tune(source: str, workdir: str, bits: int, steps: int, grid_steps=()):
 
 
 # The codec's quantisation-aware fine-tune (steps at a tenth of the recipe's lr, on the
-# file's grid). At 0.3 bpp on the sensitivity grid, 2,000 steps decoded 0.05-0.41 dB
-# above 300 on nine full-length fits (README, "Depth 8"), for about 20% more time.
+# file's grid). At 0.3 bpp on the sensitivity grid, 2,000 steps decoded 0.05-0.58 dB
+# above 300 on twelve full-length fits (README, "Depth 8"), for about 20% more time.
 QAT_STEPS = 2000
 # Coded bits per weight = bits - CODING_GAIN_BITS, measured with ANS on compress:best
 # nets: 1.0-1.4 bits below the bit depth after 1,300 steps (benchmarks/stability.py

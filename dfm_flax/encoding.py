@@ -185,7 +185,7 @@ def fine_tune(source: str, workdir: str, bits: int, steps: int, grid_steps=()):
 
 # The codec's quantisation-aware fine-tune (steps at a tenth of the recipe's lr, on the
 # file's grid). At 0.3 bpp on the sensitivity grid, 2,000 steps decoded 0.05-0.58 dB
-# above 300 on twelve full-length fits (README, "Depth 8"), for about 20% more time.
+# above 300 on twelve full-length fits (README, "Depth 8"), for 1,700 more steps on top of a 10,000-step fit.
 QAT_STEPS = 2000
 # Coded bits per weight = bits - CODING_GAIN_BITS, measured with ANS on compress:best
 # nets: 1.0-1.4 bits below the bit depth after 1,300 steps (benchmarks/stability.py

@@ -7,7 +7,8 @@
   python -m benchmarks.panel --out runs/panel_eps2 --set optim.eps=1e-2   # another recipe
 
 For each photograph (scikit-image, offline), target bpp and seed: the net size the
-codec picks for that bpp (encoding.size_for_bpp), one `compress.py:best` fit with the
+codec picks for that bpp (encoding.fit_for_bpp: on the sensitivity grid a wider net too
+when a full-length fit ends flat or any fit ends collapsed), `compress.py:best` with the
 divergence guard on, cut at --stop_at (default 1,300: the recipe's full warm-up and
 peak, where collapses happen, and 300 steps past it; the lr schedule is the full
 10,000-step one), then the .dfm file at the bit depth that hits the target

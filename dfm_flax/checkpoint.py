@@ -86,16 +86,18 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def restore(self, model: nnx.Module, optimizer: nnx.Optimizer | None = None,
-              step: int | None = None) -> dict[str, Any]:
+              step: int | None = None, only=...) -> dict[str, Any]:
     """Restore into `model` (and `optimizer`) in place; returns the metadata.
 
-    `model` may be abstract (from `nnx.eval_shape`): its state is replaced.
+    `model` may be abstract (from `nnx.eval_shape`): its state is replaced. `only` (an
+    nnx filter) restores those variables alone, e.g. a start's weights into a net that
+    also holds variables the start's run did not have.
     """
     step = self.latest_step() if step is None else step
     if step is None:
       raise UserError(f"no checkpoint found in {self.directory}")
-    check_shapes(os.path.join(self.directory, str(step), "model"), nnx.state(model))
-    items = {"model": ocp.args.StandardRestore(_abstract(nnx.state(model))),
+    check_shapes(os.path.join(self.directory, str(step), "model"), nnx.state(model, only))
+    items = {"model": ocp.args.StandardRestore(_abstract(nnx.state(model, only))),
              "meta": ocp.args.JsonRestore()}
     if optimizer is not None:
       items["optimizer"] = ocp.args.StandardRestore(_abstract(nnx.state(optimizer)))

@@ -17,7 +17,7 @@ from dfm_flax.errors import UserError
 
 
 def encode_run(source: str, image, out: str, bits: int, coder: str, qat_steps: int,
-               qat_prefix: str | None = None, start=None) -> dict:
+               qat_prefix: str | None = None, start: str | None = None) -> dict:
   """Code the net of a finished compress run into `out`; figures of the decoded file."""
   return encode_runs(source, [image], [out], bits, coder, qat_steps, qat_prefix, start)[0]
 
@@ -33,13 +33,14 @@ def load_start(run: str):
 
 
 def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder: str,
-                qat_steps: int, qat_prefix: str | None = None, start=None) -> list[dict]:
+                qat_steps: int, qat_prefix: str | None = None,
+                start: str | None = None) -> list[dict]:
   """Code each net of a finished compress run (one, or several fitted at once) into
   its file in `outs`; the quantisation-aware fine-tune runs once for all of them and
   its time is shared equally in each row's encode_s. Its run directory is
-  QAT_PREFIX.qatBITS (default: the first output file's path). With `start` (per-layer
-  (a, b)), each file stores the difference from it; the fine-tune, whose grid is the
-  weights' own, is then skipped."""
+  QAT_PREFIX.qatBITS (default: the first output file's path). With `start` (a run whose
+  net is the start, `load_start`), each file stores the difference from it, and the
+  fine-tune rounds that difference as the file does."""
   from dfm_flax import codec
   config, model = _fitted(source, images_in)
   n = sum(a.size + b.size for a, b in model.params_list()) // max(getattr(model, "count", 0), 1)
@@ -47,9 +48,11 @@ def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder:
     if n * (16 if bits == 16 else bits) >= 8 * h * w * c:
       raise UserError(f"the image ({w}x{h}x{c}) is too small for this net: its {n:,} weights "
                       f"at {bits} bits take more bytes than the raw pixels; use a smaller net")
+  start_params = load_start(start)[1] if start else None
   tic = time.perf_counter()
-  if qat_steps and bits != 16 and start is None:
-    config, model = fine_tune(source, f"{qat_prefix or outs[0]}.qat{bits}", bits, qat_steps)
+  if qat_steps and bits != 16:
+    config, model = fine_tune(source, f"{qat_prefix or outs[0]}.qat{bits}", bits, qat_steps,
+                              start=start)
   shared_s = (time.perf_counter() - tic) / len(outs)
   m = config.model
   rows = []
@@ -57,8 +60,8 @@ def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder:
     tic = time.perf_counter()
     params = model.net_params(i if getattr(model, "count", 0) else None)
     data = codec.encode(params, image.shape, m.width, m.depth, tuple(m.coord_range),
-                        m.method, bits, coder, start)
-    rows.append(_write(data, image, m, out, start, shared_s + time.perf_counter() - tic))
+                        m.method, bits, coder, start_params)
+    rows.append(_write(data, image, m, out, start_params, shared_s + time.perf_counter() - tic))
   return rows
 
 
@@ -92,7 +95,7 @@ def _write(data: bytes, image, net, out: str, start, encode_s: float) -> dict:
 
 
 def encode_to_bpp(source: str, image, out: str, bpp: float, bits: int, coder: str,
-                  qat_steps: int, tolerance: float = 0.1, start=None,
+                  qat_steps: int, tolerance: float = 0.1, start: str | None = None,
                   grid: str = "uniform") -> tuple[dict, int, str]:
   """Code the run's net into `out` within `tolerance` of `bpp`. On the uniform grid, at
   the bit depth that lands there: first at `bits`, then (at most 3 more tries) at the depth
@@ -127,7 +130,7 @@ def encode_to_bpp(source: str, image, out: str, bpp: float, bits: int, coder: st
 
 
 def encode_sensitive(source: str, image, out: str, bpp: float, coder: str, qat_steps: int,
-                     tolerance: float = 0.1, start=None) -> tuple[dict, int, str]:
+                     tolerance: float = 0.1, start: str | None = None) -> tuple[dict, int, str]:
   """Code the run's net into `out` on the sensitivity grid (dfm_flax/grids.py) at the
   largest size not above `bpp`: the steps are set on the fitted net, the fine-tune (run
   directory OUT.qatBPPbpp: one per size, since its steps are the size's) rounds to those
@@ -138,21 +141,22 @@ def encode_sensitive(source: str, image, out: str, bpp: float, coder: str, qat_s
   net = config.model
   h, w, _ = image.shape
   target = bpp * h * w / 8
+  start_params = load_start(start)[1] if start else None
   tic = time.perf_counter()
   params = _numpy_params(model)
   sensitivity = grids.layer_sensitivity(params, images.pixel_grid(h, w, tuple(net.coord_range)),
                                         net.method)
   data, steps = grids.encode_at_bytes(params, image.shape, net, sensitivity, target,
-                                      GRID_BITS, start, coder)
-  if qat_steps and start is None:
-    _, model = fine_tune(source, f"{out}.qat{bpp:g}bpp", GRID_BITS, qat_steps, steps)
+                                      GRID_BITS, start_params, coder)
+  if qat_steps:
+    _, model = fine_tune(source, f"{out}.qat{bpp:g}bpp", GRID_BITS, qat_steps, steps, start)
     params = _numpy_params(model)
     data = codec.encode(params, image.shape, net.width, net.depth, tuple(net.coord_range),
-                        net.method, GRID_BITS, coder, None, steps)
+                        net.method, GRID_BITS, coder, start_params, steps)
     if abs(len(data) / target - 1) > tolerance:
       data, _ = grids.encode_at_bytes(params, image.shape, net, sensitivity, target, GRID_BITS,
-                                      None, coder)
-  row = _write(data, image, net, out, start, time.perf_counter() - tic)
+                                      start_params, coder)
+  row = _write(data, image, net, out, start_params, time.perf_counter() - tic)
   note = ""
   if abs(row["bytes"] / target - 1) > tolerance:
     note = (f"note: no grid of this {net.width}x{net.depth} net comes within {tolerance:.0%} of "
@@ -165,14 +169,17 @@ def _numpy_params(model) -> list:
   return [(np.asarray(a, np.float32), np.asarray(b, np.float32)) for a, b in model.net_params()]
 
 
-def fine_tune(source: str, workdir: str, bits: int, steps: int, grid_steps=()):
+def fine_tune(source: str, workdir: str, bits: int, steps: int, grid_steps=(),
+              start: str | None = None):
   """Continue the source run for `steps` with the forward pass on the codec's grid: the bit
-  depth's, or `grid_steps` (one per layer, the sensitivity grid's)."""
+  depth's, or `grid_steps` (one per layer, the sensitivity grid's); with `start` (a run),
+  the grid of the difference from its net, as a difference-coded file stores it."""
   from dfm_flax.restore import saved_config, load_model
   from dfm_flax.train import train_and_evaluate
   config = saved_config(source)
   config.model.quant_bits = bits
   config.model.quant_steps = tuple(float(s) for s in grid_steps)
+  config.model.quant_start = os.path.abspath(start) if start else ""
   config.init_from = os.path.abspath(source)
   config.train.steps = steps
   config.train.checkpoint_every = steps

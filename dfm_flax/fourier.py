@@ -214,19 +214,27 @@ def render(weights: jax.Array, coords: jax.Array, width: int, depth: int, channe
   return net_apply(unflatten(weights, width, depth, channels), coords, method)
 
 
-def fake_quantize(a: jax.Array, b: jax.Array, bits: int,
-                  step: float | None = None) -> tuple[jax.Array, jax.Array]:
+def fake_quantize(a: jax.Array, b: jax.Array, bits: int, step: float | None = None,
+                  start: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
   """A layer's (a, b) rounded to the codec's per-layer uniform grid (dfm_flax/codec.py,
   `quantize`: its own `step` if given, raised to the floor that holds the peak), with a
-  straight-through gradient: quantisation-aware fine-tuning."""
+  straight-through gradient: quantisation-aware fine-tuning. With `start` (the layer's
+  (a0, b0)), the difference from it is rounded, as a difference-coded file stores it."""
+  a0, b0 = start if start is not None else (0.0, 0.0)
+  da, db = a - a0, b - b0
   levels = 2 ** (bits - 1) - 1
-  peak = jnp.maximum(jnp.max(jnp.abs(a)), jnp.max(jnp.abs(b)))
+  peak = jnp.maximum(jnp.max(jnp.abs(da)), jnp.max(jnp.abs(db)))
   floor = jnp.where(peak > 0, peak / levels, 1.0)
   step = floor if step is None else jnp.maximum(jnp.float32(step), floor)
 
-  def q(w):
-    return w + jax.lax.stop_gradient(jnp.clip(jnp.round(w / step), -levels, levels) * step - w)
-  return q(a), q(b)
+  def q(w, w0, d):
+    return w + jax.lax.stop_gradient(w0 + jnp.clip(jnp.round(d / step), -levels, levels) * step - w)
+  return q(a, a0, da), q(b, b0, db)
+
+
+class QuantStart(nnx.Variable):
+  """The start a difference-coded file measures from (codec `start=`), one array per
+  layer's a or b: set from a run, never trained (the optimizer takes nnx.Param only)."""
 
 
 class FourierLayer(nnx.Module):
@@ -253,7 +261,8 @@ class FourierNet(nnx.Module):
 
   def __init__(self, width: int, depth: int, channels: int, *,
                init_variance: float | Sequence[float], method: str = "auto",
-               quant_bits: int = 0, quant_steps: Sequence[float] = (), rngs: nnx.Rngs):
+               quant_bits: int = 0, quant_steps: Sequence[float] = (),
+               quant_start: bool = False, rngs: nnx.Rngs):
     if method not in METHODS:
       raise UserError(f"unknown model.method {method!r}; use one of {METHODS}")
     dims = layer_dims(width, depth, channels)
@@ -271,6 +280,22 @@ class FourierNet(nnx.Module):
     self.layers = nnx.List([
         FourierLayer(m, n, init_variance=v, method=method, rngs=rngs)
         for (m, n), v in zip(dims, variances)])
+    # quant_start (with quant_bits): the grid is the difference from a start, zeros until
+    # `set_start` (or a checkpoint) fills it.
+    self.quant_start = nnx.List([nnx.List([QuantStart(jnp.zeros_like(layer.a[...])),
+                                           QuantStart(jnp.zeros_like(layer.b[...]))])
+                                 for layer in self.layers]) if quant_start else None
+
+  def set_start(self, start) -> None:
+    """The start (per-layer (a, b), e.g. `encoding.load_start`) that quant_start rounds from."""
+    if self.quant_start is None:
+      raise ValueError("this net was not built with quant_start")
+    got = [tuple(np.shape(a)) for a, _ in start]
+    want = [tuple(layer.a.shape) for layer in self.layers]
+    if got != want:
+      raise UserError(f"the start's net (layers {got}) is not this net (layers {want})")
+    for (va, vb), (a, b) in zip(self.quant_start, start):
+      va[...], vb[...] = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
 
   @staticmethod
   def stack(nets: Sequence["FourierNet"]) -> "FourierNet":
@@ -287,9 +312,11 @@ class FourierNet(nnx.Module):
     params = [(layer.a[...], layer.b[...]) for layer in self.layers]
     if not self.quant_bits:
       return params
+    starts = ([(a0[...], b0[...]) for a0, b0 in self.quant_start] if self.quant_start is not None
+              else [None] * len(params))
     quantised = []
-    for (a, b), step in zip(params, self.quant_steps or (None,) * len(params)):
-      quantize = functools.partial(fake_quantize, bits=self.quant_bits, step=step)
+    for (a, b), step, start in zip(params, self.quant_steps or (None,) * len(params), starts):
+      quantize = functools.partial(fake_quantize, bits=self.quant_bits, step=step, start=start)
       quantised.append((jax.vmap(quantize) if self.count else quantize)(a, b))
     return quantised
 

@@ -24,7 +24,8 @@ from flax import nnx
 
 import numpy as np
 
-from dfm_flax import distributed, files, guard, logs, optim, progress, restore, sharding, tasks
+from dfm_flax import (distributed, files, fourier, guard, logs, optim, progress, restore, sharding,
+                      tasks)
 from dfm_flax.checkpoint import Checkpointer
 from dfm_flax.errors import UserError
 
@@ -161,7 +162,8 @@ def _init_from(model, source: str, task) -> None:
   there it can end worse than a random start."""
   source_ckpt = Checkpointer(os.path.join(source, "checkpoints"), read_only=True)
   try:
-    source_ckpt.restore(model)
+    # A difference grid's start comes from the config (quant_start), not from the source.
+    source_ckpt.restore(model, only=nnx.Not(fourier.QuantStart))
   finally:
     source_ckpt.close()
   _say(f"initialised from the weights in {source}")

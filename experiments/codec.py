@@ -25,7 +25,7 @@ Output files appear whole or not at all.
 encode fits from that start (the net's size, coordinates and method are the start's) and
 the file stores the weights as their difference from it, named by a content hash; decode
 needs the same --init and refuses, in one line, a file coded from another start. The
-quantisation-aware fine-tune is skipped then (its grid is the weights', not the difference's).
+quantisation-aware fine-tune then rounds the difference, as the file stores it.
 """
 import os
 import re
@@ -95,10 +95,8 @@ def _encode(image_path: str):
     # below their float nets, a 9-bit one 0.3 dB (README: the panel and the
     # rate-distortion study), so --bpp starts from BPP_BITS.
     bits = encoding.BPP_BITS
-  start_model, start = encoding.load_start(_INIT.value) if _INIT.value else (None, None)
-  if start is not None and _QAT.value and bits != 16:
-    print("note: --init codes the difference from the start, so the quantisation-aware "
-          "fine-tune (whose grid is the weights') is skipped", file=sys.stderr)
+  start = os.path.abspath(_INIT.value) if _INIT.value else None
+  start_model = encoding.load_start(start)[0] if start else None
   source = _FROM.value
   if not source:
     config = config_value(_CONFIG)
@@ -107,7 +105,7 @@ def _encode(image_path: str):
       if start_model is not None:  # The start fixes the net; --bpp moves only the bit depth.
         for key in ("width", "depth", "coord_range", "method"):
           config.model[key] = start_model[key]
-        config.init_from = os.path.abspath(_INIT.value)
+        config.init_from = start
     source = _WORKDIR.value or out + ".run"
     if _BPP.value is not None and start_model is None:
       source, _ = encoding.fit_for_bpp(config, source, image, _BPP.value, bits, grid)

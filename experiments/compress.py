@@ -82,6 +82,7 @@ def thesis() -> ml_collections.ConfigDict:
   c.model.coord_range = (0.0, 1.0)  # Pixel centres are scaled into [lo, hi]^2.
   c.model.quant_bits = 0  # > 0: quantisation-aware training for the .dfm codec.
   c.model.quant_steps = ()  # With quant_bits: one grid step per layer (the sensitivity grid).
+  c.model.quant_start = ""  # With quant_bits: a run whose net the grid measures from (--init).
   c.model.kind = "fourier"  # or "siren": the COIN baseline (sine MLP) on the same loop.
   c.model.siren_hidden = 64
   c.model.siren_layers = 5

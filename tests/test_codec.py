@@ -188,6 +188,38 @@ def test_fake_quantisation_matches_the_file_and_passes_gradients():
   np.testing.assert_array_equal(grad, np.full(a.shape, 3.0))  # straight through
 
 
+def test_fake_quantisation_of_the_difference_matches_a_difference_coded_file():
+  """With a start, the fine-tune's forward pass sees what the file decodes to: the start plus
+  the rounded difference (on the bit depth's grid and on given steps), not the rounded weights."""
+  import jax.numpy as jnp
+  from flax import nnx
+  params, start = laplace_params(4, 3, 1, seed=0), laplace_params(4, 3, 1, seed=1)
+  params = [(a0 + 0.01 * a, b0 + 0.01 * b) for (a, b), (a0, b0) in zip(params, start)]
+  for bits, steps in ((4, None), (8, None), (12, [1e-4, 3e-4, 1e-3])):
+    data = codec.encode(params, (8, 8, 1), 4, 3, bits=bits, coder="ans", start=start, steps=steps)
+    _, decoded = codec.decode(data, start)
+    for i, ((a, b), (da, db), s0) in enumerate(zip(params, decoded, start)):
+      qa, qb = fourier.fake_quantize(jnp.asarray(a), jnp.asarray(b), bits,
+                                     steps[i] if steps else None, tuple(map(jnp.asarray, s0)))
+      np.testing.assert_allclose(qa, da, rtol=0, atol=1e-6)
+      np.testing.assert_allclose(qb, db, rtol=0, atol=1e-6)
+    # Rounding the weights themselves gives another picture at these small differences.
+    qa, _ = fourier.fake_quantize(jnp.asarray(params[1][0]), jnp.asarray(params[1][1]), bits)
+    assert np.max(np.abs(np.asarray(qa) - decoded[1][0])) > 1e-4
+  # The net's own forward pass: built with quant_start and given the start, it renders
+  # the decoded file's weights.
+  net = fourier.FourierNet(4, 3, 1, init_variance=1e-3, quant_bits=8, quant_start=True,
+                           rngs=nnx.Rngs(0))
+  for layer, (a, b) in zip(net.layers, params):
+    layer.a[...], layer.b[...] = jnp.asarray(a), jnp.asarray(b)
+  net.set_start(start)
+  _, decoded = codec.decode(codec.encode(params, (8, 8, 1), 4, 3, bits=8, start=start), start)
+  for (qa, qb), (da, db) in zip(net.params_list(), decoded):
+    np.testing.assert_allclose(qa, da, rtol=0, atol=1e-6)
+  with pytest.raises(UserError, match="not this net"):
+    net.set_start(start[:2])
+
+
 @pytest.mark.slow
 def test_quantisation_aware_fine_tune_improves_the_decoded_file(fitted, tmp_path):
   root, wd, img = fitted

@@ -162,6 +162,18 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   # Another net of the same size (the fit's) is not the start the file names.
   assert "not the start this file was coded from" in error_line(
       run_cli("experiments.codec", "decode", out, "--out", png, "--init", fit))
+  # The quantisation-aware fine-tune of a difference-coded file rounds the difference from
+  # the start: the net it ends with is exactly what the file decodes to.
+  tuned = str(tmp_path / "tuned.dfm")
+  proc = run_cli("experiments.codec", "encode", img, "--out", tuned, "--from", out + ".run",
+                 "--init", wd, "--bits", "6", "--qat_steps", "10")
+  assert proc.returncode == 0, proc.stderr
+  qat_config, _, qat = restore.load_model(tuned + ".qat6")
+  assert qat_config.model.quant_start == os.path.abspath(wd)
+  _, back = codec.decode(open(tuned, "rb").read(), start)
+  for (qa, qb), (da, db) in zip(qat.net_params(), back):
+    np.testing.assert_allclose(qa, da, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(qb, db, rtol=0, atol=1e-6)
   # What the start buys (benchmarks.meta_start), with the recipe's own fits too.
   bench = str(tmp_path / "bench")
   proc = run_cli("benchmarks.meta_start", "--start", wd, "--out", bench, "--crops", "2",

@@ -57,7 +57,8 @@ def one_net(m, channels: int, rngs: nnx.Rngs):
     return Siren(m.siren_hidden, m.siren_layers, channels, w0=m.siren_w0, rngs=rngs)
   return fourier.FourierNet(m.width, m.depth, channels, init_variance=init_variances(m, channels),
                             method=m.method, quant_bits=m.get("quant_bits", 0),
-                            quant_steps=m.get("quant_steps", ()), rngs=rngs)
+                            quant_steps=m.get("quant_steps", ()),
+                            quant_start=bool(m.get("quant_start", "")), rngs=rngs)
 
 
 def model_function(model, model_cfg, index: int | None = None):
@@ -112,7 +113,11 @@ class Task(TaskBase):
     return {"image_shape": self.shapes[0], "image_shapes": self.shapes}
 
   def build_model(self, rngs: nnx.Rngs) -> fourier.FourierNet:
-    return model_from_meta(self.config, self.meta(), rngs)
+    model = model_from_meta(self.config, self.meta(), rngs)
+    if self.config.model.get("quant_start", ""):  # A checkpoint holds it too; a new run reads it.
+      from dfm_flax.encoding import load_start
+      model.set_start(load_start(self.config.model.quant_start)[1])
+    return model
 
   def lr_multiplier(self, model):
     """With optim.scale_by_terms (Fourier nets only), layer l learns at optim.lr / 2^m_l.

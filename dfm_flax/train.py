@@ -326,10 +326,10 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
       will_save = step % every == 0 and step < steps
       if step % log_every == 0 or step == steps or will_save:
         loss = float(sharding.to_host(loss))
-        if watch.intervenes:
-          train_step.sync()  # The guard copies the state, or rolls it back.
-        if watch.observe(step, loss, model, optimizer, final=step == steps) == "rollback":
-          line = watch.rollback(step, loss, model, optimizer)
+        train_step.sync()  # The guard reads the model, copies the state, or rolls it back.
+        judged = task.guarded_loss(loss, aux, model)
+        if watch.observe(step, judged, model, optimizer, final=step == steps) == "rollback":
+          line = watch.rollback(step, judged, model, optimizer)
           train_step.reload()
           if distributed.is_main():
             bar.write(line, file=sys.stderr)  # On its own line, above the bar.
@@ -346,6 +346,8 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
               f"(step {last_saved}) is kept; lower optim.lr or change the init")
       if step % log_every == 0 or step == steps:
         scalars = {"loss": loss, **{k: float(v) for k, v in sharding.to_host(aux).items()}}
+        if judged != loss:  # The task's guard reads its own number (tasks.TaskBase.guarded_loss).
+          scalars["guarded_loss"] = judged
         logger.log(step, scalars)
         bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()}, refresh=False)
       bar.update(1)

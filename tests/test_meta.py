@@ -49,6 +49,29 @@ def test_reptile_gradient_is_theta_minus_mean_adapted():
     assert np.abs(expect_a).max() > 1e-4  # adaptation moved the layer: the check has teeth
 
 
+def test_guard_judges_the_start_on_the_same_probe_crops_every_time():
+  """The meta task's guard reads the adapted MSE of the pool's first PROBE_CROPS crops (not
+  the batch's Reptile loss, which swings more than the guard's ratio between batches), and
+  its flat reference is those crops' MSE at their own mean colours."""
+  task, c = _task(pool=32)
+  model = task.build_model(nnx.Rngs(0))
+  mse = lambda p, t: jnp.mean((fourier.net_apply(p, task.coords, c.model.method) - t) ** 2)
+  probe = np.asarray(task.pool[:task.PROBE_CROPS])
+  after = []
+  for t in probe:  # Independent: each crop adapted by hand.
+    p = model.params_list()
+    for _ in range(c.meta.inner_steps):
+      g = jax.grad(mse)(p, t)
+      p = [(a - lr * ga, b - lr * gb) for (a, b), (ga, gb), lr in zip(p, g, task.lrs)]
+    after.append(float(mse(p, t)))
+  judged = [task.guarded_loss(float(task.loss(model, task.batch(s))[0]), {}, model)
+            for s in (0, 7)]
+  assert judged[0] == judged[1]  # whatever the batch
+  np.testing.assert_allclose(judged[0], np.mean(after), rtol=1e-4)
+  flat = np.mean((probe - probe.mean(axis=1, keepdims=True)) ** 2)
+  np.testing.assert_allclose(task.reference_loss(), flat, rtol=1e-5)
+
+
 def test_maml_gradient_goes_through_the_inner_steps():
   """Second-order MAML's gradient against central finite differences of the post-adaptation
   loss; first-order MAML differs from it."""

@@ -14,6 +14,8 @@ data), for sampling and feature extraction. A Task object has:
   evaluate(model, workdir) -> dict of final metrics (and writes figures)
   reference_loss() -> the loss of the task's flat prediction (e.g. an image's mean
       colour), or None: the divergence guard's yardstick for a collapse (guard.py)
+  guarded_loss(loss, aux, model) -> the number the guard judges at a log step
+      (default: the loss)
   warm_up(model) -> None: compile what evaluate will need, given a copy of the model
       (the loop runs it in a thread while training runs); optional
 """
@@ -63,5 +65,10 @@ class TaskBase:
 
   def reference_loss(self) -> float | None:
     return None
+
+  def guarded_loss(self, loss: float, aux: dict, model) -> float:
+    """The number the divergence guard judges at a log step (dfm_flax/guard.py): the
+    training loss, unless that swings far more between batches than a healthy run's."""
+    return loss
 
   warm_up = None  # A task that has one gets a copy of the model in a thread (train.py).

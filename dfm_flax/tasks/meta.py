@@ -163,6 +163,27 @@ class Task(TaskBase):
     return loss, {"mse_before": jnp.mean(before), "mse_after": jnp.mean(after),
                   "psnr_after": jnp.mean(psnr(after))}
 
+  # The guard judges the start on the same crops every time (the pool's first PROBE_CROPS):
+  # Reptile's loss (half the squared distance the inner steps move) and the adapted MSE
+  # swing 16-17x between the batches of one healthy start (runs/rv_r01_1000, 60 batches),
+  # past the guard's 4x, and rolled healthy runs back; a batch of smooth crops far from the
+  # start's colour did so four times in a row in the smoke run.
+  PROBE_CROPS = 16
+
+  def reference_loss(self) -> float:
+    """The probe crops' MSE at their own mean colours: a start whose adapted fits are worse
+    than that has learned nothing the inner steps can use."""
+    probe = self.pool[:self.PROBE_CROPS]
+    return float(jnp.mean((probe - jnp.mean(probe, axis=-2, keepdims=True)) ** 2))
+
+  def guarded_loss(self, loss: float, aux: dict, model) -> float:
+    """The adapted MSE of the probe crops (the same ones at every log step)."""
+    if not hasattr(self, "_probe_mse"):
+      probe = self.pool[:self.PROBE_CROPS]
+      self._probe_mse = jax.jit(
+          lambda params: jnp.mean(self._after(self._adapt_all(params, probe)[0], probe)))
+    return float(self._probe_mse(model.params_list()))
+
   def evaluate(self, model, workdir: str) -> dict:
     """PSNR on held-out crops after 0 and inner_steps steps, learned vs random start."""
     mc = self.config.meta

@@ -36,15 +36,40 @@ _CROPS = {
 }
 
 
+def _sklearn(index: int):
+  from sklearn.datasets import load_sample_images
+  return load_sample_images().images[index]
+
+
+def _matplotlib(name: str):
+  import matplotlib.cbook
+  from PIL import Image
+  with matplotlib.cbook.get_sample_data(name) as f:
+    return np.asarray(Image.open(f).convert("RGB"))
+
+
+# Ordinary colour photographs from other installed packages (offline), held out of every
+# study before the session that added them: 640x427 and 512x600, the sizes of issue 10's
+# photographs.
+_OTHERS = {
+    "china": lambda: _sklearn(0),    # scikit-learn's sample images
+    "flower": lambda: _sklearn(1),
+    "hopper": lambda: _matplotlib("grace_hopper.jpg"),  # matplotlib's sample data
+}
+NAMES = tuple(_CROPS) + tuple(_OTHERS)
+
+
 def pixels(name: str) -> np.ndarray:
   """The photograph as uint8 (H, W) or (H, W, 3)."""
+  if name in _OTHERS:
+    return np.asarray(_OTHERS[name](), np.uint8)
   import skimage.data
   return np.asarray(_CROPS[name](skimage.data), np.uint8)
 
 
 def path(name: str, directory: str) -> str:
   """A built-in name saved as DIR/NAME.png (once); any other string is taken as a path."""
-  if name not in _CROPS:
+  if name not in NAMES:
     return name
   from PIL import Image
   os.makedirs(directory, exist_ok=True)

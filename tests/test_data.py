@@ -219,3 +219,20 @@ def test_unprepared_mnist_is_read_from_tfds_urls(idx_server, tmp_path, monkeypat
   np.testing.assert_array_equal(ds.labels, arrays["train-labels-idx1-ubyte.gz"])
   assert "IDX files from TFDS's URLs" in ds.description
   assert os.path.exists(tmp_path / "downloads" / "dfm" / "mnist" / "train-images-idx3-ubyte.gz")
+
+
+def test_photographs_from_other_packages_load_by_name(tmp_path):
+  """scikit-learn's and matplotlib's sample photographs (held out of the earlier studies)
+  are colour uint8 and are saved as PNG under their names, pixel for pixel."""
+  from PIL import Image
+
+  from dfm_flax import photos
+  for name, shape in (("china", (427, 640, 3)), ("flower", (427, 640, 3)),
+                      ("hopper", (600, 512, 3))):
+    p = photos.pixels(name)
+    assert p.shape == shape and p.dtype == np.uint8 and p.std() > 10
+    path = photos.path(name, str(tmp_path))
+    assert path.endswith(f"{name}.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), p)
+  assert not np.array_equal(photos.pixels("china"), photos.pixels("flower"))
+  assert photos.path("no_such_photo.png", str(tmp_path)) == "no_such_photo.png"

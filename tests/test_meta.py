@@ -51,8 +51,8 @@ def test_reptile_gradient_is_theta_minus_mean_adapted():
 
 def test_guard_judges_the_start_on_the_same_probe_crops_every_time():
   """The meta task's guard reads the adapted MSE of the pool's first PROBE_CROPS crops (not
-  the batch's Reptile loss, which swings more than the guard's ratio between batches), and
-  its flat reference is those crops' MSE at their own mean colours."""
+  the batch's Reptile loss, which swings more than the guard's ratio between batches), with
+  no flat reference (the crops' mean colours are what a few inner steps barely beat)."""
   task, c = _task(pool=32)
   model = task.build_model(nnx.Rngs(0))
   mse = lambda p, t: jnp.mean((fourier.net_apply(p, task.coords, c.model.method) - t) ** 2)
@@ -68,8 +68,7 @@ def test_guard_judges_the_start_on_the_same_probe_crops_every_time():
             for s in (0, 7)]
   assert judged[0] == judged[1]  # whatever the batch
   np.testing.assert_allclose(judged[0], np.mean(after), rtol=1e-4)
-  flat = np.mean((probe - probe.mean(axis=1, keepdims=True)) ** 2)
-  np.testing.assert_allclose(task.reference_loss(), flat, rtol=1e-5)
+  assert task.reference_loss() is None
 
 
 def test_maml_gradient_goes_through_the_inner_steps():

@@ -170,11 +170,13 @@ class Task(TaskBase):
   # start's colour did so four times in a row in the smoke run.
   PROBE_CROPS = 16
 
-  def reference_loss(self) -> float:
-    """The probe crops' MSE at their own mean colours: a start whose adapted fits are worse
-    than that has learned nothing the inner steps can use."""
-    probe = self.pool[:self.PROBE_CROPS]
-    return float(jnp.mean((probe - jnp.mean(probe, axis=-2, keepdims=True)) ** 2))
+  def reference_loss(self) -> None:
+    """None: the guard's flat-image rules stay off. The probe crops' own mean colours are a
+    strong baseline for a few inner steps, not a broken net's level: the default start's
+    adapted MSE on them was at best 1.05 dB below it (0.0335 against 0.0427, 3,000 outer
+    steps), and its healthy wanderings 1 dB above it tripped the below-flat rule once.
+    The ratio rule (4x the best) stays: those wanderings reached 2.2x."""
+    return None
 
   def guarded_loss(self, loss: float, aux: dict, model) -> float:
     """The adapted MSE of the probe crops (the same ones at every log step)."""

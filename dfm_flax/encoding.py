@@ -10,8 +10,11 @@ the file atomically and measures what the file decodes to.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
+
+import ml_collections
 
 from dfm_flax.errors import UserError
 
@@ -24,12 +27,26 @@ def encode_run(source: str, image, out: str, bits: int, coder: str, qat_steps: i
 
 def load_start(run: str):
   """(model config, per-layer (a, b) as float32 numpy) of the net a run ended with: the
-  start that difference coding (codec `start=`) measures from, e.g. a meta-learning run."""
+  start that difference coding (codec `start=`) measures from, e.g. a meta-learning run.
+
+  One encode reads it several times (each bit depth tried, the fine-tune, the file), so
+  it is read once per state of the run's checkpoints/ (a new checkpoint changes that
+  directory's mtime and is read afresh); what it returns is read-only."""
+  ckpts = os.path.join(run, "checkpoints")
+  return _read_start(os.path.abspath(run), os.stat(ckpts).st_mtime_ns
+                     if os.path.isdir(ckpts) else None)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_start(run: str, _checkpoints_mtime):
   from dfm_flax.restore import load_model
   config, _, model = load_model(run)
   if not hasattr(model, "net_params") or getattr(model, "count", 0):
     raise UserError(f"{run} does not hold one Fourier net to start from")
-  return config.model, _numpy_params(model)
+  params = _numpy_params(model)
+  for array in (x for layer in params for x in layer):
+    array.flags.writeable = False  # Shared by every later call: read-only.
+  return ml_collections.FrozenConfigDict(config.model), params
 
 
 def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder: str,

@@ -1,5 +1,6 @@
 """The .dfm codec: exact round trips, the entropy coder's gain, and every malformed file."""
 import os
+import shutil
 import struct
 import zlib
 
@@ -170,6 +171,26 @@ def test_cli_bad_input_leaves_no_file(fitted, tmp_path):
                                              str(tmp_path / "s.dfm"), "--from", wd))
   assert not png.exists() and not (tmp_path / "b.dfm").exists() and not (tmp_path / "s.dfm").exists()
   assert not [p for p in os.listdir(tmp_path) if "partial" in p]
+
+
+@pytest.mark.slow
+def test_a_start_is_read_once_per_state_of_its_checkpoints(fitted, tmp_path):
+  from dfm_flax import encoding
+  _, wd, _ = fitted
+  run = str(tmp_path / "start")
+  shutil.copytree(wd, run)
+  config, params = encoding.load_start(run)
+  assert encoding.load_start(run + "/")[1] is params  # The same path: not read again.
+  with pytest.raises(ValueError):  # Shared by later calls, so nobody may write into it.
+    params[0][0][...] = 0
+  with pytest.raises(AttributeError):
+    config.width = 3
+  # A new checkpoint changes checkpoints/'s mtime: read afresh, the same weights here.
+  ckpts = os.path.join(run, "checkpoints")
+  os.utime(ckpts, ns=(os.stat(ckpts).st_atime_ns, os.stat(ckpts).st_mtime_ns + 10**9))
+  again = encoding.load_start(run)[1]
+  assert again is not params
+  np.testing.assert_array_equal(again[-1][1], params[-1][1])
 
 
 def test_fake_quantisation_matches_the_file_and_passes_gradients():

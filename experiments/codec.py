@@ -20,7 +20,8 @@ fit ends collapsed or within 1 dB of the image's flat mean colour, the widest ne
 size is fitted too (FILE.dfm.run.WxD) and the better one coded (encoding.fit_for_bpp).
 decode needs no training code; --size renders the continuous image at any resolution.
 --config.train.steps=20000 fits twice as long: at 0.3 bpp +0.73 dB mean over sixteen
-photographs (grass -0.01, the rest +0.05 to +2.14), for twice the encode time (README, "Twice the training steps").
+photographs (grass -0.01, the rest +0.05 to +2.14) for twice the encode time (README,
+"Twice the training steps").
 Output files appear whole or not at all.
 
 --init META_RUN (a meta-learning run, experiments/meta.py, or any run of one Fourier net):

@@ -27,21 +27,11 @@ the jitted step; the loss is enough because nothing is lost: we roll back.
 
 Recovery: the loop keeps, in memory, a copy of the model and optimizer at the last
 log step whose loss was healthy and, once the run has beaten its flat image, no worse
-than flat (`worth_keeping`). On a collapse it restores that copy, lowers the learning
-rate (the optimizer's `lr_scale`, see optim.py) and replays from that step: the batches
-depend on (seed, step) only, so the run stays deterministic, and the final weights are
-the product of exactly train.steps updates along the final path.
-
-How the lr is lowered (`lr_rule`): "cap" (default) holds the lr at or below `lr_factor`
-x the lr it collapsed at, and gives the schedule back once its decay falls below that
-cap; "scale" multiplies the lr by `lr_factor` for the rest of the run. Collapses happen
-near the peak, but much of a fit's PSNR is won late in the decay (the codec's 10,000-step
-fits of astronaut, camera, moon and rocket gained 1.8-4.2 dB in their last 4,000 steps):
-"scale" spent that tail at half the lr, and whole runs at half the peak ended 0.9 and 1.2
-dB worse on two of those four (README, "Fits that never collapse").
-The cap is applied by setting `lr_scale` at each log step to cap / (the schedule's
-largest value over the coming log interval), so the lr never exceeds it in between; with
-a constant schedule the two rules are the same. After `max_recoveries` the guard stops
+than flat (`worth_keeping`). On a collapse it restores that
+copy, multiplies the learning rate by `lr_factor` (the optimizer's `lr_scale`, see
+optim.py) and replays from that step: the batches depend on (seed, step) only, so the
+run stays deterministic, and the final weights are the product of exactly
+train.steps updates along the final path. After `max_recoveries` the guard stops
 intervening and the run ends as it ends; if it ends collapsed, metrics.json says
 `collapsed: true`.
 
@@ -67,13 +57,11 @@ from dfm_flax.errors import UserError
 BELOW_FLAT = 10 ** 0.1
 
 MODES = ("recover", "detect", "off")
-LR_RULES = ("cap", "scale")
 
 
 def defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
-      "mode": "recover", "ratio": 4.0, "patience": 3, "lr_factor": 0.5, "max_recoveries": 4,
-      "lr_rule": "cap"})
+      "mode": "recover", "ratio": 4.0, "patience": 3, "lr_factor": 0.5, "max_recoveries": 4})
 
 
 def config_of(config) -> ml_collections.ConfigDict:
@@ -82,8 +70,6 @@ def config_of(config) -> ml_collections.ConfigDict:
   merged.update(config.get("guard") or {})
   if merged.mode not in MODES:
     raise UserError(f"unknown guard.mode {merged.mode!r}; use one of {', '.join(MODES)}")
-  if merged.lr_rule not in LR_RULES:
-    raise UserError(f"unknown guard.lr_rule {merged.lr_rule!r}; use one of {', '.join(LR_RULES)}")
   if not (merged.ratio > 1 and merged.patience >= 1 and 0 < merged.lr_factor < 1):
     raise UserError("guard needs ratio > 1, patience >= 1 and 0 < lr_factor < 1")
   return merged
@@ -97,7 +83,6 @@ class GuardState:
   recoveries: int = 0
   good_step: int = -1  # Step of the in-memory copy (-1: none yet).
   collapsed: bool = False  # Last verdict: the loss is in a collapse now.
-  lr_cap: float = math.inf  # lr_rule "cap": the schedule's lr x lr_scale stays at or below it.
 
   def to_meta(self) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -106,9 +91,8 @@ class GuardState:
   @classmethod
   def from_meta(cls, meta: dict | None) -> "GuardState":
     meta = dict(meta or {})
-    for key in ("best", "lr_cap"):  # Infinite is stored as None (JSON).
-      if meta.get(key) is None:
-        meta[key] = math.inf
+    if meta.get("best") is None:
+      meta["best"] = math.inf
     return cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta})
 
 
@@ -120,14 +104,10 @@ class DivergenceGuard:
   """Watches the loss at log steps; keeps the last good state; rolls back on a collapse."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, reference_loss: float | None = None,
-               state: GuardState | None = None, schedule=None, log_every: int = 1):
-    """schedule: step -> the optimizer's lr before `lr_scale` (optim.schedule), which
-    lr_rule "cap" needs (without one, a rollback scales as "scale" does); log_every: the
-    steps between the loop's calls, over which a cap must hold."""
+               state: GuardState | None = None):
     self.cfg = cfg
     self.reference = reference_loss
     self.state = state or GuardState()
-    self.schedule, self.log_every = schedule, max(1, int(log_every))
     self._good = None  # (model state, optimizer state) at state.good_step.
 
   def healthy(self, loss: float) -> bool:
@@ -202,43 +182,12 @@ class DivergenceGuard:
     # same lr into the same collapse (hubble's 9x6 fit: three rollbacks to step 1,200,
     # each at x0.25, each collapsing again at step 1,300).
     scale = optim.get_lr_scale(optimizer) * self.cfg.lr_factor
-    if self.capping:
-      s.lr_cap = self.cfg.lr_factor * self._lr(step, step) * optim.get_lr_scale(optimizer)
-      scale = self.capped_scale(s.good_step)
     nnx.update(model, _copy(model_state))
     nnx.update(optimizer, _copy(optimizer_state))
     optim.set_lr_scale(optimizer, scale)
     s.recoveries += 1
     s.bad, s.collapsed = 0, False
-    lowered = (f"the learning rate held at or below {s.lr_cap:.3g} (x{self.cfg.lr_factor:g} "
-               f"the lr that collapsed)" if self.capping else f"the learning rate x{scale:g}")
     return (f"guard: the loss collapsed at step {step} ({loss:.4g}, best {s.best:.4g}); "
-            f"rolled back to step {s.good_step} with {lowered} "
+            f"rolled back to step {s.good_step} with the learning rate x{scale:g} "
             f"(recovery {s.recoveries} of at most {self.cfg.max_recoveries})")
 
-  @property
-  def capping(self) -> bool:
-    return self.cfg.get("lr_rule", "cap") == "cap" and self.schedule is not None
-
-  def _lr(self, first: int, last: int) -> float:
-    """The schedule's largest lr over steps first..last."""
-    import numpy as np
-    return float(np.max(np.asarray(self.schedule(np.arange(first, last + 1)))))
-
-  def capped_scale(self, step: int) -> float:
-    """lr_scale for the log interval after `step`: 1, or less where the schedule would
-    pass the cap within it."""
-    peak = self._lr(step, step + self.log_every)
-    return 1.0 if peak <= self.state.lr_cap else self.state.lr_cap / peak
-
-  def follow(self, step: int, optimizer) -> bool:
-    """After a "cap" rollback, set the optimizer's lr_scale for the coming log interval;
-    True when it changed (the loop then reloads its step's state). A run without a
-    rollback never changes: it stays bit-identical with the guard off."""
-    if not (self.capping and math.isfinite(self.state.lr_cap)):
-      return False
-    scale = self.capped_scale(step)
-    if scale == optim.get_lr_scale(optimizer):
-      return False
-    optim.set_lr_scale(optimizer, scale)
-    return True

@@ -205,9 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = place_on_mesh(config, model, optimizer)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
   meta = {"seconds": 0.0}
-  watch = guard.DivergenceGuard(guard.config_of(config), task.reference_loss(),
-                                schedule=optim.schedule(config.optim, config.train.steps),
-                                log_every=config.train.log_every)
+  watch = guard.DivergenceGuard(guard.config_of(config), task.reference_loss())
   if ckpt.latest_step() is not None:  # Restored straight onto this run's mesh.
     meta = ckpt.restore(model, optimizer)
     _resume_guard(watch, meta, ckpt, model, optimizer)
@@ -335,17 +333,13 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
           train_step.reload()
           if distributed.is_main():
             bar.write(line, file=sys.stderr)  # On its own line, above the bar.
-          event = {"recovery": watch.state.recoveries, "lr_scale": optim.get_lr_scale(optimizer)}
-          if math.isfinite(watch.state.lr_cap):
-            event["lr_cap"] = watch.state.lr_cap
-          logger.event(step, watch.state.good_step, event)
+          logger.event(step, watch.state.good_step,
+                       {"recovery": watch.state.recoveries, "lr_scale": optim.get_lr_scale(optimizer)})
           step = watch.state.good_step
           ckpt.delete_after(step)
           last_saved = min(last_saved, step)
           bar.n = step
           continue
-        if watch.follow(step, optimizer):  # A capped lr given back as the schedule decays.
-          train_step.reload()
         if not math.isfinite(loss):  # Checked before any save: saved states are finite.
           raise UserError(
               f"loss became {loss} at step {step}; stopped. The last good checkpoint "

@@ -247,6 +247,13 @@ SENSITIVITY_DEPTHS = range(4, 9)
 # A fit ending less than this above its flat image (the mean colour: 0.0 dB for the 7x8
 # nets of gravel and grass, at least 5.4 dB for every other full-length fit) learned nothing.
 FLAT_MARGIN_DB = 1.0
+# The first layer's init variance of `fit_for_bpp`'s last candidate, for texture on which
+# both nets stay flat. From the thesis's 2e-10 the first layer's outputs, the phases of
+# every later layer, start near 0: the later features start at the lowest frequencies, and
+# grass (fine texture, little low-frequency content) gives them no gradient to grow by.
+# Grass's 8x5 net, 3,000 steps of the recipe: 16.39 dB (its flat image) from 2e-10 and
+# from 1e-4, 1e-3 and 1e-2 in the first layer alone; 19.12 dB from 1, 17.59 from 30.
+HIGH_FREQUENCY_INIT = 1.0
 
 
 def predicted_bytes(width: int, depth: int, channels: int, bits: int,
@@ -319,11 +326,13 @@ def flat_psnr(image) -> float:
 
 def fit_for_bpp(config, workdir: str, image, bpp: float, bits: int, grid: str,
                 log=print) -> tuple[str, dict]:
-  """Fit the net `size_for_bpp` picks for `bpp` in workdir; on the sensitivity grid, if
-  that fit ended collapsed or within FLAT_MARGIN_DB of its flat image and the widest
-  candidate (`wide_size_for_bpp`) is wider, fit that too (in workdir.WxD) and
-  keep the better. Returns (run directory, its metrics), config.model holding the kept
-  net's size. `log` gets the one line that says a second net is fitted."""
+  """Fit the net `size_for_bpp` picks for `bpp` in workdir. On the sensitivity grid, if
+  that fit ended collapsed or within FLAT_MARGIN_DB of its flat image: when the widest
+  candidate (`wide_size_for_bpp`) is wider, fit that too (in workdir.WxD); then if the
+  last net fitted is near flat as well (full-length fits), fit it again from a first
+  layer at high frequency (HIGH_FREQUENCY_INIT; its run directory + ".hf"). Keeps the
+  best. Returns (run directory, its metrics), config.model holding the kept net's size
+  (and first-layer init when a fit used one). `log` gets one line per further net."""
   from dfm_flax.train import train_and_evaluate
   config.model.width, config.model.depth = size_for_bpp(bpp, image.shape, bits, grid)
   metrics = train_and_evaluate(config, workdir)
@@ -334,20 +343,36 @@ def fit_for_bpp(config, workdir: str, image, bpp: float, bits: int, grid: str,
   # A fit cut short (train.stop_at) may not have left its flat image yet: judged on
   # collapse alone (brick's 8x5 net was flat at step 1,300 and 31 dB at 10,000).
   whole = not config.train.get("stop_at", 0)
-  stuck = metrics["collapsed"] or (whole and metrics["psnr"] < flat + FLAT_MARGIN_DB)
-  if not stuck or wide[0] <= config.model.width:
+  if not (metrics["collapsed"] or (whole and _stuck(metrics, flat))):
     return workdir, metrics
-  log(f"the {config.model.width}x{config.model.depth} net ended at {metrics['psnr']:.2f} dB, "
-      f"{'collapsed' if metrics['collapsed'] else 'near its flat image'} ({flat:.2f} dB): "
-      f"fitting the wider {wide[0]}x{wide[1]} net too")
-  first = (config.model.width, config.model.depth)
-  config.model.width, config.model.depth = wide
-  other = f"{workdir}.{wide[0]}x{wide[1]}"
-  wide_metrics = train_and_evaluate(config, other)
-  if wide_metrics["psnr"] > metrics["psnr"]:
-    return other, wide_metrics
-  config.model.width, config.model.depth = first  # The config says which net was kept.
-  return workdir, metrics
+  base = config.model.get("first_init_variance", 0.0)
+  candidates = [(workdir, metrics, (config.model.width, config.model.depth), base)]
+  if wide[0] > config.model.width:
+    log(f"the {config.model.width}x{config.model.depth} net ended at {metrics['psnr']:.2f} dB, "
+        f"{'collapsed' if metrics['collapsed'] else 'near its flat image'} ({flat:.2f} dB): "
+        f"fitting the wider {wide[0]}x{wide[1]} net too")
+    config.model.width, config.model.depth = wide
+    other = f"{workdir}.{wide[0]}x{wide[1]}"
+    candidates.append((other, train_and_evaluate(config, other), wide, base))
+  last_run, last_metrics, size, _ = candidates[-1]
+  if whole and _stuck(last_metrics, flat):
+    log(f"the {size[0]}x{size[1]} net ended near its flat image: fitting it again from a first "
+        f"layer at high frequency (init variance {HIGH_FREQUENCY_INIT:g})")
+    with config.unlocked():
+      config.model.first_init_variance = HIGH_FREQUENCY_INIT
+    high = f"{last_run}.hf"
+    candidates.append((high, train_and_evaluate(config, high), size, HIGH_FREQUENCY_INIT))
+  run, kept, size, first_variance = max(candidates, key=lambda c: c[1]["psnr"])
+  config.model.width, config.model.depth = size  # The config says which net was kept.
+  if first_variance != base or "first_init_variance" in config.model:
+    # Set only when some fit used it: other runs' config.json stays as it was (resume).
+    with config.unlocked():
+      config.model.first_init_variance = first_variance
+  return run, kept
+
+
+def _stuck(metrics: dict, flat: float) -> bool:
+  return metrics["collapsed"] or metrics["psnr"] < flat + FLAT_MARGIN_DB
 
 
 def nearest_bits(bits: int, got_bytes: int, target_bytes: float, depth: int) -> int:

@@ -1,4 +1,5 @@
 """The sensitivity grid (dfm_flax/grids.py) and the codec's per-layer steps."""
+import json
 import os
 
 import jax
@@ -196,14 +197,47 @@ def test_a_fit_that_stays_flat_gets_the_wider_net_too(tmp_path):
     return encoding.fit_for_bpp(c, str(workdir), img.astype(np.float32), 3.0, 12,
                                 "sensitivity", log=lines.append), c
 
-  # lr 0: the net stays at its start, no better than flat: 3x8 first, then 4x5.
+  # lr 0: the net stays at its start, no better than flat: 3x8 first, then 4x5, then 4x5
+  # again from a first layer at high frequency.
   (run, metrics), c = fit(0.0, tmp_path / "still")
-  assert len(lines) == 1 and "4x5" in lines[0]
+  assert len(lines) == 2 and "4x5" in lines[0] and "high frequency" in lines[1]
   assert os.path.exists(tmp_path / "still.4x5" / "metrics.json")
-  assert (c.model.width, c.model.depth) == ((4, 5) if run.endswith("4x5") else (3, 8))
+  saved = json.loads((tmp_path / "still.4x5.hf" / "config.json").read_text())
+  assert saved["model"]["first_init_variance"] == encoding.HIGH_FREQUENCY_INIT
+  assert "first_init_variance" not in json.loads((tmp_path / "still" / "config.json").read_text())["model"]
+  kept = {str(tmp_path / "still"): ((3, 8), 0.0), str(tmp_path / "still.4x5"): ((4, 5), 0.0),
+          str(tmp_path / "still.4x5.hf"): ((4, 5), encoding.HIGH_FREQUENCY_INIT)}[run]
+  assert ((c.model.width, c.model.depth), c.model.get("first_init_variance", 0.0)) == kept
+  assert metrics == json.loads((tmp_path / run / "metrics.json").read_text())
+  # No wider net within reach (as grass's 6x7 net at 0.1 bpp): the same net, high frequency.
+  lines.clear()
+  wide, encoding.wide_size_for_bpp = encoding.wide_size_for_bpp, lambda bpp, shape: (3, 8)
+  try:
+    (run, metrics), c = fit(0.0, tmp_path / "narrow")
+  finally:
+    encoding.wide_size_for_bpp = wide
+  assert len(lines) == 1 and "3x8 net ended near its flat image" in lines[0]
+  assert os.path.exists(tmp_path / "narrow.hf" / "metrics.json")
+  assert not os.path.exists(tmp_path / "narrow.4x5")
   # A fit that learns keeps the first net and fits nothing else.
   lines.clear()
   (run, metrics), c = fit(get_config("best").optim.lr, tmp_path / "learns")
   assert metrics["psnr"] > encoding.flat_psnr(img.astype(np.float32)) + encoding.FLAT_MARGIN_DB
   assert not lines and run == str(tmp_path / "learns") and (c.model.width, c.model.depth) == (3, 8)
   assert not os.path.exists(tmp_path / "learns.4x5")
+
+
+def test_first_init_variance_sets_the_first_layers_alone():
+  import ml_collections
+
+  from dfm_flax.errors import UserError
+  from dfm_flax.tasks.compress import init_variances
+  cfg = ml_collections.ConfigDict({"width": 4, "depth": 4, "init": "constant", "init_variance": 2e-10})
+  assert init_variances(cfg, 3) == [2e-10] * 4  # Without the field: as before.
+  cfg.first_init_variance = 1.0
+  assert init_variances(cfg, 3) == [1.0] + [2e-10] * 3
+  cfg.init, cfg.first_init_variance = "fan_in", 0.0  # 0: as the other layers.
+  assert init_variances(cfg, 3) == [2e-10 / 4] + [2e-10 / 16] * 3
+  cfg.first_init_variance = -1.0
+  with pytest.raises(UserError, match="first_init_variance"):
+    init_variances(cfg, 3)

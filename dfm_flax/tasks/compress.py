@@ -20,17 +20,26 @@ from dfm_flax.tasks import TaskBase
 
 
 def init_variances(model_cfg, channels: int) -> list[float]:
-  """Per-layer init variance: constant (thesis) or init_variance / 2^m ('fan_in').
+  """Per-layer init variance: constant (thesis) or init_variance / 2^m ('fan_in'); the
+  first layer's is first_init_variance instead when that is set (> 0).
 
   'fan_in' keeps each layer's output variance at init_variance whatever the width,
-  since a layer sums 2^m unit-power cos/sin terms.
+  since a layer sums 2^m unit-power cos/sin terms. A first layer of large weights puts
+  the second layer's features at high frequencies from the start: the codec's last
+  candidate for texture that a small start never leaves its flat image on
+  (encoding.fit_for_bpp).
   """
   dims = fourier.layer_dims(model_cfg.width, model_cfg.depth, channels)
   if model_cfg.init == "constant":
-    return [model_cfg.init_variance] * len(dims)
-  if model_cfg.init == "fan_in":
-    return [model_cfg.init_variance / 2**m for m, _ in dims]
-  raise UserError(f"unknown model.init {model_cfg.init!r}; use constant or fan_in")
+    variances = [model_cfg.init_variance] * len(dims)
+  elif model_cfg.init == "fan_in":
+    variances = [model_cfg.init_variance / 2**m for m, _ in dims]
+  else:
+    raise UserError(f"unknown model.init {model_cfg.init!r}; use constant or fan_in")
+  first = model_cfg.get("first_init_variance", 0.0)
+  if first < 0:
+    raise UserError(f"model.first_init_variance must be >= 0 (0: as the other layers), got {first}")
+  return [first or variances[0]] + variances[1:]
 
 
 def image_paths(config) -> list[str]:

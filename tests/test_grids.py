@@ -200,7 +200,7 @@ def test_a_fit_that_stays_flat_gets_the_wider_net_too(tmp_path):
   # lr 0: the net stays at its start, no better than flat: 3x8 first, then 4x5, then 4x5
   # again from a first layer at high frequency.
   (run, metrics), c = fit(0.0, tmp_path / "still")
-  assert len(lines) == 2 and "4x5" in lines[0] and "high frequency" in lines[1]
+  assert len(lines) == 2 and "wider 4x5" in lines[0] and "4x5 net again" in lines[1]
   assert os.path.exists(tmp_path / "still.4x5" / "metrics.json")
   saved = json.loads((tmp_path / "still.4x5.hf" / "config.json").read_text())
   assert saved["model"]["first_init_variance"] == encoding.HIGH_FREQUENCY_INIT
@@ -216,7 +216,7 @@ def test_a_fit_that_stays_flat_gets_the_wider_net_too(tmp_path):
     (run, metrics), c = fit(0.0, tmp_path / "narrow")
   finally:
     encoding.wide_size_for_bpp = wide
-  assert len(lines) == 1 and "3x8 net ended near its flat image" in lines[0]
+  assert len(lines) == 1 and "3x8 net again from a first layer at high frequency" in lines[0]
   assert os.path.exists(tmp_path / "narrow.hf" / "metrics.json")
   assert not os.path.exists(tmp_path / "narrow.4x5")
   # A fit that learns keeps the first net and fits nothing else.

@@ -134,8 +134,8 @@ def main():
     config, _, model = load_model(tuned)
     image = images.load_image(config.image)
     params = encoding._numpy_params(model)
-    saved = step_savings(params, images.pixel_grid(*image.shape[:2], tuple(config.model.coord_range)),
-                         config.model.method)
+    coords = images.pixel_grid(*image.shape[:2], tuple(config.model.coord_range))
+    saved = step_savings(params, coords, config.model.method)
     rate = rate_cost(params, image, config.model, len(data))
     file_total += len(data)
     for k, v in payload.items():
@@ -147,11 +147,11 @@ def main():
     print("  ideal Laplace payload (bytes): "
           + ", ".join(f"{k} {v:,.0f} ({count[k]} groups)" for k, v in payload.items()))
     full = rate[1.0][1]
-    print("  coded again at a fraction of its bytes: "
-          + ", ".join(f"{f:.0%} {psnr:.2f} dB ({psnr - full:+.2f})" for f, (_, psnr) in rate.items()))
+    print("  coded again at a fraction of its bytes: " + ", ".join(
+        f"{f:.0%} {psnr:.2f} dB ({psnr - full:+.2f})" for f, (_, psnr) in rate.items()))
   base = totals["layer"]
-  print(f"total: {file_total:,} bytes in {len(a.images.split(','))} files; ideal payload per grouping "
-        + json.dumps({k: f"{v:,.0f} ({v / base - 1:+.1%}, {groups_total[k]} groups)"
+  print(f"total: {file_total:,} bytes in {len(a.images.split(','))} files; ideal payload per "
+        "grouping " + json.dumps({k: f"{v:,.0f} ({v / base - 1:+.1%}, {groups_total[k]} groups)"
                       for k, v in totals.items()}))
 
 

@@ -333,8 +333,9 @@ def fit_for_bpp(config, workdir: str, image, bpp: float, bits: int, grid: str,
   that fit ended collapsed or within FLAT_MARGIN_DB of its flat image: when the widest
   candidate (`wide_size_for_bpp`) is wider, fit that too (in workdir.WxD); then (full-length
   fits) fit the last of these again from a first layer at high frequency
-  (HIGH_FREQUENCY_INIT; its run directory + ".hf"). Keeps the best. Returns (run directory, its metrics), config.model holding the kept net's size
-  (and first-layer init when a fit used one). `log` gets one line per further net."""
+  (HIGH_FREQUENCY_INIT; its run directory + ".hf"). Keeps the best. Returns (run directory,
+  its metrics), config.model holding the kept net's size (and first-layer init when a fit
+  used one). `log` gets one line per further net."""
   from dfm_flax.train import train_and_evaluate
   config.model.width, config.model.depth = size_for_bpp(bpp, image.shape, bits, grid)
   metrics = train_and_evaluate(config, workdir)

@@ -24,13 +24,15 @@ def test_a_per_popcount_model_gains_where_the_spread_follows_the_popcount():
   ideal, _ = bits_audit.entropy_bytes(codec.encode(params, (30, 40, 1), 6, 4, bits=10))
   assert ideal["layer, popcount"] < 0.8 * ideal["layer"]
   assert ideal["layer, popcount, output"] <= ideal["layer, popcount"] * 1.01
-  even = bits_audit.entropy_bytes(codec.encode(laplace_params(6, 4, 1), (30, 40, 1), 6, 4, bits=10))[0]
+  even_file = codec.encode(laplace_params(6, 4, 1), (30, 40, 1), 6, 4, bits=10)
+  even = bits_audit.entropy_bytes(even_file)[0]
   assert even["layer, popcount"] > 0.97 * even["layer"]  # Nothing to gain: same spread.
 
 
 def test_step_savings_are_zero_for_one_group_and_never_negative():
   params = laplace_params(4, 4, 1)
-  coords = np.stack(np.meshgrid(np.linspace(0, 0.5, 16), np.linspace(0, 0.5, 16)), -1).reshape(-1, 2)
+  grid = np.linspace(0, 0.5, 16)
+  coords = np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2)
   saved = bits_audit.step_savings(params, coords.astype(np.float32), "auto", probes=2)
   assert abs(saved["layer"]) < 1e-9  # One group per layer: its own mean.
   assert all(v >= -1e-9 for v in saved.values())  # Arithmetic >= geometric mean.

@@ -204,7 +204,8 @@ def test_a_fit_that_stays_flat_gets_the_wider_net_too(tmp_path):
   assert os.path.exists(tmp_path / "still.4x5" / "metrics.json")
   saved = json.loads((tmp_path / "still.4x5.hf" / "config.json").read_text())
   assert saved["model"]["first_init_variance"] == encoding.HIGH_FREQUENCY_INIT
-  assert "first_init_variance" not in json.loads((tmp_path / "still" / "config.json").read_text())["model"]
+  first_config = json.loads((tmp_path / "still" / "config.json").read_text())
+  assert "first_init_variance" not in first_config["model"]
   kept = {str(tmp_path / "still"): ((3, 8), 0.0), str(tmp_path / "still.4x5"): ((4, 5), 0.0),
           str(tmp_path / "still.4x5.hf"): ((4, 5), encoding.HIGH_FREQUENCY_INIT)}[run]
   assert ((c.model.width, c.model.depth), c.model.get("first_init_variance", 0.0)) == kept
@@ -232,7 +233,8 @@ def test_first_init_variance_sets_the_first_layers_alone():
 
   from dfm_flax.errors import UserError
   from dfm_flax.tasks.compress import init_variances
-  cfg = ml_collections.ConfigDict({"width": 4, "depth": 4, "init": "constant", "init_variance": 2e-10})
+  cfg = ml_collections.ConfigDict(
+      {"width": 4, "depth": 4, "init": "constant", "init_variance": 2e-10})
   assert init_variances(cfg, 3) == [2e-10] * 4  # Without the field: as before.
   cfg.first_init_variance = 1.0
   assert init_variances(cfg, 3) == [1.0] + [2e-10] * 3

@@ -17,7 +17,9 @@ until the file is within 10% of the target, or the nearest is said in one line. 
 instead, from how much its weights move the picture, all scaled together to the target
 size (dfm_flax/grids.py), and plans a larger net for it (depth up to 8); if that net's
 fit ends collapsed or within 1 dB of the image's flat mean colour, the widest net of the
-size is fitted too (FILE.dfm.run.WxD) and the better one coded (encoding.fit_for_bpp).
+size is fitted too (FILE.dfm.run.WxD), then that net again from a first layer at high
+frequency (FILE.dfm.run.WxD.hf: what fine texture such as brick and grass needs), and the
+best one coded (encoding.fit_for_bpp).
 decode needs no training code; --size renders the continuous image at any resolution.
 --config.train.steps=20000 fits twice as long: at 0.3 bpp +0.73 dB mean over sixteen
 photographs (grass -0.01, the rest +0.05 to +2.14) for twice the encode time (README,

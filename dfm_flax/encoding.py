@@ -350,10 +350,10 @@ def fit_for_bpp(config, workdir: str, image, bpp: float, bits: int, grid: str,
     return workdir, metrics
   base = config.model.get("first_init_variance", 0.0)
   candidates = [(workdir, metrics, (config.model.width, config.model.depth), base)]
+  ended = (f"the {config.model.width}x{config.model.depth} net ended at {metrics['psnr']:.2f} "
+           f"dB, {'collapsed' if metrics['collapsed'] else 'near its flat image'} ({flat:.2f} dB)")
   if wide[0] > config.model.width:
-    log(f"the {config.model.width}x{config.model.depth} net ended at {metrics['psnr']:.2f} dB, "
-        f"{'collapsed' if metrics['collapsed'] else 'near its flat image'} ({flat:.2f} dB): "
-        f"fitting the wider {wide[0]}x{wide[1]} net too")
+    log(f"{ended}: fitting the wider {wide[0]}x{wide[1]} net too")
     config.model.width, config.model.depth = wide
     other = f"{workdir}.{wide[0]}x{wide[1]}"
     candidates.append((other, train_and_evaluate(config, other), wide, base))
@@ -363,8 +363,9 @@ def fit_for_bpp(config, workdir: str, image, bpp: float, bits: int, grid: str,
   # fits try that too, whatever the wider net did.
   last_run, _, size, _ = candidates[-1]
   if whole:
-    log(f"fitting the {size[0]}x{size[1]} net again from a first layer at high frequency "
-        f"(init variance {HIGH_FREQUENCY_INIT:g})")
+    what = (f"fitting the {size[0]}x{size[1]} net" if len(candidates) > 1
+            else f"{ended}: fitting it")
+    log(f"{what} again from a first layer at high frequency (init variance {HIGH_FREQUENCY_INIT:g})")
     with config.unlocked():
       config.model.first_init_variance = HIGH_FREQUENCY_INIT
     high = f"{last_run}.hf"

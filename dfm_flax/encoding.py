@@ -365,7 +365,8 @@ def fit_for_bpp(config, workdir: str, image, bpp: float, bits: int, grid: str,
   if whole:
     what = (f"fitting the {size[0]}x{size[1]} net" if len(candidates) > 1
             else f"{ended}: fitting it")
-    log(f"{what} again from a first layer at high frequency (init variance {HIGH_FREQUENCY_INIT:g})")
+    log(f"{what} again from a first layer at high frequency "
+        f"(init variance {HIGH_FREQUENCY_INIT:g})")
     with config.unlocked():
       config.model.first_init_variance = HIGH_FREQUENCY_INIT
     high = f"{last_run}.hf"

@@ -23,7 +23,9 @@ import numpy as np
 
 
 def _popcounts(rows: int) -> np.ndarray:
-  return np.array([bin(i).count("1") for i in range(rows)])
+  """Popcount of k for each row of a layer (fourier.frequencies' order)."""
+  from dfm_flax import fourier
+  return fourier.frequencies(int(np.log2(rows))).sum(1).astype(int)
 
 
 def _groups(a: np.ndarray) -> dict:
@@ -36,10 +38,11 @@ def _groups(a: np.ndarray) -> dict:
 
 
 def _laplace_bits(q: np.ndarray) -> float:
-  """Bits of q under the quantised Laplace fitted as the codec fits it (codec._laplace)."""
+  """Bits of q under the quantised Laplace the codec would fit to it (codec._laplace)."""
   from scipy.stats import laplace
-  loc = float(np.mean(q))
-  spread = max(float(np.mean(np.abs(q - loc))), 0.05)
+
+  from dfm_flax import codec
+  loc, spread = codec._laplace(q)
   p = laplace.cdf(q + 0.5, loc, spread) - laplace.cdf(q - 0.5, loc, spread)
   return float(-np.log2(np.maximum(p, 1e-300)).sum())
 
@@ -48,11 +51,8 @@ def entropy_bytes(data: bytes) -> tuple[dict, dict]:
   """(payload bytes per grouping, number of groups) for a .dfm file's own integers."""
   from dfm_flax import codec
   header, params = codec.decode(data)
-  offset = codec._HEAD.size + (codec.DIGEST_BYTES if header["start"] else 0)
-  steps = [codec._LAYER.unpack_from(data, offset + i * codec._LAYER.size)[0]
-           for i in range(header["net_depth"])]
   bits, count = {}, {}
-  for (a, b), step in zip(params, steps):
+  for (a, b), (step, _, _) in zip(params, codec.layer_stats(data, header)):
     q = np.round(np.concatenate([a, b]) / step)
     for name, labels in _groups(a).items():
       for g in np.unique(labels):
@@ -61,32 +61,11 @@ def entropy_bytes(data: bytes) -> tuple[dict, dict]:
   return {k: v / 8 for k, v in bits.items()}, count
 
 
-def step_savings(params, coords, method: str, probes: int = 8, pixels: int = 2**14) -> dict:
-  """Bits per weight a per-group step would save over one step per layer, per grouping
-  (the Hutchinson estimate of each weight's output sensitivity, as grids.py makes it)."""
-  import jax
-  import jax.numpy as jnp
-
-  from dfm_flax import fourier
-  rng = np.random.default_rng(0)
-  coords = np.asarray(coords)
-  coords = coords[rng.choice(len(coords), size=min(pixels, len(coords)), replace=False)]
-  xs = jnp.asarray(coords)
-  ps = [(jnp.asarray(a), jnp.asarray(b)) for a, b in params]
-  channels = params[-1][0].shape[-1]
-
-  @jax.jit
-  def squared(r):
-    g = jax.grad(lambda p: jnp.sum(fourier.net_apply(p, xs, method) * r))(ps)
-    return [jnp.concatenate([ga**2, gb**2]) for ga, gb in g]
-
-  sens = None
-  for _ in range(probes):
-    r = jnp.asarray(rng.choice(np.float32([-1, 1]), size=(len(coords), channels)))
-    got = [np.asarray(s, np.float64) for s in jax.device_get(squared(r))]
-    sens = got if sens is None else [s + x for s, x in zip(sens, got)]
+def step_savings(sensitivity, params) -> dict:
+  """Bits per weight a per-group step would save over one step per layer, per grouping,
+  from each weight's output sensitivity (`grids.weight_sensitivity`)."""
   saved, total = {}, 0
-  for s, (a, _) in zip(sens, params):
+  for s, (a, _) in zip(sensitivity, params):
     total += s.size
     mean = max(s.mean(), 1e-300)
     for name, labels in _groups(a).items():
@@ -96,16 +75,15 @@ def step_savings(params, coords, method: str, probes: int = 8, pixels: int = 2**
   return {k: v / total for k, v in saved.items()}
 
 
-def rate_cost(params, image, net, nbytes: int, fractions=(0.9, 0.8, 0.7)) -> dict:
-  """PSNR of the net coded on the sensitivity grid at each fraction of `nbytes`."""
+def rate_cost(params, image, net, sensitivity, nbytes: int, fractions=(0.9, 0.8, 0.7)) -> dict:
+  """PSNR of the net coded on the sensitivity grid (per-layer `sensitivity`) at each
+  fraction of `nbytes`."""
   from dfm_flax import codec, encoding, grids, images
   h, w, _ = image.shape
-  sens = grids.layer_sensitivity(params, images.pixel_grid(h, w, tuple(net.coord_range)),
-                                 net.method)
   ref = images.to_uint8(image) / 255
   out = {}
   for f in (1.0, *fractions):
-    data, _ = grids.encode_at_bytes(params, image.shape, net, sens, f * nbytes,
+    data, _ = grids.encode_at_bytes(params, image.shape, net, sensitivity, f * nbytes,
                                     encoding.GRID_BITS, None, "ans")
     _, back = codec.decode(data)
     rec = images.render_params(back, h, w, tuple(net.coord_range), net.method)
@@ -119,7 +97,7 @@ def main():
   p.add_argument("--images", required=True)
   p.add_argument("--bpp", type=float, default=0.3)
   a = p.parse_args()
-  from dfm_flax import encoding, images
+  from dfm_flax import encoding, grids, images
   from dfm_flax.errors import UserError
   from dfm_flax.restore import load_model
   totals, groups_total, file_total = {}, {}, 0
@@ -135,8 +113,12 @@ def main():
     image = images.load_image(config.image)
     params = encoding._numpy_params(model)
     coords = images.pixel_grid(*image.shape[:2], tuple(config.model.coord_range))
-    saved = step_savings(params, coords, config.model.method)
-    rate = rate_cost(params, image, config.model, len(data))
+    # One estimate serves both: per weight for the groups, its layer means for the grid
+    # (what grids.layer_sensitivity, the codec's, returns from the same draws).
+    sensitivity = grids.weight_sensitivity(params, coords, config.model.method)
+    saved = step_savings(sensitivity, params)
+    layer_means = np.array([x.mean() for x in sensitivity])
+    rate = rate_cost(params, image, config.model, layer_means, len(data))
     file_total += len(data)
     for k, v in payload.items():
       totals[k] = totals.get(k, 0.0) + v

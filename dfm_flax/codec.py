@@ -176,7 +176,7 @@ def decode(data: bytes, start=None) -> tuple[dict, list]:
     offset += DIGEST_BYTES
   if len(data) < header_bytes(depth, header["start"] is not None):
     raise UserError(f".dfm file too short for the {depth} layers its header names")
-  stats = [_LAYER.unpack_from(data, offset + i * _LAYER.size) for i in range(depth)]
+  stats = layer_stats(data, header)
   _check_stats(stats, bits)
   offset += depth * _LAYER.size
   (length,) = struct.unpack_from("<I", data, offset)
@@ -194,6 +194,13 @@ def decode(data: bytes, start=None) -> tuple[dict, list]:
   for flat, (r, n) in zip(layers, shapes):
     params.append((flat[:r * n].reshape(r, n), flat[r * n:].reshape(r, n)))
   return header, params
+
+
+def layer_stats(data: bytes, header: dict) -> list[tuple[float, float, float]]:
+  """Each layer's (step, Laplace location, spread) as the file stores them; `header` is
+  decode's for these bytes (decode checks the file first)."""
+  offset = _HEAD.size + (DIGEST_BYTES if header["start"] is not None else 0)
+  return [_LAYER.unpack_from(data, offset + i * _LAYER.size) for i in range(header["net_depth"])]
 
 
 def _add_start(layers, start, header: dict, channels: int) -> list[np.ndarray]:

@@ -367,16 +367,14 @@ def fit_for_bpp(config, workdir: str, image, bpp: float, bits: int, grid: str,
             else f"{ended}: fitting it")
     log(f"{what} again from a first layer at high frequency "
         f"(init variance {HIGH_FREQUENCY_INIT:g})")
-    with config.unlocked():
+    with config.unlocked():  # Added here only: other runs' config.json stays as it was.
       config.model.first_init_variance = HIGH_FREQUENCY_INIT
     high = f"{last_run}.hf"
     candidates.append((high, train_and_evaluate(config, high), size, HIGH_FREQUENCY_INIT))
   run, kept, size, first_variance = max(candidates, key=lambda c: c[1]["psnr"])
   config.model.width, config.model.depth = size  # The config says which net was kept.
-  if first_variance != base or "first_init_variance" in config.model:
-    # Set only when some fit used it: other runs' config.json stays as it was (resume).
-    with config.unlocked():
-      config.model.first_init_variance = first_variance
+  if "first_init_variance" in config.model:  # Only when some fit used it (resume, above).
+    config.model.first_init_variance = first_variance
   return run, kept
 
 

@@ -19,12 +19,12 @@ import numpy as np
 from dfm_flax import codec
 
 
-def layer_sensitivity(params, coords, method: str = "auto", probes: int = 8,
-                      pixels: int = 2**14, seed: int = 0) -> np.ndarray:
-  """Per layer, the mean over its weights of sum over pixels and channels of
-  (d output / d weight)^2: the diagonal of J^T J, estimated (Hutchinson) as the mean of
-  (d/dw sum r * output)^2 over `probes` draws of random signs r, on up to `pixels`
-  pixel positions drawn from coords."""
+def weight_sensitivity(params, coords, method: str = "auto", probes: int = 8,
+                       pixels: int = 2**14, seed: int = 0) -> list[np.ndarray]:
+  """Per layer, for each weight of its stacked (a; b) (shape (2 x 2^m, n)), the sum over
+  pixels and channels of (d output / d weight)^2 per pixel: the diagonal of J^T J,
+  estimated (Hutchinson) as the mean of (d/dw sum r * output)^2 over `probes` draws of
+  random signs r, on up to `pixels` pixel positions drawn from coords."""
   import jax
   import jax.numpy as jnp
 
@@ -40,15 +40,22 @@ def layer_sensitivity(params, coords, method: str = "auto", probes: int = 8,
   @jax.jit
   def squared_grads(r):
     g = jax.grad(lambda p: jnp.sum(fourier.net_apply(p, xs, method) * r))(params)
-    return [jnp.sum(ga**2) + jnp.sum(gb**2) for ga, gb in g]
+    return [jnp.concatenate([ga**2, gb**2]) for ga, gb in g]
 
-  total = np.zeros(len(params))
+  total = [np.zeros((2 * np.shape(a)[0], np.shape(a)[1])) for a, _ in params]
   for _ in range(probes):
     r = rng.choice(np.float32([-1.0, 1.0]), size=(len(coords), channels))
-    total += np.asarray(jax.device_get(squared_grads(jnp.asarray(r))), np.float64)
-  sizes = np.array([2 * np.size(a) for a, _ in params])
+    got = jax.device_get(squared_grads(jnp.asarray(r)))
+    total = [t + np.asarray(x, np.float64) for t, x in zip(total, got)]
   # Per pixel of the sample: the same units whatever `pixels` is.
-  return total / probes / sizes / len(coords)
+  return [t / probes / len(coords) for t in total]
+
+
+def layer_sensitivity(params, coords, method: str = "auto", probes: int = 8,
+                      pixels: int = 2**14, seed: int = 0) -> np.ndarray:
+  """Per layer, the mean over its weights of `weight_sensitivity`."""
+  return np.array([s.mean() for s in weight_sensitivity(params, coords, method, probes,
+                                                        pixels, seed)])
 
 
 def steps_for(sensitivity: np.ndarray, scale: float) -> list[float]:

@@ -3,7 +3,7 @@ model fits, and it finds the gain of a per-group model where one exists."""
 import numpy as np
 
 from benchmarks import bits_audit
-from dfm_flax import codec, fourier
+from dfm_flax import codec, fourier, grids
 from tests.test_codec import laplace_params
 
 
@@ -33,7 +33,8 @@ def test_step_savings_are_zero_for_one_group_and_never_negative():
   params = laplace_params(4, 4, 1)
   grid = np.linspace(0, 0.5, 16)
   coords = np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2)
-  saved = bits_audit.step_savings(params, coords.astype(np.float32), "auto", probes=2)
+  sensitivity = grids.weight_sensitivity(params, coords.astype(np.float32), "auto", probes=2)
+  saved = bits_audit.step_savings(sensitivity, params)
   assert abs(saved["layer"]) < 1e-9  # One group per layer: its own mean.
   assert all(v >= -1e-9 for v in saved.values())  # Arithmetic >= geometric mean.
   assert saved["layer, popcount, output"] >= saved["layer, popcount"] - 1e-9  # Finer groups.

@@ -30,15 +30,16 @@ def load_start(run: str):
   start that difference coding (codec `start=`) measures from, e.g. a meta-learning run.
 
   One encode reads it several times (each bit depth tried, the fine-tune, the file), so
-  it is read once per state of the run's checkpoints/ (a new checkpoint changes that
-  directory's mtime and is read afresh); what it returns is read-only."""
-  ckpts = os.path.join(run, "checkpoints")
-  return _read_start(os.path.abspath(run), os.stat(ckpts).st_mtime_ns
-                     if os.path.isdir(ckpts) else None)
+  it is read once per state of the run's checkpoints/ and config.json (a new checkpoint
+  changes that directory's mtime, a rewritten config its own: either is read afresh); what
+  it returns is read-only."""
+  stamps = tuple(os.stat(p).st_mtime_ns if os.path.exists(p) else None
+                 for p in (os.path.join(run, "checkpoints"), os.path.join(run, "config.json")))
+  return _read_start(os.path.abspath(run), stamps)
 
 
 @functools.lru_cache(maxsize=4)
-def _read_start(run: str, _checkpoints_mtime):
+def _read_start(run: str, _mtimes):
   from dfm_flax.restore import load_model
   config, _, model = load_model(run)
   if not hasattr(model, "net_params") or getattr(model, "count", 0):

@@ -11,7 +11,8 @@ def test_the_per_layer_figure_is_the_coded_payload():
   data = codec.encode(laplace_params(), (30, 40, 3), 6, 4, (0.0, 0.5), "auto", 10, "ans")
   payload = len(data) - codec.header_bytes(4)
   ideal, groups = bits_audit.entropy_bytes(data)
-  assert ideal["layer"] == np.float64(ideal["layer"]) and abs(ideal["layer"] / payload - 1) < 0.01
+  # ANS codes within a few bytes of the ideal size of its own per-layer model.
+  assert abs(ideal["layer"] / payload - 1) < 0.01
   assert groups["layer"] == 4 and groups["layer, popcount"] == 3 + 3 * 7
 
 

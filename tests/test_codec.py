@@ -174,7 +174,7 @@ def test_cli_bad_input_leaves_no_file(fitted, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_start_is_read_once_per_state_of_its_checkpoints(fitted, tmp_path):
+def test_a_start_is_read_once_per_state_of_its_checkpoints_and_config(fitted, tmp_path):
   from dfm_flax import encoding
   _, wd, _ = fitted
   run = str(tmp_path / "start")
@@ -191,6 +191,10 @@ def test_a_start_is_read_once_per_state_of_its_checkpoints(fitted, tmp_path):
   again = encoding.load_start(run)[1]
   assert again is not params
   np.testing.assert_array_equal(again[-1][1], params[-1][1])
+  # So does a rewritten config.json, which sets the net's shape and evaluation.
+  path = os.path.join(run, "config.json")
+  os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+  assert encoding.load_start(run)[1] is not again
 
 
 def test_fake_quantisation_matches_the_file_and_passes_gradients():

@@ -184,22 +184,25 @@ def load_photos(count: int, size: int, seed: int) -> Dataset:
   return Dataset(_as_float(crops), labels, f"{count} built-in {size}x{size} photo crops")
 
 
-def photo_crops(names, count: int, size: int, seed: int, stride: int = 1):
+def photo_crops(names, count: int, size: int, seed: int, stride: int = 1, pool: bool = False):
   """count size x size crops of scikit-image photographs (dfm_flax/photos.py), uint8 RGB
-  (grey repeated), every `stride`-th pixel of a random window: crop i comes from
-  photograph i mod len(names), which is its label. Deterministic in seed."""
+  (grey repeated), of a random window (random_crops): crop i comes from photograph
+  i mod len(names), which is its label. Deterministic in seed."""
   from dfm_flax import photos
   pics = []
   for name in names:
     p = photos.pixels(name)
     pics.append(np.repeat(p[..., None], 3, -1) if p.ndim == 2 else p[..., :3])
-  return random_crops(pics, count, size, seed, stride, names=names)
+  return random_crops(pics, count, size, seed, stride, names=names, pool=pool)
 
 
-def random_crops(pics, count: int, size: int, seed: int, stride: int = 1, names=None):
-  """count size x size crops of the (H, W, C) arrays `pics` (any dtype, kept), every
-  `stride`-th pixel of a random window: crop i comes from picture i mod len(pics), its
-  label. Deterministic in seed."""
+def random_crops(pics, count: int, size: int, seed: int, stride: int = 1, names=None,
+                 pool: bool = False):
+  """count size x size crops of the (H, W, C) arrays `pics` (any dtype, kept) from random
+  windows of size * stride pixels: every `stride`-th pixel of the window, or with `pool`
+  the mean of each stride x stride block (the window downscaled, without aliasing; integer
+  pixels rounded). Crop i comes from picture i mod len(pics), its label. Deterministic in
+  seed."""
   span = size * stride
   for i, p in enumerate(pics):
     if min(p.shape[:2]) < span:
@@ -213,7 +216,11 @@ def random_crops(pics, count: int, size: int, seed: int, stride: int = 1, names=
   for i, label in enumerate(labels):
     img = pics[label]
     y, x = rng.integers(0, img.shape[0] - span + 1), rng.integers(0, img.shape[1] - span + 1)
-    crops[i] = img[y:y + span:stride, x:x + span:stride]
+    if pool:
+      block = img[y:y + span, x:x + span].reshape(size, stride, size, stride, -1).mean((1, 3))
+      crops[i] = np.round(block) if np.issubdtype(crops.dtype, np.integer) else block
+    else:
+      crops[i] = img[y:y + span:stride, x:x + span:stride]
   return crops, labels.astype(np.int64)
 
 

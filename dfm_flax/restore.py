@@ -28,16 +28,19 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
 def start_size_note(run: str, shapes) -> str:
   """A line for a fit that starts from `run` (`init_from`, `codec encode --init`) when an
   image of `shapes` is not of the size the start was meta-learned on (its crops), else ''."""
-  crop = saved_config(run).get("meta", {}).get("crop")
+  meta = saved_config(run).get("meta", {})
+  crop, scale = meta.get("crop"), meta.get("scale", 1)
   other = [s for s in shapes if tuple(s[:2]) != (crop, crop)]
   if not crop or not other:
     return ""
   h, w = other[0][:2]
-  # Measured once (README, "Meta-learned starting points"): chelsea, 451x300, from the
-  # 6x5 start learned on 32x32 crops, decoded 4.5 dB below the same fit from a random start.
-  return (f"note: {run} was learned on {crop}x{crop} crops; on this {w}x{h} image a fit from it "
-          f"can end worse than one from a random start (README: 4.5 dB worse on a 451x300 "
-          f"photograph)")
+  windows = f" of {crop * scale}-pixel windows" if scale > 1 else ""
+  # Measured (README, "Meta-learned starting points"): chelsea, 451x300, from the 6x5
+  # start learned on 32x32 crops, decoded 4.5 dB below the same fit from a random start;
+  # three photographs from one learned at their scale (meta.scale 8), 0.5-2.3 dB below.
+  return (f"note: {run} was learned on {crop}x{crop} crops{windows}; on this {w}x{h} image a "
+          f"fit from it can end worse than one from a random start (README: 4.5 dB worse on a "
+          f"451x300 photograph, 0.5-2.3 dB from a start learned at its scale)")
 
 
 def load_model(workdir: str, expect_task: str | None = None):

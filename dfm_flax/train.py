@@ -39,6 +39,11 @@ def _flat(cfg: dict) -> dict:
   return {k: v for k, v in files.flatten(cfg).items() if not k.startswith(_RESUMABLE)}
 
 
+# Settings added to config files after runs were saved, each with the value that does what
+# those runs did: a run saved without the key resumes (and is reused) under that value.
+ADDED_LATER = {"meta.scale": 1}
+
+
 def _check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuse to resume a workdir whose saved config.json differs from `config`."""
   path = os.path.join(workdir, "config.json")
@@ -46,6 +51,9 @@ def _check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   saved = logs.read_json(path)
   if saved is not None:
     old, new = _flat(saved), _flat(current)
+    for key, value in ADDED_LATER.items():
+      if key not in old and new.get(key) == value:
+        old[key] = value
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)]
     if diff:

@@ -45,6 +45,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       "inner_lr": 1.0,          # layer l steps by inner_lr / 2^m_l
       "tasks_per_step": 8,      # crops adapted to per outer step
       "crop": 32,
+      # Crops are the mean of scale x scale pixels of a (crop * scale)-pixel window. 1:
+      # the photographs' own pixels; a start meant for whole photographs needs their scale,
+      # e.g. 8 (256-pixel windows seen at 32x32; README, "Meta-learned starting points").
+      "scale": 1,
       "pool": 4096,             # crops drawn once from meta.photos, sampled each step
       "source": "photos",       # photos: the built-in ones below; data: config.data
       "photos": "astronaut,coffee_full,rocket,retina,hubble,ihc",

@@ -236,3 +236,23 @@ def test_photographs_from_other_packages_load_by_name(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(path)), p)
   assert not np.array_equal(photos.pixels("china"), photos.pixels("flower"))
   assert photos.path("no_such_photo.png", str(tmp_path)) == "no_such_photo.png"
+
+
+def test_pooled_crops_are_block_means_of_their_window():
+  rng = np.random.default_rng(3)
+  pics = [rng.integers(0, 256, s + (3,)).astype(np.uint8) for s in ((40, 50), (36, 44))]
+  raw, labels = data.random_crops(pics, 6, 4, seed=7, stride=8)
+  pooled, same = data.random_crops(pics, 6, 4, seed=7, stride=8, pool=True)
+  assert pooled.shape == (6, 4, 4, 3) and pooled.dtype == np.uint8 and (labels == same).all()
+  # The same windows (one draw per crop), each found again by its subsampled pixels.
+  for crop, sub, label in zip(pooled, raw, labels):
+    img = pics[label].astype(np.float64)
+    hits = [(y, x) for y in range(img.shape[0] - 31) for x in range(img.shape[1] - 31)
+            if np.array_equal(img[y:y + 32:8, x:x + 32:8], sub)]
+    y, x = hits[0]
+    means = [[img[y + 8 * i:y + 8 * i + 8, x + 8 * j:x + 8 * j + 8].mean(axis=(0, 1))
+              for j in range(4)] for i in range(4)]
+    np.testing.assert_array_equal(crop, np.round(np.array(means)))
+  # Scale 1 pools nothing: the crops are the photographs' own pixels, as before.
+  np.testing.assert_array_equal(data.random_crops(pics, 6, 4, 7, pool=True)[0],
+                                data.random_crops(pics, 6, 4, 7)[0])

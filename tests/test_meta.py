@@ -239,3 +239,18 @@ def test_meta_start_recipe_is_compress_best_scaled_per_layer():
   np.testing.assert_allclose(np.asarray(updates(tx)) * peak, np.asarray(updates(ref)),
                              rtol=1e-5, atol=1e-12)
   assert peak == get_config("best").optim.lr
+
+
+def test_a_start_at_a_coarser_scale_trains_on_pooled_windows_and_says_so(tmp_path):
+  c = meta_config.get_config("smoke")
+  c.meta.scale = 4
+  crops = meta.meta_crops(c, 6, 5, held_out=True)
+  names = c.meta.held_out.split(",")
+  pooled = data.photo_crops(names, 6, c.meta.crop, 5, 4, pool=True)[0] / 255.0
+  np.testing.assert_allclose(crops, pooled.reshape(6, -1, 3) * 2 - 1, atol=1e-6)
+  assert not np.allclose(crops, meta.meta_crops(meta_config.get_config("smoke"), 6, 5, True))
+  (tmp_path / "config.json").write_text(c.to_json_best_effort())
+  note = restore.start_size_note(str(tmp_path), [(300, 451, 3)])
+  assert note.startswith(f"note: {tmp_path} was learned on 16x16 crops of 64-pixel windows; "
+                         "on this 451x300 image")
+  assert restore.start_size_note(str(tmp_path), [(16, 16, 3)]) == ""

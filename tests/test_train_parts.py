@@ -108,3 +108,18 @@ def test_wandb_mode_never_prompts(monkeypatch, tmp_path):
   assert logs.wandb_mode("auto") == "online"
   monkeypatch.setenv("WANDB_MODE", "disabled")
   assert logs.wandb_mode("online") == "disabled"
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_under_its_old_value(tmp_path):
+  import json
+  from dfm_flax.errors import UserError
+  from dfm_flax.train import _check_config
+  from experiments import meta
+  config = meta.get_config("smoke")
+  saved = json.loads(config.to_json_best_effort())
+  del saved["meta"]["scale"]  # As a meta run saved before meta.scale was added.
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  _check_config(config, str(tmp_path))  # scale 1 is what that run did: it resumes.
+  config.meta.scale = 8
+  with pytest.raises(UserError, match=r"meta.scale: None -> 8"):
+    _check_config(config, str(tmp_path))

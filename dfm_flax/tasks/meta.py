@@ -71,11 +71,12 @@ def meta_crops(config, count: int, seed: int, held_out: bool, split=None) -> np.
   result when already read."""
   from dfm_flax import data
   mc = config.meta
+  scale = mc.get("scale", 1)  # Runs saved before meta.scale existed: 1.
   if source(mc) == "photos":
     names = [n for n in (mc.held_out if held_out else mc.photos).split(",") if n]
-    return _flat(data.photo_crops(names, count, mc.crop, seed)[0] / 255.0)
+    return _flat(data.photo_crops(names, count, mc.crop, seed, scale, pool=True)[0] / 255.0)
   pics = (split or data_images(config))[1 if held_out else 0]
-  return _flat(data.random_crops(pics, count, mc.crop, seed)[0])
+  return _flat(data.random_crops(pics, count, mc.crop, seed, scale, pool=True)[0])
 
 
 def psnr(mse):

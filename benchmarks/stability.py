@@ -72,11 +72,8 @@ def row(out, image, w, d, lr, seed):
 @functools.lru_cache(maxsize=None)
 def flat_psnr(out, image) -> float:
   """PSNR of the image's mean colour: what a collapsed net draws (once per image)."""
-  import numpy as np
-
   from dfm_flax import images, photos
-  img = images.load_image(photos.path(image, os.path.join(out, "images")))
-  return images.psnr(img, np.broadcast_to(img.mean(axis=(0, 1)), img.shape))
+  return images.flat_psnr(images.load_image(photos.path(image, os.path.join(out, "images"))))
 
 
 def _pyplot():

@@ -16,6 +16,7 @@ import time
 
 import ml_collections
 
+from dfm_flax import images
 from dfm_flax.errors import UserError
 
 
@@ -245,9 +246,6 @@ WIDTHS, DEPTHS, MIN_DEPTH = range(3, 11), range(4, 8), 5
 # But on texture (gravel) the 7x8 net never left its flat image where the 8x5 one reached
 # 21.7 dB: hence `fit_for_bpp`'s second, wider candidate.
 SENSITIVITY_DEPTHS = range(4, 9)
-# A fit ending less than this above its flat image (the mean colour: 0.0 dB for the 7x8
-# nets of gravel and grass, at least 5.4 dB for every other full-length fit) learned nothing.
-FLAT_MARGIN_DB = 1.0
 # The first layer's init variance of `fit_for_bpp`'s last candidate, for texture its other
 # nets may not leave the flat image on. From the thesis's 2e-10 the first layer's outputs,
 # the phases of every later layer, start near 0: the later features start at the lowest
@@ -318,20 +316,10 @@ def wide_size_for_bpp(bpp: float, image_shape) -> tuple[int, int]:
   return max(near, key=lambda s: (s[0], -abs(error[s])))
 
 
-def flat_psnr(image) -> float:
-  """PSNR (8-bit) of the image's mean colour: what a net that learned nothing shows."""
-  import numpy as np
-
-  from dfm_flax import images
-  ref = images.to_uint8(image) / 255
-  flat = np.broadcast_to(np.mean(image, axis=(0, 1)), image.shape)
-  return images.psnr(ref, images.to_uint8(flat) / 255)
-
-
 def fit_for_bpp(config, workdir: str, image, bpp: float, bits: int, grid: str,
                 log=print) -> tuple[str, dict]:
   """Fit the net `size_for_bpp` picks for `bpp` in workdir. On the sensitivity grid, if
-  that fit ended collapsed or within FLAT_MARGIN_DB of its flat image: when the widest
+  that fit ended collapsed or within images.FLAT_MARGIN_DB of its flat image: when the widest
   candidate (`wide_size_for_bpp`) is wider, fit that too (in workdir.WxD); then (full-length
   fits) fit the last of these again from a first layer at high frequency
   (HIGH_FREQUENCY_INIT; its run directory + ".hf"). Keeps the best. Returns (run directory,
@@ -343,7 +331,7 @@ def fit_for_bpp(config, workdir: str, image, bpp: float, bits: int, grid: str,
   if grid != "sensitivity":
     return workdir, metrics
   wide = wide_size_for_bpp(bpp, image.shape)
-  flat = flat_psnr(image)
+  flat = images.flat_psnr(image)
   # A fit cut short (train.stop_at) may not have left its flat image yet: judged on
   # collapse alone (brick's 8x5 net was flat at step 1,300 and 31 dB at 10,000).
   whole = not config.train.get("stop_at", 0)
@@ -380,7 +368,7 @@ def fit_for_bpp(config, workdir: str, image, bpp: float, bits: int, grid: str,
 
 
 def _stuck(metrics: dict, flat: float) -> bool:
-  return metrics["collapsed"] or metrics["psnr"] < flat + FLAT_MARGIN_DB
+  return metrics["collapsed"] or metrics["psnr"] < flat + images.FLAT_MARGIN_DB
 
 
 def nearest_bits(bits: int, got_bytes: int, target_bytes: float, depth: int) -> int:

@@ -178,7 +178,7 @@ def test_flat_psnr_is_the_mean_colours():
   ref = np.round(img * 255)
   flat = np.round(img.reshape(-1, 3).mean(0) * 255)
   want = 10 * np.log10(255.0**2 / np.mean((ref - flat) ** 2))
-  assert encoding.flat_psnr(img) == pytest.approx(want, abs=1e-6)
+  assert images.flat_psnr(img) == pytest.approx(want, abs=1e-6)
 
 
 @pytest.mark.slow
@@ -224,7 +224,9 @@ def test_a_fit_that_stays_flat_gets_the_wider_net_too(tmp_path):
   # A fit that learns keeps the first net and fits nothing else.
   lines.clear()
   (run, metrics), c = fit(get_config("best").optim.lr, tmp_path / "learns")
-  assert metrics["psnr"] > encoding.flat_psnr(img.astype(np.float32)) + encoding.FLAT_MARGIN_DB
+  assert metrics["psnr"] > images.flat_psnr(img.astype(np.float32)) + images.FLAT_MARGIN_DB
+  assert metrics["near_flat"] is False and metrics["flat_psnr"] == pytest.approx(
+      images.flat_psnr(img.astype(np.float32)), abs=0.01)
   assert not lines and run == str(tmp_path / "learns") and (c.model.width, c.model.depth) == (3, 8)
   assert not os.path.exists(tmp_path / "learns.4x5")
 

@@ -21,8 +21,8 @@ FORCED = ["--config", "experiments/compress.py:smoke", "--config.optim.scale_by_
 
 def flat_psnr():
   """PSNR of the built-in image's mean colour: where a collapsed net ends."""
-  from dfm_flax import encoding, images
-  return encoding.flat_psnr(images.default_image())
+  from dfm_flax import images
+  return images.flat_psnr(images.default_image())
 
 
 def history(wd):

@@ -211,7 +211,7 @@ class Task(TaskBase):
     return {"num_images": len(reports), "model_width": self.config.model.width,
             "model_depth": self.config.model.depth, **mean,
             "jpeg_psnr": float(np.mean([r["jpeg"]["psnr"] for r in reports])),
-            "images": reports}
+            "near_flat": any(r["near_flat"] for r in reports), "images": reports}
 
   def _evaluate_one(self, model, index, workdir: str) -> dict:
     i = index or 0
@@ -219,8 +219,13 @@ class Task(TaskBase):
     os.makedirs(workdir, exist_ok=True)
     recon = images.render_fn(jax.jit(model_function(model, self.config.model, index)), h, w, tuple(self.config.model.coord_range),
                              self.config.train.eval_chunk)
-    return compress_report.report(self.images[i], recon, self.config, workdir,
-                                  self.image_names[i], _num_weights(model))
+    report = compress_report.report(self.images[i], recon, self.config, workdir,
+                                    self.image_names[i], _num_weights(model))
+    # A net that never left its flat start (fine texture; a low-contrast photograph at a
+    # small batch) reports like any other fit: say so in metrics.json and one line.
+    flat = images.flat_psnr(self.images[i])
+    report.update(flat_psnr=round(flat, 2), near_flat=bool(report["psnr"] < flat + images.FLAT_MARGIN_DB))
+    return report
 
 
 def _num_weights(model) -> int:

@@ -337,7 +337,7 @@ def fit_for_bpp(config, workdir: str, image, bpp: float, bits: int, grid: str,
   whole = not config.train.get("stop_at", 0)
   if not (metrics["collapsed"] or (whole and _stuck(metrics, flat))):
     return workdir, metrics
-  base = config.model.get("first_init_variance", 0.0)
+  base = config.model.get("first_init_variance", 0.0)  # A config file of the user's may lack it.
   candidates = [(workdir, metrics, (config.model.width, config.model.depth), base)]
   ended = (f"the {config.model.width}x{config.model.depth} net ended at {metrics['psnr']:.2f} "
            f"dB, {'collapsed' if metrics['collapsed'] else 'near its flat image'} ({flat:.2f} dB)")
@@ -356,13 +356,13 @@ def fit_for_bpp(config, workdir: str, image, bpp: float, bits: int, grid: str,
             else f"{ended}: fitting it")
     log(f"{what} again from a first layer at high frequency "
         f"(init variance {HIGH_FREQUENCY_INIT:g})")
-    with config.unlocked():  # Added here only: other runs' config.json stays as it was.
+    with config.unlocked():
       config.model.first_init_variance = HIGH_FREQUENCY_INIT
     high = f"{last_run}.hf"
     candidates.append((high, train_and_evaluate(config, high), size, HIGH_FREQUENCY_INIT))
   run, kept, size, first_variance = max(candidates, key=lambda c: c[1]["psnr"])
   config.model.width, config.model.depth = size  # The config says which net was kept.
-  if "first_init_variance" in config.model:  # Only when some fit used it (resume, above).
+  with config.unlocked():
     config.model.first_init_variance = first_variance
   return run, kept
 

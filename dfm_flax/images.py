@@ -157,11 +157,24 @@ def jpeg_at_size(img01: np.ndarray, max_bytes: int, fmt: str = "JPEG") -> dict:
   }
 
 
+# Renders of at least this many chunks (2^16 pixels each: 1 Mpx and up) show progress.
+RENDER_PROGRESS_CHUNKS = 16
+
+
 def render_fn(fn, height: int, width: int, coord_range=(0.0, 1.0), chunk: int = 2**16) -> np.ndarray:
   """The image in [0, 1] of fn: coords -> values in [-1, 1], at any size, `chunk` pixels
   at a time (bounded memory). The nets are continuous functions of position."""
+  from dfm_flax import progress
   coords = pixel_grid(height, width, coord_range)
-  parts = [np.asarray(fn(coords[i:i + chunk])) for i in range(0, len(coords), chunk)]
+  starts = range(0, len(coords), chunk)
+  # A photograph of many megapixels takes minutes on a CPU: show it (not for small images).
+  bar = progress.bar(len(starts), 0, f"rendering {width}x{height}",
+                     disable=len(starts) < RENDER_PROGRESS_CHUNKS)
+  parts = []
+  for i in starts:
+    parts.append(np.asarray(fn(coords[i:i + chunk])))
+    bar.update(1)
+  bar.close()
   return ((np.concatenate(parts) + 1) / 2).reshape(height, width, -1)
 
 

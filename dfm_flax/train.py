@@ -41,7 +41,7 @@ def _flat(cfg: dict) -> dict:
 
 # Settings added to config files after runs were saved, each with the value that does what
 # those runs did: a run saved without the key resumes (and is reused) under that value.
-ADDED_LATER = {"meta.scale": 1}
+ADDED_LATER = {"meta.scale": 1, "model.first_init_variance": 0.0}
 
 
 def _check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -246,8 +246,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       _say(f"warning: this fit ended within {images.FLAT_MARGIN_DB:g} dB of its image's flat "
            f"mean colour (metrics.json: near_flat, flat_psnr): it learned next to nothing; fine "
            f"texture and low-contrast images can leave the net at its flat start. Try another "
-           f"seed, a wider or shallower net, or a larger train.batch_size (the codec's --bpp "
-           f"tries a wider net and a high-frequency first layer itself)")
+           f"seed, a wider or shallower net, a larger train.batch_size, or for fine texture "
+           f"--config.model.first_init_variance=1.0 (the codec's --bpp tries a wider net and "
+           f"that first layer itself)")
     logs.write_json(os.path.join(workdir, "metrics.json"), metrics)
     logger.summary(metrics)
     return metrics

@@ -79,6 +79,10 @@ def thesis() -> ml_collections.ConfigDict:
   c.model.method = "auto"  # per layer: "product" from 2^5 terms up, else "direct" (benchmarks/fourier_layer.py).
   c.model.init = "constant"  # "constant": N(0, init_variance); "fan_in": init_variance / 2^m.
   c.model.init_variance = 2e-10
+  # > 0: the first layer's init variance alone. 1.0 puts every later layer's features at
+  # high frequency from the start: for fine texture (grass, brick) that a small start never
+  # leaves its flat image on; worse on photographs (README, "A third try").
+  c.model.first_init_variance = 0.0
   c.model.coord_range = (0.0, 1.0)  # Pixel centres are scaled into [lo, hi]^2.
   c.model.quant_bits = 0  # > 0: quantisation-aware training for the .dfm codec.
   c.model.quant_steps = ()  # With quant_bits: one grid step per layer (the sensitivity grid).

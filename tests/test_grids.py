@@ -205,10 +205,10 @@ def test_a_fit_that_stays_flat_gets_the_wider_net_too(tmp_path):
   saved = json.loads((tmp_path / "still.4x5.hf" / "config.json").read_text())
   assert saved["model"]["first_init_variance"] == encoding.HIGH_FREQUENCY_INIT
   first_config = json.loads((tmp_path / "still" / "config.json").read_text())
-  assert "first_init_variance" not in first_config["model"]
+  assert first_config["model"]["first_init_variance"] == 0.0
   kept = {str(tmp_path / "still"): ((3, 8), 0.0), str(tmp_path / "still.4x5"): ((4, 5), 0.0),
           str(tmp_path / "still.4x5.hf"): ((4, 5), encoding.HIGH_FREQUENCY_INIT)}[run]
-  assert ((c.model.width, c.model.depth), c.model.get("first_init_variance", 0.0)) == kept
+  assert ((c.model.width, c.model.depth), c.model.first_init_variance) == kept
   assert metrics == json.loads((tmp_path / run / "metrics.json").read_text())
   # No wider net within reach (as grass's 6x7 net at 0.1 bpp): the same net, high frequency.
   lines.clear()

@@ -102,3 +102,14 @@ def test_pixel_grid_centres():
   np.testing.assert_allclose(g[:4, 0], [0.125, 0.375, 0.625, 0.875])
   np.testing.assert_allclose(g[::4, 1], [0.25, 0.75])
   np.testing.assert_allclose(images.pixel_grid(2, 2, (-1.0, 1.0))[0], [-0.5, -0.5])
+
+
+def test_a_large_render_shows_its_progress_and_a_small_one_does_not(capsys):
+  fn = lambda xy: np.sin(xy[:, :1] * 3) * np.cos(xy[:, 1:] * 5)  # noqa: E731
+  many = images.render_fn(fn, 8, 6, (0.0, 0.5), chunk=3)  # 16 chunks: progress.
+  assert "rendering 6x8: step 16/16 (100%)" in capsys.readouterr().err
+  few = images.render_fn(fn, 8, 6, (0.0, 0.5))
+  assert capsys.readouterr().err == ""
+  xy = images.pixel_grid(8, 6, (0.0, 0.5))
+  np.testing.assert_allclose(many, ((fn(xy) + 1) / 2).reshape(8, 6, 1))
+  np.testing.assert_array_equal(many, few)

@@ -123,3 +123,12 @@ def test_a_run_saved_before_a_setting_existed_resumes_under_its_old_value(tmp_pa
   config.meta.scale = 8
   with pytest.raises(UserError, match=r"meta.scale: None -> 8"):
     _check_config(config, str(tmp_path))
+  # The same for a compress run saved before model.first_init_variance was a setting.
+  config = get_config("best")
+  saved = json.loads(config.to_json_best_effort())
+  del saved["model"]["first_init_variance"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  _check_config(config, str(tmp_path))
+  config.model.first_init_variance = 1.0
+  with pytest.raises(UserError, match=r"model.first_init_variance: None -> 1.0"):
+    _check_config(config, str(tmp_path))

@@ -169,7 +169,7 @@ def render_fn(fn, height: int, width: int, coord_range=(0.0, 1.0), chunk: int = 
   starts = range(0, len(coords), chunk)
   # A photograph of many megapixels takes minutes on a CPU: show it (not for small images).
   bar = progress.bar(len(starts), 0, f"rendering {width}x{height}",
-                     disable=len(starts) < RENDER_PROGRESS_CHUNKS)
+                     disable=len(starts) < RENDER_PROGRESS_CHUNKS, unit="chunk")
   parts = []
   for i in starts:
     parts.append(np.asarray(fn(coords[i:i + chunk])))

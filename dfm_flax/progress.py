@@ -14,8 +14,8 @@ class LineProgress:
   """The part of tqdm's interface the loop uses, as periodic lines on stderr."""
 
   def __init__(self, total: int, initial: int, desc: str, every_s: float = 30.0,
-               disable: bool = False):
-    self.total, self.n, self.desc = total, initial, desc
+               disable: bool = False, unit: str = "step"):
+    self.total, self.n, self.desc, self.unit = total, initial, desc, unit
     self.every_s, self.disable = every_s, disable
     self._start_n, self._tic = initial, time.perf_counter()
     self._last = self._tic
@@ -37,8 +37,8 @@ class LineProgress:
       return
     rate = (self.n - self._start_n) / max(now - self._tic, 1e-9)
     eta = (self.total - self.n) / rate if rate > 0 else float("inf")
-    print(f"{self.desc}: step {self.n}/{self.total} ({100 * self.n / self.total:.0f}%), "
-          f"{rate:.1f} step/s, ETA {_clock(eta)}" + (f", {self._postfix}" if self._postfix else ""),
+    print(f"{self.desc}: {self.unit} {self.n}/{self.total} ({100 * self.n / self.total:.0f}%), "
+          f"{rate:.1f} {self.unit}/s, ETA {_clock(eta)}" + (f", {self._postfix}" if self._postfix else ""),
           file=sys.stderr, flush=True)
 
   def write(self, line: str, file=None) -> None:
@@ -59,10 +59,10 @@ def _clock(seconds: float) -> str:
   return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def bar(total: int, initial: int, desc: str, disable: bool):
+def bar(total: int, initial: int, desc: str, disable: bool, unit: str = "step"):
   """tqdm on a terminal, LineProgress otherwise."""
   if sys.stderr.isatty():
     from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
                 disable=disable, mininterval=0.1)
-  return LineProgress(total, initial, desc, disable=disable)
+  return LineProgress(total, initial, desc, disable=disable, unit=unit)

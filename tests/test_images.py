@@ -107,7 +107,7 @@ def test_pixel_grid_centres():
 def test_a_large_render_shows_its_progress_and_a_small_one_does_not(capsys):
   fn = lambda xy: np.sin(xy[:, :1] * 3) * np.cos(xy[:, 1:] * 5)  # noqa: E731
   many = images.render_fn(fn, 8, 6, (0.0, 0.5), chunk=3)  # 16 chunks: progress.
-  assert "rendering 6x8: step 16/16 (100%)" in capsys.readouterr().err
+  assert "rendering 6x8: chunk 16/16 (100%)" in capsys.readouterr().err
   few = images.render_fn(fn, 8, 6, (0.0, 0.5))
   assert capsys.readouterr().err == ""
   xy = images.pixel_grid(8, 6, (0.0, 0.5))

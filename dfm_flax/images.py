@@ -161,7 +161,8 @@ def jpeg_at_size(img01: np.ndarray, max_bytes: int, fmt: str = "JPEG") -> dict:
 RENDER_PROGRESS_CHUNKS = 16
 
 
-def render_fn(fn, height: int, width: int, coord_range=(0.0, 1.0), chunk: int = 2**16) -> np.ndarray:
+def render_fn(fn, height: int, width: int, coord_range=(0.0, 1.0),
+              chunk: int = 2**16) -> np.ndarray:
   """The image in [0, 1] of fn: coords -> values in [-1, 1], at any size, `chunk` pixels
   at a time (bounded memory). The nets are continuous functions of position."""
   from dfm_flax import progress

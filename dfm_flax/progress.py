@@ -37,9 +37,9 @@ class LineProgress:
       return
     rate = (self.n - self._start_n) / max(now - self._tic, 1e-9)
     eta = (self.total - self.n) / rate if rate > 0 else float("inf")
+    postfix = f", {self._postfix}" if self._postfix else ""
     print(f"{self.desc}: {self.unit} {self.n}/{self.total} ({100 * self.n / self.total:.0f}%), "
-          f"{rate:.1f} {self.unit}/s, ETA {_clock(eta)}" + (f", {self._postfix}" if self._postfix else ""),
-          file=sys.stderr, flush=True)
+          f"{rate:.1f} {self.unit}/s, ETA {_clock(eta)}{postfix}", file=sys.stderr, flush=True)
 
   def write(self, line: str, file=None) -> None:
     """A message on its own line, even when the progress is disabled (as tqdm.write)."""

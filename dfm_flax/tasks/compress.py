@@ -217,14 +217,15 @@ class Task(TaskBase):
     i = index or 0
     h, w, _ = self.shapes[i]
     os.makedirs(workdir, exist_ok=True)
-    recon = images.render_fn(jax.jit(model_function(model, self.config.model, index)), h, w, tuple(self.config.model.coord_range),
-                             self.config.train.eval_chunk)
+    recon = images.render_fn(jax.jit(model_function(model, self.config.model, index)), h, w,
+                             tuple(self.config.model.coord_range), self.config.train.eval_chunk)
     report = compress_report.report(self.images[i], recon, self.config, workdir,
                                     self.image_names[i], _num_weights(model))
     # A net that never left its flat start (fine texture; a low-contrast photograph at a
     # small batch) reports like any other fit: say so in metrics.json and one line.
     flat = images.flat_psnr(self.images[i])
-    report.update(flat_psnr=round(flat, 2), near_flat=bool(report["psnr"] < flat + images.FLAT_MARGIN_DB))
+    report.update(flat_psnr=round(flat, 2),
+                  near_flat=bool(report["psnr"] < flat + images.FLAT_MARGIN_DB))
     return report
 
 

@@ -157,12 +157,17 @@ def jpeg_at_size(img01: np.ndarray, max_bytes: int, fmt: str = "JPEG") -> dict:
   }
 
 
-# Renders of at least this many chunks (2^16 pixels each: 1 Mpx and up) show progress.
-RENDER_PROGRESS_CHUNKS = 16
+# Pixels rendered at once: few enough that a layer's intermediate values stay in cache
+# (a 10x8 net: 127,000 pixels a second at 2,048, 32,000 at 65,536; 7x8: 443,000 and
+# 306,000; python -m benchmarks.render_speed).
+RENDER_CHUNK = 2**11
+# Renders of at least this many pixels (a megapixel) show progress: on a CPU they take
+# minutes (a 12-megapixel photograph and a 10x8 net: about 2.5).
+RENDER_PROGRESS_PIXELS = 2**20
 
 
 def render_fn(fn, height: int, width: int, coord_range=(0.0, 1.0),
-              chunk: int = 2**16) -> np.ndarray:
+              chunk: int = RENDER_CHUNK) -> np.ndarray:
   """The image in [0, 1] of fn: coords -> values in [-1, 1], at any size, `chunk` pixels
   at a time (bounded memory). The nets are continuous functions of position."""
   from dfm_flax import progress
@@ -170,7 +175,7 @@ def render_fn(fn, height: int, width: int, coord_range=(0.0, 1.0),
   starts = range(0, len(coords), chunk)
   # A photograph of many megapixels takes minutes on a CPU: show it (not for small images).
   bar = progress.bar(len(starts), 0, f"rendering {width}x{height}",
-                     disable=len(starts) < RENDER_PROGRESS_CHUNKS, unit="chunk")
+                     disable=len(coords) < RENDER_PROGRESS_PIXELS, unit="chunk")
   parts = []
   for i in starts:
     parts.append(np.asarray(fn(coords[i:i + chunk])))
@@ -180,9 +185,9 @@ def render_fn(fn, height: int, width: int, coord_range=(0.0, 1.0),
 
 
 def render_params(params, height: int, width: int, coord_range=(0.0, 1.0), method: str = "auto",
-                  chunk: int = 2**16) -> np.ndarray:
+                  chunk: int = RENDER_CHUNK) -> np.ndarray:
   """A Fourier Net's image from its per-layer (a, b) weights (e.g. decoded from a .dfm file)."""
   import jax
   from dfm_flax import fourier
-  apply = jax.jit(lambda xy: fourier.net_apply(params, xy, method))
+  apply = jax.jit(lambda xy: fourier.render_apply(params, xy, method))
   return render_fn(apply, height, width, coord_range, chunk)

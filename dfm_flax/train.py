@@ -32,7 +32,7 @@ from dfm_flax.errors import UserError
 # Keys that may change between a run and its resume without changing its result
 # (a run may resume on another number of processes; a run stopped at train.stop_at
 # may be continued further along the same schedule).
-_RESUMABLE = ("wandb.", "dist.", "train.stop_at")
+_RESUMABLE = ("wandb.", "dist.", "train.stop_at", "train.eval_chunk")  # Not the fit.
 
 
 def _flat(cfg: dict) -> dict:

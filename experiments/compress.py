@@ -98,7 +98,7 @@ def thesis() -> ml_collections.ConfigDict:
   c.train.batch_size = 2**14  # Pixels per step.
   c.train.log_every = 50
   c.train.checkpoint_every = 500
-  c.train.eval_chunk = 2**16  # Pixels rendered at once in evaluation.
+  c.train.eval_chunk = 2**11  # Pixels rendered at once in evaluation (images.RENDER_CHUNK).
   c.train.quiet = False
   c.train.stop_at = 0  # > 0: stop there, the lr schedule still spanning train.steps.
 

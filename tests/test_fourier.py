@@ -161,3 +161,17 @@ def test_too_wide_is_refused_before_allocating():
 def test_unknown_method_is_refused():
   with pytest.raises(UserError, match="method"):
     fourier.FourierNet(4, 3, 1, init_variance=0.1, method="fft", rngs=nnx.Rngs(0))
+
+
+def test_render_apply_keeps_the_features_and_draws_what_net_apply_draws():
+  rng = np.random.default_rng(5)
+  params = [(rng.normal(0, 0.1, s).astype(np.float32), rng.normal(0, 0.1, s).astype(np.float32))
+            for s in fourier.param_shapes(6, 4, 3)]  # 6-dim layers: the product form.
+  coords = jnp.asarray(rng.random((500, 2), np.float32) * 0.5)
+  np.testing.assert_allclose(fourier.render_apply(params, coords),
+                             fourier.net_apply(params, coords), rtol=0, atol=1e-6)
+  lowered = lambda f: jax.jit(lambda c: f(params, c)).lower(coords).as_text()  # noqa: E731
+  # The barrier that keeps XLA from recomputing the features inside the contractions: in
+  # the forward pass alone, not in the one that training differentiates.
+  assert "optimization_barrier" in lowered(fourier.render_apply)
+  assert "optimization_barrier" not in lowered(fourier.net_apply)

@@ -104,11 +104,13 @@ def test_pixel_grid_centres():
   np.testing.assert_allclose(images.pixel_grid(2, 2, (-1.0, 1.0))[0], [-0.5, -0.5])
 
 
-def test_a_large_render_shows_its_progress_and_a_small_one_does_not(capsys):
+def test_a_large_render_shows_its_progress_and_a_small_one_does_not(capsys, monkeypatch):
   fn = lambda xy: np.sin(xy[:, :1] * 3) * np.cos(xy[:, 1:] * 5)  # noqa: E731
-  many = images.render_fn(fn, 8, 6, (0.0, 0.5), chunk=3)  # 16 chunks: progress.
+  monkeypatch.setattr(images, "RENDER_PROGRESS_PIXELS", 48)  # An 8x6 image is "large".
+  many = images.render_fn(fn, 8, 6, (0.0, 0.5), chunk=3)
   assert "rendering 6x8: chunk 16/16 (100%)" in capsys.readouterr().err
-  few = images.render_fn(fn, 8, 6, (0.0, 0.5))
+  monkeypatch.setattr(images, "RENDER_PROGRESS_PIXELS", 49)
+  few = images.render_fn(fn, 8, 6, (0.0, 0.5), chunk=3)
   assert capsys.readouterr().err == ""
   xy = images.pixel_grid(8, 6, (0.0, 0.5))
   np.testing.assert_allclose(many, ((fn(xy) + 1) / 2).reshape(8, 6, 1))

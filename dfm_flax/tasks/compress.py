@@ -75,10 +75,8 @@ def model_function(model, model_cfg, index: int | None = None):
   the 8-bit image."""
   if model_cfg.get("kind", "fourier") == "siren":
     return lambda xy: jnp.clip(model(xy), -1, 1)
-  if getattr(model, "count", 0):
-    params = model.net_params(index)
-    return lambda xy: fourier.net_apply(params, xy, model.method)
-  return model
+  params = model.net_params(index)
+  return lambda xy: fourier.render_apply(params, xy, model.method)
 
 
 class Task(TaskBase):

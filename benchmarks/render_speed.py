@@ -32,10 +32,10 @@ def main():
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--nets", default="7x8,10x8")
   p.add_argument("--chunks", default="1024,4096,16384,65536")
-  p.add_argument("--size", default="512x512")
+  p.add_argument("--size", default="512x512", help="WIDTHxHEIGHT of the rendered image")
   p.add_argument("--repeats", type=int, default=5)
   args = p.parse_args()
-  h, w = (int(v) for v in args.size.split("x"))
+  w, h = (int(v) for v in args.size.split("x"))  # WIDTHxHEIGHT, as codec decode --size.
   rng = np.random.default_rng(0)
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {w}x{h} pixels, "
         f"median of {args.repeats}")

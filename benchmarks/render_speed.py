@@ -19,9 +19,11 @@ import numpy as np
 from dfm_flax import fourier, images
 
 
-def render_seconds(params, h, w, chunk, keep: bool) -> float:
-  apply = jax.jit(lambda xy: fourier.net_apply(params, xy, keep_features=keep))
-  images.render_fn(apply, h, w, (0.0, 0.5), chunk)  # Compiles every chunk shape.
+def _apply(params, keep: bool):
+  return jax.jit(lambda xy: fourier.net_apply(params, xy, keep_features=keep))
+
+
+def render_seconds(apply, h, w, chunk) -> float:
   tic = time.perf_counter()
   images.render_fn(apply, h, w, (0.0, 0.5), chunk)
   return time.perf_counter() - tic
@@ -44,11 +46,14 @@ def main():
     width, depth = (int(v) for v in net.split("x"))
     params = [(rng.normal(0, 0.05, s).astype(np.float32), rng.normal(0, 0.05, s).astype(np.float32))
               for s in fourier.param_shapes(width, depth, 3)]
+    applies = {keep: _apply(params, keep) for keep in (False, True)}
     for chunk in (int(c) for c in args.chunks.split(",")):
+      for apply in applies.values():
+        images.render_fn(apply, h, w, (0.0, 0.5), chunk)  # Compiles this chunk's shapes.
       times = {False: [], True: []}
       for _ in range(args.repeats):
-        for keep in (False, True):
-          times[keep].append(render_seconds(params, h, w, chunk, keep))
+        for keep, apply in applies.items():
+          times[keep].append(render_seconds(apply, h, w, chunk))
       off, on = (h * w / statistics.median(times[k]) for k in (False, True))
       print(f"{net:>5} {chunk:>6} {off:>15,.0f} {on:>18,.0f} {on / off:>8.2f}x", flush=True)
 

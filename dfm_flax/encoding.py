@@ -335,9 +335,9 @@ def fit_for_bpp(config, workdir: str, image, bpp: float, bits: int, grid: str,
   # A fit cut short (train.stop_at) may not have left its flat image yet: judged on
   # collapse alone (brick's 8x5 net was flat at step 1,300 and 31 dB at 10,000).
   whole = not config.train.get("stop_at", 0)
-  if not (metrics["collapsed"] or (whole and _stuck(metrics, flat))):
+  if not (metrics["collapsed"] or (whole and _near_flat(metrics, flat))):
     return workdir, metrics
-  base = config.model.get("first_init_variance", 0.0)  # A config file of the user's may lack it.
+  base = config.model.first_init_variance
   candidates = [(workdir, metrics, (config.model.width, config.model.depth), base)]
   ended = (f"the {config.model.width}x{config.model.depth} net ended at {metrics['psnr']:.2f} "
            f"dB, {'collapsed' if metrics['collapsed'] else 'near its flat image'} ({flat:.2f} dB)")
@@ -356,19 +356,19 @@ def fit_for_bpp(config, workdir: str, image, bpp: float, bits: int, grid: str,
             else f"{ended}: fitting it")
     log(f"{what} again from a first layer at high frequency "
         f"(init variance {HIGH_FREQUENCY_INIT:g})")
-    with config.unlocked():
-      config.model.first_init_variance = HIGH_FREQUENCY_INIT
+    config.model.first_init_variance = HIGH_FREQUENCY_INIT
     high = f"{last_run}.hf"
     candidates.append((high, train_and_evaluate(config, high), size, HIGH_FREQUENCY_INIT))
   run, kept, size, first_variance = max(candidates, key=lambda c: c[1]["psnr"])
   config.model.width, config.model.depth = size  # The config says which net was kept.
-  with config.unlocked():
-    config.model.first_init_variance = first_variance
+  config.model.first_init_variance = first_variance
   return run, kept
 
 
-def _stuck(metrics: dict, flat: float) -> bool:
-  return metrics["collapsed"] or metrics["psnr"] < flat + images.FLAT_MARGIN_DB
+def _near_flat(metrics: dict, flat: float) -> bool:
+  """The compress task's own verdict (metrics.json `near_flat`); a run finished before it
+  had one is judged by the same rule here."""
+  return metrics.get("near_flat", metrics["psnr"] < flat + images.FLAT_MARGIN_DB)
 
 
 def nearest_bits(bits: int, got_bytes: int, target_bytes: float, depth: int) -> int:

@@ -95,7 +95,8 @@ def fourier_features(x: jax.Array, method: str = "auto") -> tuple[jax.Array, jax
   raise UserError(f"unknown Fourier evaluation method {method!r}; use one of {METHODS}")
 
 
-def _layer_product(x: jax.Array, a: jax.Array, b: jax.Array, keep_features: bool = False) -> jax.Array:
+def _layer_product(x: jax.Array, a: jax.Array, b: jax.Array,
+                   keep_features: bool = False) -> jax.Array:
   m, n = x.shape[-1], a.shape[-1]
   m_low = (m + 1) // 2
   m_high = m - m_low

@@ -24,8 +24,8 @@ from flax import nnx
 
 import numpy as np
 
-from dfm_flax import (distributed, files, fourier, guard, images, logs, optim, progress, restore,
-                      sharding, tasks)
+from dfm_flax import (distributed, files, fourier, guard, logs, optim, progress, restore, sharding,
+                      tasks)
 from dfm_flax.checkpoint import Checkpointer
 from dfm_flax.errors import UserError
 
@@ -242,13 +242,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       _say(f"warning: this run ended collapsed (its loss stayed far above its best for the "
            f"last {watch.state.bad} log steps; see dfm_flax/guard.py): its figures are not a "
            f"result; rerun with another seed or a lower optim.lr")
-    elif metrics.get("near_flat"):
-      _say(f"warning: this fit ended within {images.FLAT_MARGIN_DB:g} dB of its image's flat "
-           f"mean colour (metrics.json: near_flat, flat_psnr): it learned next to nothing; fine "
-           f"texture and low-contrast images can leave the net at its flat start. Try another "
-           f"seed, a wider or shallower net, a larger train.batch_size, or for fine texture "
-           f"--config.model.first_init_variance=1.0 (the codec's --bpp tries a wider net and "
-           f"that first layer itself)")
+    elif warning := task.result_warning(metrics):
+      _say(warning)
     logs.write_json(os.path.join(workdir, "metrics.json"), metrics)
     logger.summary(metrics)
     return metrics

@@ -18,6 +18,8 @@ data), for sampling and feature extraction. A Task object has:
       (default: the loss)
   warm_up(model) -> None: compile what evaluate will need, given a copy of the model
       (the loop runs it in a thread while training runs); optional
+  result_warning(metrics) -> a line saying the final metrics are no result (e.g. a fit
+      that never left its flat start), or "" (default)
 """
 from __future__ import annotations
 
@@ -70,5 +72,8 @@ class TaskBase:
     """The number the divergence guard judges at a log step (dfm_flax/guard.py): the
     training loss, unless that swings far more between batches than a healthy run's."""
     return loss
+
+  def result_warning(self, metrics: dict) -> str:
+    return ""
 
   warm_up = None  # A task that has one gets a copy of the model in a thread (train.py).

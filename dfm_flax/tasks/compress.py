@@ -211,6 +211,16 @@ class Task(TaskBase):
             "jpeg_psnr": float(np.mean([r["jpeg"]["psnr"] for r in reports])),
             "near_flat": any(r["near_flat"] for r in reports), "images": reports}
 
+  def result_warning(self, metrics: dict) -> str:
+    if not metrics.get("near_flat"):
+      return ""
+    return (f"warning: this fit ended within {images.FLAT_MARGIN_DB:g} dB of its image's flat "
+            f"mean colour (metrics.json: near_flat, flat_psnr): it learned next to nothing; fine "
+            f"texture and low-contrast images can leave the net at its flat start. Try another "
+            f"seed, a wider or shallower net, a larger train.batch_size, or for fine texture "
+            f"--config.model.first_init_variance=1.0 (the codec's --bpp tries a wider net and "
+            f"that first layer itself)")
+
   def _evaluate_one(self, model, index, workdir: str) -> dict:
     i = index or 0
     h, w, _ = self.shapes[i]

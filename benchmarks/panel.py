@@ -19,6 +19,8 @@ JPEG and WebP) and DIR/panel.png, and prints the table.
 
 --set KEY=VALUE changes a setting of `compress.py:best` for every fit (benchmarks/settings.py;
 OUT records it and refuses fits of other settings).
+The codec's own default fits are longer (`compress.py:codec`, 30,000 steps): `--stop_at 0
+--set train.steps=30000` runs them; every cut fit's warm-up and peak are the same either way.
 
 A collapse here: a fit whose guard says it ended collapsed, or a seed more than 3 dB
 below the best seed of its cell.

@@ -402,3 +402,25 @@ def test_bd_rate_matches_numerical_integration_and_says_when_undefined():
   assert bd_rate(ref, test) < 0  # the test curve is below the reference everywhere here
   assert bd_rate(ref, [(100.0, 40.0), (200.0, 45.0)]) is None  # no common PSNR range
   assert bd_rate(ref, [(100.0, 25.0)]) is None  # one point is not a curve
+
+
+def test_the_codec_fits_best_for_three_times_its_steps(tmp_path):
+  """The codec's default config is `compress.py:best` with train.steps = CODEC_STEPS: checked
+  on what a run of the codec's own command line saved, and on the configs themselves."""
+  import json
+  from experiments.compress import CODEC_STEPS, get_config
+  best, fit = get_config("best"), get_config("codec")
+  assert CODEC_STEPS == 3 * best.train.steps
+  with fit.unlocked():
+    fit.train.steps = best.train.steps
+  assert fit.to_dict() == best.to_dict()
+  img, out, wd = str(tmp_path / "img.png"), str(tmp_path / "img.dfm"), str(tmp_path / "run")
+  images.save_png(images.default_image()[:48, :48], img)
+  proc = run_cli("experiments.codec", "encode", img, "--out", out, "--workdir", wd, "--bits", "8",
+                 "--qat_steps", "0", "--config.model.width=4", "--config.model.depth=4",
+                 "--config.train.stop_at=3", "--config.wandb.mode=disabled")
+  assert proc.returncode == 0, proc.stderr
+  saved = json.load(open(os.path.join(wd, "config.json")))
+  assert saved["train"]["steps"] == CODEC_STEPS
+  assert saved["optim"] == get_config("best").optim.to_dict()
+  assert os.path.getsize(out) > 0

@@ -32,6 +32,7 @@ Variants:
 """
 import ml_collections
 
+from dfm_flax import images
 from experiments import common
 
 
@@ -108,7 +109,7 @@ def thesis() -> ml_collections.ConfigDict:
   c.train.batch_size = 2**14  # Pixels per step.
   c.train.log_every = 50
   c.train.checkpoint_every = 500
-  c.train.eval_chunk = 2**11  # Pixels rendered at once in evaluation (images.RENDER_CHUNK).
+  c.train.eval_chunk = images.RENDER_CHUNK  # Pixels rendered at once in evaluation.
   c.train.quiet = False
   c.train.stop_at = 0  # > 0: stop there, the lr schedule still spanning train.steps.
 

@@ -11,6 +11,9 @@ start and from a random start (the compress net's initialisation, one seed per c
 two optimisers, both per layer lr / 2^m as the recipe:
   * sgd: plain gradient descent at the run's inner-loop step (what the start was learned for);
   * adam: Adam at a constant lr, the best of --adam_lrs for the random start at the last step.
+  * lm (with --lm): Levenberg-Marquardt steps (dfm_flax/levenberg.py) at the run's
+    meta.lm_damping and meta.lm_down, or at the best of a small grid on *training* crops
+    (--lm_tune; never on the held-out ones), up to 100 steps;
   * recipe (with --recipe_steps N): `compress.py:best`'s own optimiser and schedule for N
     steps (Adam b1 0.95, eps 1e-3, warm-up then cosine, peak 0.1 / 2^m): the full-length
     fit the codec makes, here on all the crop's pixels every step.
@@ -28,6 +31,9 @@ import os
 
 CHECKPOINTS = (0, 1, 3, 10, 100, 1000)
 CODED_AT = (10, 100, 1000)
+LM_CHECKPOINTS = (0, 1, 3, 10, 100)  # Each LM step solves a weights x weights system.
+LM_DAMPINGS = (0.03, 0.1, 0.3, 1.0, 3.0)
+LM_DOWNS = (1.5, 2.0, 3.0)
 
 
 def _fit_segments(runner, starts, targets, lrs, checkpoints):
@@ -65,6 +71,54 @@ def _runner(tx, coords, method):
 
   return (tx, jax.jit(jax.vmap(advance, in_axes=(0, 0, 0, None, None))),
           jax.jit(jax.vmap(lambda p, t: meta.psnr(meta.mse(p, coords, t, method)))))
+
+
+def _fit_lm(starts, targets, coords, method, damping, down, marks):
+  """As _fit_segments, with Levenberg-Marquardt steps: one crop at a time (each holds its
+  own Jacobian), the damping carried from one segment to the next."""
+  import functools
+
+  import jax
+  import numpy as np
+
+  from dfm_flax import levenberg
+  from dfm_flax.tasks import meta
+
+  @functools.partial(jax.jit, static_argnums=3)
+  def run(params, target, lam, steps):
+    params, lam, _ = levenberg.fit(params, coords, target, steps, method, lam, down)
+    return params, lam, meta.psnr(meta.mse(params, coords, target, method))
+
+  per_crop = []
+  for i in range(len(targets)):
+    params = jax.tree.map(lambda x: x[i], starts)
+    lam, done, out = damping, 0, {}
+    for k in marks:
+      params, lam, psnr = run(params, targets[i], lam, k - done)
+      done = k
+      out[k] = (params, float(psnr))
+    per_crop.append(out)
+  return {k: (jax.tree.map(lambda *xs: np.stack(xs), *[c[k][0] for c in per_crop]),
+              np.array([c[k][1] for c in per_crop])) for k in marks}
+
+
+def _tune_lm(cfg, start, coords, method, crops):
+  """(damping, down) of a small grid whose 10 LM steps from the learned start fit
+  `crops` training crops best (fresh crops of the training images, never held-out ones)."""
+  import jax
+  import numpy as np
+
+  from dfm_flax.tasks import meta
+  train = meta.meta_crops(cfg, crops, cfg.seed + 7, held_out=False)
+  starts = jax.tree.map(lambda x: np.broadcast_to(x, (crops, *x.shape)), start)
+  scores = {}
+  for damping in LM_DAMPINGS:
+    for down in LM_DOWNS:
+      scores[(damping, down)] = float(np.mean(
+          _fit_lm(starts, train, coords, method, damping, down, [10])[10][1]))
+      print(f"lm damping {damping:g}, down {down:g}: {scores[(damping, down)]:.2f} dB after 10 "
+            f"steps on {crops} training crops", flush=True)
+  return max(scores, key=scores.get), scores
 
 
 def _recipe(steps: int):
@@ -107,6 +161,9 @@ def main():
   p.add_argument("--adam_lrs", default="0.003,0.01,0.03,0.1")
   p.add_argument("--recipe_steps", type=int, default=0,
                  help="also fit with compress.py:best's optimiser and schedule for this many steps")
+  p.add_argument("--lm", action="store_true", help="also fit with Levenberg-Marquardt steps")
+  p.add_argument("--lm_tune", action="store_true",
+                 help="with --lm: choose its damping on training crops (a 5x3 grid)")
   a = p.parse_args()
   import jax
   import numpy as np
@@ -148,6 +205,18 @@ def main():
   fits[("adam", "learned")] = _fit_segments(adam, starts["learned"], targets, per_layer(adam_lr),
                                             CHECKPOINTS)
   coded_at = [(opt, k) for opt in ("sgd", "adam") for k in CODED_AT]
+  lm = None
+  if a.lm:
+    from dfm_flax import levenberg
+    levenberg.check_size(model_cfg.width, model_cfg.depth, channels, mc.crop**2)
+    lm = {"damping": mc.get("lm_damping", 0.1), "down": mc.get("lm_down", 1.5)}
+    if a.lm_tune:
+      (lm["damping"], lm["down"]), grid = _tune_lm(cfg, learned, coords, method, a.crops)
+      lm["grid"] = {f"{d:g}/{n:g}": v for (d, n), v in grid.items()}
+    for name, start in starts.items():
+      fits[("lm", name)] = _fit_lm(start, targets, coords, method, lm["damping"], lm["down"],
+                                   LM_CHECKPOINTS)
+    coded_at += [("lm", k) for k in CODED_AT if k <= LM_CHECKPOINTS[-1]]
   if a.recipe_steps:
     tx, peak = _recipe(a.recipe_steps)
     recipe = _runner(tx, coords, method)
@@ -186,7 +255,7 @@ def main():
         "saved_bd": float(-np.mean(bd)) if bd else None, "crops_bd": len(bd)}
   report = {"start": a.start, "crops": a.crops, "crop": mc.crop, "held_out": mc.held_out,
             "net": f"{model_cfg.width}x{model_cfg.depth}", "sgd_lr": mc.inner_lr,
-            "adam_lr": adam_lr, "recipe_steps": a.recipe_steps, "psnr": curves,
+            "adam_lr": adam_lr, "recipe_steps": a.recipe_steps, "lm": lm, "psnr": curves,
             "diverged": diverged, "coding": coding}
   os.makedirs(a.out, exist_ok=True)
   logs.write_json(os.path.join(a.out, "meta_start.json"), report)
@@ -201,6 +270,8 @@ def _table(r) -> str:
   lines = [f"Held-out crops: {r['crops']} of {r['crop']}x{r['crop']} px from {r['held_out']}; "
            f"net {r['net']}; sgd lr {r['sgd_lr']:g} / 2^m, adam lr {r['adam_lr']:g} / 2^m"
            + (f"; recipe: compress.py:best over {r['recipe_steps']} steps" if r.get("recipe_steps")
+              else "")
+           + (f"; lm damping {r['lm']['damping']:g}, down {r['lm']['down']:g}" if r.get("lm")
               else "") + ".", "",
            "| optimiser / start | " + " | ".join(f"{k} steps" for k in marks) + " |",
            "|---|" + "---|" * len(marks)]
@@ -227,7 +298,7 @@ def _plot(r, path: str) -> None:
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.5, 4))
   styles = {"learned": "-", "random": "--"}
-  colours = {"sgd": "tab:blue", "adam": "tab:orange", "recipe": "tab:green"}
+  colours = {"sgd": "tab:blue", "adam": "tab:orange", "recipe": "tab:green", "lm": "tab:red"}
   for key, curve in r["psnr"].items():
     opt, start = key.split("/")
     ks = [k for k in sorted(curve) if k > 0]

@@ -42,7 +42,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       "algorithm": "reptile",   # reptile | maml
       "first_order": False,     # maml: drop the inner steps' second derivatives
       "inner_steps": 5,
-      "inner_lr": 1.0,          # layer l steps by inner_lr / 2^m_l
+      "inner_optimizer": "sgd",  # sgd | lm (Levenberg-Marquardt, dfm_flax/levenberg.py)
+      "inner_lr": 1.0,          # sgd: layer l steps by inner_lr / 2^m_l
+      # lm: the first step's damping (times each weight's own curvature), divided by lm_down
+      # after each step that lowers the loss.
+      "lm_damping": 0.1,
+      "lm_down": 1.5,
       "tasks_per_step": 8,      # crops adapted to per outer step
       "crop": 32,
       # Crops are the mean of scale x scale pixels of a (crop * scale)-pixel window. 1:

@@ -2,8 +2,10 @@
 
 The model is one Fourier Net, the compress task's net. Each step draws `meta.tasks_per_step`
 square crops (`meta.crop` px) of the training images and adapts the net to each one with
-`meta.inner_steps` steps of gradient descent on its pixels' MSE (per-layer step
-`meta.inner_lr / 2^m`, as `optim.scale_by_terms`), vmapped over the crops. The outer loss:
+`meta.inner_steps` steps on its pixels' MSE, vmapped over the crops: gradient descent
+(`meta.inner_optimizer=sgd`; per-layer step `meta.inner_lr / 2^m`, as
+`optim.scale_by_terms`) or Levenberg-Marquardt (`lm`; dfm_flax/levenberg.py, damping
+`meta.lm_damping` divided by `meta.lm_down` after each step that lowers the loss). The outer loss:
 
   maml     the MSE after adaptation, differentiated through the inner steps
            (`meta.first_order`: without the inner steps' second derivatives);
@@ -31,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dfm_flax import fourier, images
+from dfm_flax import fourier, images, levenberg
 from dfm_flax.errors import UserError
 from dfm_flax.tasks import TaskBase
 from dfm_flax.tasks.compress import one_net
@@ -44,6 +46,11 @@ def model_from_meta(config, meta: dict, rngs: nnx.Rngs):
 def source(meta_cfg) -> str:
   """meta.source; runs saved before it existed read built-in photographs."""
   return meta_cfg.get("source", "photos")
+
+
+def inner_optimizer(meta_cfg) -> str:
+  """meta.inner_optimizer; runs saved before it existed adapted by gradient steps."""
+  return meta_cfg.get("inner_optimizer", "sgd")
 
 
 def data_images(config) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -102,6 +109,17 @@ def adapt(params, coords, target, steps: int, lrs, method: str, first_order: boo
   return params, losses[0]
 
 
+def adapt_lm(params, coords, target, steps: int, damping: float, down: float, method: str,
+             first_order: bool):
+  """`steps` Levenberg-Marquardt steps (dfm_flax/levenberg.py) from params on one crop;
+  returns the adapted params and the loss at params. first_order: the adapted params
+  depend on params as params plus a constant (no derivative through the solves)."""
+  phi, _, before = levenberg.fit(params, coords, target, steps, method, damping, down)
+  if first_order:
+    phi = jax.tree.map(lambda p, f: p + jax.lax.stop_gradient(f - p), params, phi)
+  return phi, before
+
+
 class Task(TaskBase):
   def __init__(self, config):
     self.config = config
@@ -110,6 +128,8 @@ class Task(TaskBase):
       raise UserError(f"unknown meta.algorithm {mc.algorithm!r}; use maml or reptile")
     if mc.inner_steps < 1:
       raise UserError(f"meta.inner_steps must be at least 1, got {mc.inner_steps}")
+    if inner_optimizer(mc) not in ("sgd", "lm"):
+      raise UserError(f"unknown meta.inner_optimizer {mc.inner_optimizer!r}; use sgd or lm")
     if source(mc) not in ("photos", "data"):
       raise UserError(f"unknown meta.source {mc.source!r}; use photos or data")
     if source(mc) == "photos":
@@ -117,6 +137,9 @@ class Task(TaskBase):
       if shared:
         raise UserError(f"meta.photos and meta.held_out share {sorted(shared)}")
     split = data_images(config) if source(mc) == "data" else None
+    if inner_optimizer(mc) == "lm":  # Before any crop is cut. Built-in photographs: colour.
+      channels = split[0][0].shape[-1] if split else 3
+      levenberg.check_size(config.model.width, config.model.depth, channels, mc.crop**2)
     self.pool = jnp.asarray(meta_crops(config, mc.pool, config.seed, False, split))
     self.held_out = jnp.asarray(meta_crops(config, mc.eval_crops, config.seed + 1, True, split))
     self.channels = int(self.pool.shape[-1])
@@ -146,6 +169,9 @@ class Task(TaskBase):
   def _adapt_all(self, params, targets):
     """Each crop's adapted params and its loss at params (vmapped over the crops)."""
     mc, method = self.config.meta, self.config.model.method
+    if inner_optimizer(mc) == "lm":
+      return jax.vmap(lambda t: adapt_lm(params, self.coords, t, mc.inner_steps, mc.lm_damping,
+                                         mc.lm_down, method, mc.first_order))(targets)
     return jax.vmap(lambda t: adapt(params, self.coords, t, mc.inner_steps, self.lrs, method,
                                     mc.first_order))(targets)
 

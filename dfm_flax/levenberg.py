@@ -1,0 +1,75 @@
+"""Levenberg-Marquardt fits of a whole Fourier net to one small image (issue 13).
+
+Gradient steps from a meta-learned start stall a few dB above each crop's mean colour:
+ten of them reach 23-24 dB on 32x32 crops whatever the net size, where 1,000 Adam steps
+from a random start reach 33-40 dB (README, "Meta-learned starting points"). A crop's fit
+is a small least-squares problem (3,072 residuals; a 4x3 net has 256 weights), so each step
+here solves the Gauss-Newton system of the whole net instead:
+
+    (J^T J + lam (diag(J^T J) + eps)) dw = J^T r,      r = net(w)(x) - target,
+
+with Marquardt's scaling (each weight damped by its own curvature, so the 4-term first
+layer and the 2^m-term later layers need no per-layer step). A step that lowers the loss
+is kept and lam divided by `down`; one that does not is dropped and lam multiplied by
+`up`. Both count as a step: each costs one Jacobian and one solve.
+
+The Jacobian is (pixels * channels) x weights, built by forward-mode differentiation in
+chunks of JACOBIAN_CHUNK weights (so memory is the Jacobian's, not every weight's tangent
+through every layer at once): fine for crops and small nets, not for whole photographs
+(`check_size` refuses those in one line).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from dfm_flax import fourier
+from dfm_flax.errors import UserError
+
+UP = 4.0
+EPS = 1e-6  # floor of the damping: weights whose curvature is ~0 (a random start's tiny ones)
+JACOBIAN_CHUNK = 128
+# The Jacobian and the weights x weights system, float32. Past this the fit is not what LM
+# is for: the solve grows as weights^3.
+MAX_BYTES = 2**30
+
+
+def check_size(width: int, depth: int, channels: int, points: int) -> None:
+  """Refuse, in one line, a net and image too large for Levenberg-Marquardt steps."""
+  weights = fourier.num_params(width, depth, channels)
+  need = 4 * weights * (points * channels + weights)
+  if need > MAX_BYTES:
+    raise UserError(
+        f"Levenberg-Marquardt steps on a {width}x{depth} net ({weights:,} weights) over "
+        f"{points:,} pixels need {need / 2**30:.1f} GiB for the Jacobian and the system "
+        f"(limit {MAX_BYTES / 2**30:.0f}); they are for small crops and nets: use gradient steps "
+        f"(meta.inner_optimizer=sgd) or a smaller crop or net")
+
+
+def fit(params, coords, target, steps: int, method: str, damping, down: float,
+        up: float = UP):
+  """`steps` Levenberg-Marquardt steps from params on one image (coords (N, 2), target
+  (N, C) in [-1, 1]). Returns (params, damping after them, MSE at the start). The damping
+  is returned so that a fit can go on where it stopped (benchmarks/meta_start.py)."""
+  flat, unravel = ravel_pytree(params)
+
+  def residual(w):
+    return (fourier.net_apply(unravel(w), coords, method) - target).ravel()
+
+  def step(_, carry):
+    w, lam = carry
+    r = residual(w)
+    # Row i of jac_t: the residual's derivative in weight i (one forward-mode pass each).
+    jac_t = jax.lax.map(lambda v: jax.jvp(residual, (w,), (v,))[1], jnp.eye(w.size, dtype=w.dtype),
+                        batch_size=JACOBIAN_CHUNK)
+    curvature = jnp.matmul(jac_t, jac_t.T, precision=fourier.HIGHEST)
+    grad = jnp.matmul(jac_t, r, precision=fourier.HIGHEST)
+    damped = curvature + lam * jnp.diag(jnp.diag(curvature) + EPS)
+    trial = w - jnp.linalg.solve(damped, grad)
+    better = jnp.sum(residual(trial) ** 2) < jnp.sum(r ** 2)
+    return jnp.where(better, trial, w), jnp.where(better, lam / down, lam * up)
+
+  start_mse = jnp.mean(residual(flat) ** 2)
+  flat, damping = jax.lax.fori_loop(0, steps, step, (flat, jnp.asarray(damping, flat.dtype)))
+  return unravel(flat), damping, start_mse

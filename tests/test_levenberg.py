@@ -1,0 +1,134 @@
+"""Levenberg-Marquardt fits (dfm_flax/levenberg.py) against a plain numpy implementation."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from dfm_flax import fourier, images, levenberg
+from dfm_flax.errors import UserError
+from dfm_flax.tasks import meta
+from experiments import meta as meta_config
+
+
+def _crop(size=8, seed=0):
+  rng = np.random.default_rng(seed)
+  # A smooth colour pattern plus a little noise: something a 3x3 net can partly fit.
+  y, x = np.mgrid[0:size, 0:size] / size
+  img = np.stack([np.sin(3 * x + y), np.cos(2 * y), x * y], -1) * 0.6
+  img = img + 0.05 * rng.standard_normal(img.shape)
+  return jnp.asarray(img.reshape(-1, 3), jnp.float32)
+
+
+def _net(width=3, depth=3, variance=0.05, seed=1):
+  rng = np.random.default_rng(seed)
+  return [(jnp.asarray(rng.normal(0, np.sqrt(variance), s), jnp.float32),
+           jnp.asarray(rng.normal(0, np.sqrt(variance), s), jnp.float32))
+          for s in fourier.param_shapes(width, depth, 3)]
+
+
+def numpy_lm(params, coords, target, steps, damping, down, up=levenberg.UP):
+  """Independent: the Jacobian by reverse mode, the step by numpy in float64."""
+  w = np.asarray(fourier.flatten(params), np.float64)
+
+  def residual(v):
+    p = fourier.unflatten(jnp.asarray(v, jnp.float32), 3, 3, 3)
+    return np.asarray(fourier.net_apply(p, coords, "direct") - target, np.float64).ravel()
+
+  jac = jax.jacrev(lambda v: (fourier.net_apply(fourier.unflatten(v, 3, 3, 3), coords, "direct")
+                              - target).ravel())
+  lam = damping
+  for _ in range(steps):
+    r = residual(w)
+    j = np.asarray(jac(jnp.asarray(w, jnp.float32)), np.float64)
+    a = j.T @ j
+    trial = w - np.linalg.solve(a + lam * np.diag(np.diag(a) + levenberg.EPS), j.T @ r)
+    if np.sum(residual(trial) ** 2) < np.sum(r ** 2):
+      w, lam = trial, lam / down
+    else:
+      lam = lam * up
+  return w, lam
+
+
+def test_lm_steps_match_a_numpy_implementation():
+  coords = jnp.asarray(images.pixel_grid(8, 8, (0.0, 0.5)))
+  target, start = _crop(), _net()
+  params, lam, before = levenberg.fit(start, coords, target, 4, "auto", 0.1, 1.5)
+  expect, expect_lam = numpy_lm(start, coords, target, 4, 0.1, 1.5)
+  np.testing.assert_allclose(np.asarray(fourier.flatten(params)), expect, rtol=2e-3, atol=2e-4)
+  assert float(lam) == pytest.approx(expect_lam, rel=1e-5)
+  assert float(before) == pytest.approx(float(meta.mse(start, coords, target, "auto")), rel=1e-5)
+  assert np.abs(expect - np.asarray(fourier.flatten(start))).max() > 1e-2  # it moved
+
+
+def test_lm_never_raises_the_loss_and_beats_as_many_gradient_steps():
+  coords = jnp.asarray(images.pixel_grid(8, 8, (0.0, 0.5)))
+  target, params = _crop(seed=3), _net(seed=4)
+  losses = [float(meta.mse(params, coords, target, "auto"))]
+  lam = 0.1
+  for _ in range(6):
+    params, lam, _ = levenberg.fit(params, coords, target, 1, "auto", lam, 1.5)
+    losses.append(float(meta.mse(params, coords, target, "auto")))
+  assert all(b <= a for a, b in zip(losses, losses[1:]))
+  assert losses[-1] < 0.5 * losses[0]
+  lrs = [1.0 / 2**m for m, _ in fourier.layer_dims(3, 3, 3)]
+  gd, _ = meta.adapt(_net(seed=4), coords, target, 6, lrs, "auto", False)
+  assert losses[-1] < float(meta.mse(gd, coords, target, "auto"))
+
+
+def test_lm_refuses_a_whole_photograph_in_one_line():
+  with pytest.raises(UserError, match="Levenberg-Marquardt steps on a 7x8 net"):
+    levenberg.check_size(7, 8, 3, 512 * 512)
+  levenberg.check_size(6, 5, 3, 32 * 32)  # a crop: fine
+  c = meta_config.get_config("smoke")
+  c.meta.inner_optimizer, c.meta.crop = "lm", 512
+  c.model.width, c.model.depth = 7, 8
+  with pytest.raises(UserError, match="Levenberg-Marquardt"):
+    meta.Task(c)
+  c = meta_config.get_config("smoke")
+  c.meta.inner_optimizer = "newton"
+  with pytest.raises(UserError, match="unknown meta.inner_optimizer 'newton'"):
+    meta.Task(c)
+
+
+def _flat_grads(grads, layers):
+  return np.asarray(fourier.flatten([(grads.layers[i].a[...], grads.layers[i].b[...])
+                                     for i in range(layers)]))
+
+
+def _lm_task(**changes):
+  c = meta_config.get_config("smoke")
+  c.meta.inner_optimizer = "lm"
+  for k, v in changes.items():
+    c.meta[k] = v
+  c.model.init_variance = 0.05
+  return meta.Task(c), c
+
+
+def test_reptile_with_lm_inner_steps_moves_theta_to_the_mean_lm_fit():
+  task, c = _lm_task(algorithm="reptile")
+  model = task.build_model(nnx.Rngs(0))
+  batch = task.batch(2)
+  theta = model.params_list()
+  phis = [numpy_lm(theta, task.coords, t, c.meta.inner_steps, c.meta.lm_damping,
+                   c.meta.lm_down)[0] for t in batch["target"]]
+  grads = nnx.grad(lambda m: task.loss(m, batch)[0])(model)
+  expect = np.asarray(fourier.flatten(theta)) - np.mean(phis, 0)
+  got = _flat_grads(grads, len(theta))
+  np.testing.assert_allclose(got, expect, rtol=2e-3, atol=5e-4)
+  assert np.abs(expect).max() > 1e-2
+
+
+def test_first_order_maml_with_lm_is_the_gradient_at_the_adapted_weights():
+  task, c = _lm_task(algorithm="maml", first_order=True)
+  model = task.build_model(nnx.Rngs(0))
+  batch = task.batch(1)
+  theta = model.params_list()
+  grads = []
+  for t in batch["target"]:
+    phi = fourier.unflatten(jnp.asarray(numpy_lm(theta, task.coords, t, c.meta.inner_steps,
+                                                 c.meta.lm_damping, c.meta.lm_down)[0],
+                                        jnp.float32), 3, 3, 3)
+    grads.append(np.asarray(fourier.flatten(jax.grad(meta.mse)(phi, task.coords, t, "auto"))))
+  got = _flat_grads(nnx.grad(lambda m: task.loss(m, batch)[0])(model), len(theta))
+  np.testing.assert_allclose(got, np.mean(grads, 0), rtol=5e-3, atol=1e-5)

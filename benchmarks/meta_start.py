@@ -5,7 +5,8 @@ and the bytes that difference coding saves.
 
 The crops are `--crops` squares of the start's training size, cut from the images
 its run held out (`meta.held_out` photographs, or with `meta.source=data` the last
-`meta.held_out_last` images; never drawn in its training), with a seed its own
+`meta.held_out_last` images; never drawn in its training), or from other built-in
+photographs it never trained on (`--held_out china,flower`), with a seed its own
 evaluation did not use. Each crop is fitted, all its pixels every step, from the learned
 start and from a random start (the compress net's initialisation, one seed per crop) with
 two optimisers, both per layer lr / 2^m as the recipe:
@@ -121,6 +122,26 @@ def _tune_lm(cfg, start, coords, method, crops):
   return max(scores, key=scores.get), scores
 
 
+def _other_held_out(mc, names: str) -> None:
+  """Score on other built-in photographs: refused, in one line, for a run that did not
+  train on built-in photographs or for a photograph it trained on."""
+  from dfm_flax import photos
+  from dfm_flax.errors import UserError
+  from dfm_flax.tasks import meta
+  if meta.source(mc) != "photos":
+    raise UserError("--held_out names built-in photographs; this run trained on "
+                    "meta.source=data, whose held-out images are its last ones")
+  wanted = [n for n in names.split(",") if n]
+  if unknown := [n for n in wanted if n not in photos.NAMES]:
+    raise UserError(f"unknown photograph(s) {unknown}; built in: {', '.join(photos.NAMES)}")
+  same = {"coffee": "coffee_full", "cat": "chelsea"}  # The same pixels under two names.
+  canonical = lambda names: {same.get(n, n) for n in names}  # noqa: E731
+  if trained := sorted(n for n in wanted if canonical([n]) & canonical(mc.photos.split(","))):
+    raise UserError(f"--held_out {trained} were in this run's training photographs "
+                    f"({mc.photos}): they are not held out")
+  mc.held_out = ",".join(wanted)
+
+
 def _recipe(steps: int):
   """compress.py:best's optimiser and schedule over `steps`, at a peak of 1 (the runner
   scales each layer's update by its lr), and the recipe's peak lr."""
@@ -161,6 +182,9 @@ def main():
   p.add_argument("--adam_lrs", default="0.003,0.01,0.03,0.1")
   p.add_argument("--recipe_steps", type=int, default=0,
                  help="also fit with compress.py:best's optimiser and schedule for this many steps")
+  p.add_argument("--held_out", default="",
+                 help="built-in photographs to cut the crops from instead of the run's own "
+                      "held-out ones (none of its training photographs)")
   p.add_argument("--lm", action="store_true", help="also fit with Levenberg-Marquardt steps")
   p.add_argument("--lm_tune", action="store_true",
                  help="with --lm: choose its damping on training crops (a 5x3 grid)")
@@ -177,6 +201,8 @@ def main():
   cfg = saved_config(a.start)
   model_cfg, learned = encoding.load_start(a.start)
   mc = cfg.meta
+  if a.held_out:
+    _other_held_out(mc, a.held_out)
   targets = meta.meta_crops(cfg, a.crops, cfg.seed + 2, held_out=True)
   channels = targets.shape[-1]
   coords = jax.numpy.asarray(images.pixel_grid(mc.crop, mc.crop, tuple(model_cfg.coord_range)))
@@ -315,4 +341,7 @@ def _plot(r, path: str) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  import sys
+
+  from experiments import cli
+  cli.run_main(lambda argv: main(), sys.argv)

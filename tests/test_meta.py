@@ -154,6 +154,17 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   with open(os.path.join(wd, "metrics.json")) as f:
     m = json.load(f)
   assert {"psnr_learned_2_steps", "psnr_random_2_steps", "psnr_learned_0_steps"} <= set(m)
+  # Levenberg-Marquardt inner steps, going on from that start (meta.py:lm's recipe): they
+  # fit the held-out crops from it, and barely move a random start's tiny weights.
+  lm_wd = str(tmp_path / "meta_lm")
+  proc = run_cli("experiments.run", "--config", "experiments/meta.py:smoke", "--workdir", lm_wd,
+                 "--config.meta.inner_optimizer=lm", f"--config.init_from={wd}",
+                 "--config.train.stop_at=5")
+  assert proc.returncode == 0, proc.stderr
+  with open(os.path.join(lm_wd, "metrics.json")) as f:
+    lm = json.load(f)
+  assert lm["psnr_learned_2_steps"] > lm["psnr_random_2_steps"] + 3
+  assert lm["psnr_random_2_steps"] == pytest.approx(lm["psnr_random_0_steps"], abs=0.5)
   proc = run_cli("experiments.run", "--config", "experiments/compress.py:smoke", "--workdir", fit,
                  f"--config.init_from={wd}", "--config.model.width=3", "--config.model.depth=3",
                  "--config.train.steps=1")
@@ -223,6 +234,9 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   assert len(defined) >= len(r["coding"]) / 2, json.dumps(r["coding"])
   assert all(-1 < c["saved_bd"] < 1 for c in defined), json.dumps(r["coding"])
   assert "BD-rate" in open(os.path.join(bench, "meta_start.md")).read()
+  # Other held-out photographs, never one the start was trained on (coffee is coffee_full's).
+  assert "were in this run's training photographs" in error_line(run_cli(
+      "benchmarks.meta_start", "--start", wd, "--out", bench, "--held_out", "china,coffee"))
 
 
 def test_meta_start_recipe_is_compress_best_scaled_per_layer():

@@ -140,6 +140,10 @@ class Task(TaskBase):
     if inner_optimizer(mc) == "lm":  # Before any crop is cut. Built-in photographs: colour.
       channels = split[0][0].shape[-1] if split else 3
       levenberg.check_size(config.model.width, config.model.depth, channels, mc.crop**2)
+      if not config.get("init_from", ""):
+        print("note: Levenberg-Marquardt steps barely move a random start's tiny weights; "
+              "learn a start for gradient steps first (meta.py:small) and go on from it "
+              "with --config.init_from=RUN", flush=True)
     self.pool = jnp.asarray(meta_crops(config, mc.pool, config.seed, False, split))
     self.held_out = jnp.asarray(meta_crops(config, mc.eval_crops, config.seed + 1, True, split))
     self.channels = int(self.pool.shape[-1])

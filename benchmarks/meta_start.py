@@ -32,7 +32,7 @@ import os
 
 CHECKPOINTS = (0, 1, 3, 10, 100, 1000)
 CODED_AT = (10, 100, 1000)
-LM_CHECKPOINTS = (0, 1, 3, 10, 100)  # Each LM step solves a weights x weights system.
+LM_CHECKPOINTS = (0, 1, 3, 10, 30, 100)  # Each LM step solves a weights x weights system.
 LM_DAMPINGS = (0.03, 0.1, 0.3, 1.0, 3.0)
 LM_DOWNS = (1.5, 2.0, 3.0)
 
@@ -330,6 +330,10 @@ def _plot(r, path: str) -> None:
     ks = [k for k in sorted(curve) if k > 0]
     ax.plot(ks, [curve[k] for k in ks], styles[start], color=colours[opt], marker="o", ms=3,
             label=f"{opt}, {start} start")
+  if "adam/random" in r["psnr"]:  # The bar for 10 steps from the learned start.
+    bar = r["psnr"]["adam/random"]
+    ax.axhline(bar[max(bar)], ls=":", color="grey", lw=1,
+               label=f"{max(bar):,} Adam steps, random start")
   ax.set_xscale("log")
   ax.set_xlabel("fitting steps")
   ax.set_ylabel("PSNR on held-out crops (dB)")

@@ -219,8 +219,8 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   # Levenberg-Marquardt at the run's damping, up to 100 steps, never worse as it goes on.
   assert r["lm"] == {"damping": 0.1, "down": 1.5}
   lm = r["psnr"]["lm/learned"]
-  assert sorted(int(k) for k in lm) == [0, 1, 3, 10, 100]
-  assert lm["0"] <= lm["1"] <= lm["3"] <= lm["10"] <= lm["100"] and lm["100"] > lm["0"] + 1
+  assert sorted(int(k) for k in lm) == [0, 1, 3, 10, 30, 100]
+  assert lm["0"] <= lm["1"] <= lm["3"] <= lm["10"] <= lm["30"] <= lm["100"] and lm["100"] > lm["0"] + 1
   assert sorted(int(k) for k in r["psnr"]["recipe/random"]) == [0, 1, 3, 10, 40]
   # Every curve of one start begins at that start's PSNR, and the recipe's fit improves it.
   for start in ("learned", "random"):

@@ -74,15 +74,16 @@ def _runner(tx, coords, method):
           jax.jit(jax.vmap(lambda p, t: meta.psnr(meta.mse(p, coords, t, method)))))
 
 
-def _fit_lm(starts, targets, coords, method, damping, down, marks):
+def _fit_lm(starts, targets, coords, method, damping, down, marks, desc="lm fits"):
   """As _fit_segments, with Levenberg-Marquardt steps: one crop at a time (each holds its
-  own Jacobian), the damping carried from one segment to the next."""
+  own Jacobian), the damping carried from one segment to the next. A progress bar per
+  crop: on a large net (the 6x5 default: 2,736 weights) each step takes seconds."""
   import functools
 
   import jax
   import numpy as np
 
-  from dfm_flax import levenberg
+  from dfm_flax import levenberg, progress
   from dfm_flax.tasks import meta
 
   @functools.partial(jax.jit, static_argnums=3)
@@ -91,6 +92,7 @@ def _fit_lm(starts, targets, coords, method, damping, down, marks):
     return params, lam, meta.psnr(meta.mse(params, coords, target, method))
 
   per_crop = []
+  bar = progress.bar(len(targets), 0, desc, disable=False, unit="crop")
   for i in range(len(targets)):
     params = jax.tree.map(lambda x: x[i], starts)
     lam, done, out = damping, 0, {}
@@ -99,6 +101,8 @@ def _fit_lm(starts, targets, coords, method, damping, down, marks):
       done = k
       out[k] = (params, float(psnr))
     per_crop.append(out)
+    bar.update(1)
+  bar.close()
   return {k: (jax.tree.map(lambda *xs: np.stack(xs), *[c[k][0] for c in per_crop]),
               np.array([c[k][1] for c in per_crop])) for k in marks}
 
@@ -116,7 +120,8 @@ def _tune_lm(cfg, start, coords, method, crops):
   for damping in LM_DAMPINGS:
     for down in LM_DOWNS:
       scores[(damping, down)] = float(np.mean(
-          _fit_lm(starts, train, coords, method, damping, down, [10])[10][1]))
+          _fit_lm(starts, train, coords, method, damping, down, [10],
+                  f"lm damping {damping:g}, down {down:g}")[10][1]))
       print(f"lm damping {damping:g}, down {down:g}: {scores[(damping, down)]:.2f} dB after 10 "
             f"steps on {crops} training crops", flush=True)
   return max(scores, key=scores.get), scores
@@ -241,7 +246,7 @@ def main():
       lm["grid"] = {f"{d:g}/{n:g}": v for (d, n), v in grid.items()}
     for name, start in starts.items():
       fits[("lm", name)] = _fit_lm(start, targets, coords, method, lm["damping"], lm["down"],
-                                   LM_CHECKPOINTS)
+                                   LM_CHECKPOINTS, f"lm fits, {name} start")
     coded_at += [("lm", k) for k in CODED_AT if k <= LM_CHECKPOINTS[-1]]
   if a.recipe_steps:
     tx, peak = _recipe(a.recipe_steps)

@@ -37,20 +37,35 @@ LM_DAMPINGS = (0.03, 0.1, 0.3, 1.0, 3.0)
 LM_DOWNS = (1.5, 2.0, 3.0)
 
 
-def _fit_segments(runner, starts, targets, lrs, checkpoints):
+def _fit_segments(runner, starts, targets, lrs, checkpoints, state=None, desc=""):
   """Params (leading crop axis) after each checkpoint's number of steps, and the PSNR
-  there; every crop fitted independently (vmapped) by `runner` (see `_runner`)."""
+  there; every crop fitted independently by `runner` (see `_runner`, `_lm_runner`) from
+  `state` (default: its optimiser's). desc: a progress bar over the steps."""
   import jax
   import jax.numpy as jnp
+
+  from dfm_flax import progress
   tx, run, psnr = runner
   lrs = jnp.asarray(lrs, jnp.float32)
-  params, state, done, out = starts, jax.vmap(tx.init)(starts), 0, {}
+  state = jax.vmap(tx.init)(starts) if state is None else state
+  params, done, out = starts, 0, {}
+  bar = progress.bar(checkpoints[-1], 0, desc, disable=not desc)
   for k in checkpoints:
     if k > done:
       params, state = run(params, state, targets, lrs, k - done)
+      bar.update(k - done)
       done = k
     out[k] = (params, jax.device_get(psnr(params, targets)))
+  bar.close()
   return out
+
+
+def _psnr(coords, method):
+  """Each crop's PSNR, compiled once."""
+  import jax
+
+  from dfm_flax.tasks import meta
+  return jax.jit(jax.vmap(lambda p, t: meta.psnr(meta.mse(p, coords, t, method))))
 
 
 def _runner(tx, coords, method):
@@ -70,44 +85,33 @@ def _runner(tx, coords, method):
       return optax.apply_updates(p, u), s
     return jax.lax.fori_loop(0, n, step, (p, s))
 
-  return (tx, jax.jit(jax.vmap(advance, in_axes=(0, 0, 0, None, None))),
-          jax.jit(jax.vmap(lambda p, t: meta.psnr(meta.mse(p, coords, t, method)))))
+  return tx, jax.jit(jax.vmap(advance, in_axes=(0, 0, 0, None, None))), _psnr(coords, method)
 
 
-def _fit_lm(starts, targets, coords, method, damping, down, marks, desc="lm fits"):
-  """As _fit_segments, with Levenberg-Marquardt steps: one crop at a time (each holds its
-  own Jacobian), the damping carried from one segment to the next. A progress bar per
-  crop: on a large net (the 6x5 default: 2,736 weights) each step takes seconds."""
-  import functools
-
+def _lm_runner(coords, method):
+  """As _runner, for Levenberg-Marquardt steps (dfm_flax/levenberg.py): the state is each
+  crop's (damping, divisor), `_lm_state`, so every damping compiles once and a fit goes on
+  where the last segment stopped. The lrs are unused. One crop at a time (lax.map), not
+  vmapped: each holds its own Jacobian."""
   import jax
+
+  from dfm_flax import levenberg
+
+  def advance(p, s, t, n):
+    (lam, down) = s
+    p, lam, _ = levenberg.fit(p, coords, t, n, method, lam, down)
+    return p, (lam, down)
+
+  run = jax.jit(lambda p, s, t, _lrs, n: jax.lax.map(lambda a: advance(*a, n), (p, s, t)))
+  return None, run, _psnr(coords, method)
+
+
+def _lm_state(crops: int, damping: float, down: float):
   import numpy as np
-
-  from dfm_flax import levenberg, progress
-  from dfm_flax.tasks import meta
-
-  @functools.partial(jax.jit, static_argnums=3)
-  def run(params, target, lam, steps):
-    params, lam, _ = levenberg.fit(params, coords, target, steps, method, lam, down)
-    return params, lam, meta.psnr(meta.mse(params, coords, target, method))
-
-  per_crop = []
-  bar = progress.bar(len(targets), 0, desc, disable=False, unit="crop")
-  for i in range(len(targets)):
-    params = jax.tree.map(lambda x: x[i], starts)
-    lam, done, out = damping, 0, {}
-    for k in marks:
-      params, lam, psnr = run(params, targets[i], lam, k - done)
-      done = k
-      out[k] = (params, float(psnr))
-    per_crop.append(out)
-    bar.update(1)
-  bar.close()
-  return {k: (jax.tree.map(lambda *xs: np.stack(xs), *[c[k][0] for c in per_crop]),
-              np.array([c[k][1] for c in per_crop])) for k in marks}
+  return np.full(crops, damping, np.float32), np.full(crops, down, np.float32)
 
 
-def _tune_lm(cfg, start, coords, method, crops):
+def _tune_lm(cfg, start, lm_runner, crops):
   """(damping, down) of a small grid whose 10 LM steps from the learned start fit
   `crops` training crops best (fresh crops of the training images, never held-out ones)."""
   import jax
@@ -119,9 +123,8 @@ def _tune_lm(cfg, start, coords, method, crops):
   scores = {}
   for damping in LM_DAMPINGS:
     for down in LM_DOWNS:
-      scores[(damping, down)] = float(np.mean(
-          _fit_lm(starts, train, coords, method, damping, down, [10],
-                  f"lm damping {damping:g}, down {down:g}")[10][1]))
+      fit = _fit_segments(lm_runner, starts, train, (), [10], _lm_state(crops, damping, down))
+      scores[(damping, down)] = float(np.mean(fit[10][1]))
       print(f"lm damping {damping:g}, down {down:g}: {scores[(damping, down)]:.2f} dB after 10 "
             f"steps on {crops} training crops", flush=True)
   return max(scores, key=scores.get), scores
@@ -136,15 +139,11 @@ def _other_held_out(mc, names: str) -> None:
   if meta.source(mc) != "photos":
     raise UserError("--held_out names built-in photographs; this run trained on "
                     "meta.source=data, whose held-out images are its last ones")
-  wanted = [n for n in names.split(",") if n]
-  if unknown := [n for n in wanted if n not in photos.NAMES]:
-    raise UserError(f"unknown photograph(s) {unknown}; built in: {', '.join(photos.NAMES)}")
-  same = {"coffee": "coffee_full", "cat": "chelsea"}  # The same pixels under two names.
-  canonical = lambda names: {same.get(n, n) for n in names}  # noqa: E731
-  if trained := sorted(n for n in wanted if canonical([n]) & canonical(mc.photos.split(","))):
+  photos.check_names(meta.photo_names(names))
+  if trained := meta.trained_on(mc, names):
     raise UserError(f"--held_out {trained} were in this run's training photographs "
                     f"({mc.photos}): they are not held out")
-  mc.held_out = ",".join(wanted)
+  mc.held_out = names
 
 
 def _recipe(steps: int):
@@ -239,14 +238,19 @@ def main():
   lm = None
   if a.lm:
     from dfm_flax import levenberg
+    from experiments import meta as meta_config
     levenberg.check_size(model_cfg.width, model_cfg.depth, channels, mc.crop**2)
-    lm = {"damping": mc.get("lm_damping", 0.1), "down": mc.get("lm_down", 1.5)}
+    default = meta_config.get_config().meta  # Runs saved before LM existed.
+    lm = {"damping": mc.get("lm_damping", default.lm_damping),
+          "down": mc.get("lm_down", default.lm_down)}
+    lm_runner = _lm_runner(coords, method)
     if a.lm_tune:
-      (lm["damping"], lm["down"]), grid = _tune_lm(cfg, learned, coords, method, a.crops)
+      (lm["damping"], lm["down"]), grid = _tune_lm(cfg, learned, lm_runner, a.crops)
       lm["grid"] = {f"{d:g}/{n:g}": v for (d, n), v in grid.items()}
     for name, start in starts.items():
-      fits[("lm", name)] = _fit_lm(start, targets, coords, method, lm["damping"], lm["down"],
-                                   LM_CHECKPOINTS, f"lm fits, {name} start")
+      fits[("lm", name)] = _fit_segments(
+          lm_runner, start, targets, (), LM_CHECKPOINTS,
+          _lm_state(a.crops, lm["damping"], lm["down"]), f"lm fits, {name} start")
     coded_at += [("lm", k) for k in CODED_AT if k <= LM_CHECKPOINTS[-1]]
   if a.recipe_steps:
     tx, peak = _recipe(a.recipe_steps)

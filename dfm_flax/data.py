@@ -189,6 +189,7 @@ def photo_crops(names, count: int, size: int, seed: int, stride: int = 1, pool: 
   (grey repeated), of a random window (random_crops): crop i comes from photograph
   i mod len(names), which is its label. Deterministic in seed."""
   from dfm_flax import photos
+  photos.check_names(names)
   pics = []
   for name in names:
     p = photos.pixels(name)

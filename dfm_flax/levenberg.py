@@ -58,8 +58,7 @@ def fit(params, coords, target, steps: int, method: str, damping, down: float,
     return (fourier.net_apply(unravel(w), coords, method) - target).ravel()
 
   def step(_, carry):
-    w, lam = carry
-    r = residual(w)
+    w, lam, r = carry  # r: the residual at w, carried from the step that accepted w.
     # Row i of jac_t: the residual's derivative in weight i (one forward-mode pass each).
     jac_t = jax.lax.map(lambda v: jax.jvp(residual, (w,), (v,))[1], jnp.eye(w.size, dtype=w.dtype),
                         batch_size=JACOBIAN_CHUNK)
@@ -67,9 +66,12 @@ def fit(params, coords, target, steps: int, method: str, damping, down: float,
     grad = jnp.matmul(jac_t, r, precision=fourier.HIGHEST)
     damped = curvature + lam * jnp.diag(jnp.diag(curvature) + EPS)
     trial = w - jnp.linalg.solve(damped, grad)
-    better = jnp.sum(residual(trial) ** 2) < jnp.sum(r ** 2)
-    return jnp.where(better, trial, w), jnp.where(better, lam / down, lam * up)
+    r_trial = residual(trial)
+    better = jnp.sum(r_trial ** 2) < jnp.sum(r ** 2)
+    return (jnp.where(better, trial, w), jnp.where(better, lam / down, lam * up),
+            jnp.where(better, r_trial, r))
 
-  start_mse = jnp.mean(residual(flat) ** 2)
-  flat, damping = jax.lax.fori_loop(0, steps, step, (flat, jnp.asarray(damping, flat.dtype)))
-  return unravel(flat), damping, start_mse
+  r = residual(flat)
+  flat, damping, _ = jax.lax.fori_loop(0, steps, step,
+                                       (flat, jnp.asarray(damping, flat.dtype), r))
+  return unravel(flat), damping, jnp.mean(r ** 2)

@@ -57,6 +57,23 @@ _OTHERS = {
     "hopper": lambda: _matplotlib("grace_hopper.jpg"),  # matplotlib's sample data
 }
 NAMES = tuple(_CROPS) + tuple(_OTHERS)
+# Names that show the same pixels: coffee is coffee_full's centre; scikit-image's cat is
+# its chelsea. A photograph held out of training must not be one of these twins.
+_SAME_PIXELS = {"coffee": "coffee_full", "cat": "chelsea"}
+
+
+def check_names(names) -> None:
+  """Refuse, in one line, a name that is not a built-in photograph."""
+  if unknown := [n for n in names if n not in NAMES]:
+    from dfm_flax.errors import UserError
+    raise UserError(f"unknown photograph(s) {unknown}; built in: {', '.join(NAMES)}")
+
+
+def shared(names, others) -> list[str]:
+  """The names in `names` whose pixels (or a part of them) are also among `others`'."""
+  source = lambda n: _SAME_PIXELS.get(n, n)  # noqa: E731
+  theirs = {source(n) for n in others}
+  return sorted({n for n in names if source(n) in theirs})
 
 
 def pixels(name: str) -> np.ndarray:

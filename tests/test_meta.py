@@ -102,6 +102,16 @@ def test_held_out_photographs_must_not_be_trained_on():
   c.meta.held_out = "astronaut"
   with pytest.raises(UserError, match="share"):
     meta.Task(c)
+  # The same pixels under another name: coffee is coffee_full's centre, cat is chelsea.
+  c.meta.held_out, c.meta.photos = "coffee", "astronaut,coffee_full"
+  with pytest.raises(UserError, match=r"share \['coffee'\]"):
+    meta.Task(c)
+  c.meta.held_out, c.meta.photos = "cat", "chelsea"
+  with pytest.raises(UserError, match="share"):
+    meta.Task(c)
+  c.meta.held_out, c.meta.photos = "chelsea", "astronaut,kitten"
+  with pytest.raises(UserError, match=r"unknown photograph\(s\) \['kitten'\]"):
+    meta.Task(c)
 
 
 def _folder(tmp_path, sizes):

@@ -48,6 +48,18 @@ def source(meta_cfg) -> str:
   return meta_cfg.get("source", "photos")
 
 
+def trained_on(meta_cfg, names: str) -> list[str]:
+  """Those of the built-in photographs `names` (comma-separated) whose pixels the run
+  trains on (meta.photos; coffee is coffee_full's, cat is chelsea)."""
+  from dfm_flax import photos
+  return photos.shared(photo_names(names), photo_names(meta_cfg.photos))
+
+
+def photo_names(text: str) -> list[str]:
+  """The names of a comma-separated list (meta.photos, meta.held_out)."""
+  return [n for n in text.split(",") if n]
+
+
 def inner_optimizer(meta_cfg) -> str:
   """meta.inner_optimizer; runs saved before it existed adapted by gradient steps."""
   return meta_cfg.get("inner_optimizer", "sgd")
@@ -80,7 +92,7 @@ def meta_crops(config, count: int, seed: int, held_out: bool, split=None) -> np.
   mc = config.meta
   scale = mc.get("scale", 1)  # Runs saved before meta.scale existed: 1.
   if source(mc) == "photos":
-    names = [n for n in (mc.held_out if held_out else mc.photos).split(",") if n]
+    names = photo_names(mc.held_out if held_out else mc.photos)
     return _flat(data.photo_crops(names, count, mc.crop, seed, scale, pool=True)[0] / 255.0)
   pics = (split or data_images(config))[1 if held_out else 0]
   return _flat(data.random_crops(pics, count, mc.crop, seed, scale, pool=True)[0])
@@ -132,10 +144,8 @@ class Task(TaskBase):
       raise UserError(f"unknown meta.inner_optimizer {mc.inner_optimizer!r}; use sgd or lm")
     if source(mc) not in ("photos", "data"):
       raise UserError(f"unknown meta.source {mc.source!r}; use photos or data")
-    if source(mc) == "photos":
-      shared = set(mc.photos.split(",")) & set(mc.held_out.split(",")) - {""}
-      if shared:
-        raise UserError(f"meta.photos and meta.held_out share {sorted(shared)}")
+    if source(mc) == "photos" and (shared := trained_on(mc, mc.held_out)):
+      raise UserError(f"meta.photos and meta.held_out share {shared}")
     split = data_images(config) if source(mc) == "data" else None
     if inner_optimizer(mc) == "lm":  # Before any crop is cut. Built-in photographs: colour.
       channels = split[0][0].shape[-1] if split else 3

@@ -15,6 +15,8 @@ two optimisers, both per layer lr / 2^m as the recipe:
   * lm (with --lm): Levenberg-Marquardt steps (dfm_flax/levenberg.py) at the run's
     meta.lm_damping and meta.lm_down, or at the best of a small grid on *training* crops
     (--lm_tune; never on the held-out ones), up to 100 steps;
+  * lm_search (with --lm_search): LM steps that each keep the best of 7 dampings x 4 step
+    lengths from their one Jacobian (levenberg.fit's search), from the same first damping;
   * recipe (with --recipe_steps N): `compress.py:best`'s own optimiser and schedule for N
     steps (Adam b1 0.95, eps 1e-3, warm-up then cosine, peak 0.1 / 2^m): the full-length
     fit the codec makes, here on all the crop's pixels every step.
@@ -88,18 +90,18 @@ def _runner(tx, coords, method):
   return tx, jax.jit(jax.vmap(advance, in_axes=(0, 0, 0, None, None))), _psnr(coords, method)
 
 
-def _lm_runner(coords, method):
+def _lm_runner(coords, method, search: bool = False):
   """As _runner, for Levenberg-Marquardt steps (dfm_flax/levenberg.py): the state is each
   crop's (damping, divisor), `_lm_state`, so every damping compiles once and a fit goes on
   where the last segment stopped. The lrs are unused. One crop at a time (lax.map), not
-  vmapped: each holds its own Jacobian."""
+  vmapped: each holds its own Jacobian. search: levenberg.fit's."""
   import jax
 
   from dfm_flax import levenberg
 
   def advance(p, s, t, n):
     (lam, down) = s
-    p, lam, _ = levenberg.fit(p, coords, t, n, method, lam, down)
+    p, lam, _ = levenberg.fit(p, coords, t, n, method, lam, down, search=search)
     return p, (lam, down)
 
   run = jax.jit(lambda p, s, t, _lrs, n: jax.lax.map(lambda a: advance(*a, n), (p, s, t)))
@@ -192,6 +194,9 @@ def main():
   p.add_argument("--lm", action="store_true", help="also fit with Levenberg-Marquardt steps")
   p.add_argument("--lm_tune", action="store_true",
                  help="with --lm: choose its damping on training crops (a 5x3 grid)")
+  p.add_argument("--lm_search", action="store_true",
+                 help="also fit with LM steps that each try several dampings and lengths "
+                      "(levenberg.fit's search; implies --lm)")
   a = p.parse_args()
   import jax
   import numpy as np
@@ -236,7 +241,7 @@ def main():
                                             CHECKPOINTS)
   coded_at = [(opt, k) for opt in ("sgd", "adam") for k in CODED_AT]
   lm = None
-  if a.lm:
+  if a.lm or a.lm_search:
     from dfm_flax import levenberg
     from experiments import meta as meta_config
     levenberg.check_size(model_cfg.width, model_cfg.depth, channels, mc.crop**2)
@@ -247,11 +252,14 @@ def main():
     if a.lm_tune:
       (lm["damping"], lm["down"]), grid = _tune_lm(cfg, learned, lm_runner, a.crops)
       lm["grid"] = {f"{d:g}/{n:g}": v for (d, n), v in grid.items()}
-    for name, start in starts.items():
-      fits[("lm", name)] = _fit_segments(
-          lm_runner, start, targets, (), LM_CHECKPOINTS,
-          _lm_state(a.crops, lm["damping"], lm["down"]), f"lm fits, {name} start")
-    coded_at += [("lm", k) for k in CODED_AT if k <= LM_CHECKPOINTS[-1]]
+    lm["search"] = a.lm_search
+    for opt, runner in [("lm", lm_runner)] + (
+        [("lm_search", _lm_runner(coords, method, True))] if a.lm_search else []):
+      for name, start in starts.items():
+        fits[(opt, name)] = _fit_segments(
+            runner, start, targets, (), LM_CHECKPOINTS,
+            _lm_state(a.crops, lm["damping"], lm["down"]), f"{opt} fits, {name} start")
+      coded_at += [(opt, k) for k in CODED_AT if k <= LM_CHECKPOINTS[-1]]
   if a.recipe_steps:
     tx, peak = _recipe(a.recipe_steps)
     recipe = _runner(tx, coords, method)
@@ -307,7 +315,9 @@ def _table(r) -> str:
            + (f"; recipe: compress.py:best over {r['recipe_steps']} steps" if r.get("recipe_steps")
               else "")
            + (f"; lm damping {r['lm']['damping']:g}, down {r['lm']['down']:g}" if r.get("lm")
-              else "") + ".", "",
+              else "")
+           + ("; lm_search: each step the best of 7 dampings x 4 lengths" if
+              (r.get("lm") or {}).get("search") else "") + ".", "",
            "| optimiser / start | " + " | ".join(f"{k} steps" for k in marks) + " |",
            "|---|" + "---|" * len(marks)]
   for key, curve in r["psnr"].items():
@@ -333,7 +343,8 @@ def _plot(r, path: str) -> None:
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.5, 4))
   styles = {"learned": "-", "random": "--"}
-  colours = {"sgd": "tab:blue", "adam": "tab:orange", "recipe": "tab:green", "lm": "tab:red"}
+  colours = {"sgd": "tab:blue", "adam": "tab:orange", "recipe": "tab:green", "lm": "tab:red",
+             "lm_search": "tab:purple"}
   for key, curve in r["psnr"].items():
     opt, start = key.split("/")
     ks = [k for k in sorted(curve) if k > 0]

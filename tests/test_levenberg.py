@@ -27,8 +27,9 @@ def _net(width=3, depth=3, variance=0.05, seed=1):
           for s in fourier.param_shapes(width, depth, 3)]
 
 
-def numpy_lm(params, coords, target, steps, damping, down, up=levenberg.UP):
-  """Independent: the Jacobian by reverse mode, the step by numpy in float64."""
+def numpy_lm(params, coords, target, steps, damping, down, up=levenberg.UP, search=False):
+  """Independent: the Jacobian by reverse mode, the step by numpy in float64; search: each
+  step the best of the grid of dampings and lengths, by loops."""
   w = np.asarray(fourier.flatten(params), np.float64)
 
   def residual(v):
@@ -42,7 +43,14 @@ def numpy_lm(params, coords, target, steps, damping, down, up=levenberg.UP):
     r = residual(w)
     j = np.asarray(jac(jnp.asarray(w, jnp.float32)), np.float64)
     a = j.T @ j
-    trial = w - np.linalg.solve(a + lam * np.diag(np.diag(a) + levenberg.EPS), j.T @ r)
+    solve = lambda lam: np.linalg.solve(a + lam * np.diag(np.diag(a) + levenberg.EPS), j.T @ r)  # noqa: E731
+    if search:
+      loss, trial, kept = min((np.sum(residual(w - t * solve(l)) ** 2), list(w - t * solve(l)), l)
+                              for l in lam * np.asarray(levenberg.SEARCH_DAMPINGS)
+                              for t in levenberg.SEARCH_LENGTHS)
+      w, lam = (np.asarray(trial), kept) if loss < np.sum(r ** 2) else (w, lam * levenberg.SEARCH_UP)
+      continue
+    trial = w - solve(lam)
     if np.sum(residual(trial) ** 2) < np.sum(r ** 2):
       w, lam = trial, lam / down
     else:
@@ -59,6 +67,23 @@ def test_lm_steps_match_a_numpy_implementation():
   assert float(lam) == pytest.approx(expect_lam, rel=1e-5)
   assert float(before) == pytest.approx(float(meta.mse(start, coords, target, "auto")), rel=1e-5)
   assert np.abs(expect - np.asarray(fourier.flatten(start))).max() > 1e-2  # it moved
+
+
+def test_lm_search_steps_match_a_numpy_implementation_and_beat_plain_steps():
+  coords = jnp.asarray(images.pixel_grid(8, 8, (0.0, 0.5)))
+  target, start = _crop(seed=5), _net(seed=6)
+  params, lam, _ = levenberg.fit(start, coords, target, 4, "auto", 0.1, 1.5, search=True)
+  expect, expect_lam = numpy_lm(start, coords, target, 4, 0.1, 1.5, search=True)
+  np.testing.assert_allclose(np.asarray(fourier.flatten(params)), expect, rtol=2e-3, atol=2e-4)
+  assert float(lam) == pytest.approx(expect_lam, rel=1e-5)
+  plain, _, _ = levenberg.fit(start, coords, target, 4, "auto", 0.1, 1.5)
+  searched = float(meta.mse(params, coords, target, "auto"))
+  assert searched < 0.9 * float(meta.mse(plain, coords, target, "auto"))
+  # At an exact fit no point is lower: the step is dropped and the damping raised past the grid.
+  exact = fourier.net_apply(start, coords, "auto")
+  kept, lam, _ = levenberg.fit(start, coords, exact, 1, "auto", 0.1, 1.5, search=True)
+  np.testing.assert_array_equal(np.asarray(fourier.flatten(kept)), np.asarray(fourier.flatten(start)))
+  assert float(lam) == pytest.approx(0.1 * levenberg.SEARCH_UP)
 
 
 def test_lm_never_raises_the_loss_and_beats_as_many_gradient_steps():
@@ -105,13 +130,14 @@ def _lm_task(**changes):
   return meta.Task(c), c
 
 
-def test_reptile_with_lm_inner_steps_moves_theta_to_the_mean_lm_fit():
-  task, c = _lm_task(algorithm="reptile")
+@pytest.mark.parametrize("search", [False, True])
+def test_reptile_with_lm_inner_steps_moves_theta_to_the_mean_lm_fit(search):
+  task, c = _lm_task(algorithm="reptile", lm_search=search)
   model = task.build_model(nnx.Rngs(0))
   batch = task.batch(2)
   theta = model.params_list()
   phis = [numpy_lm(theta, task.coords, t, c.meta.inner_steps, c.meta.lm_damping,
-                   c.meta.lm_down)[0] for t in batch["target"]]
+                   c.meta.lm_down, search=search)[0] for t in batch["target"]]
   grads = nnx.grad(lambda m: task.loss(m, batch)[0])(model)
   expect = np.asarray(fourier.flatten(theta)) - np.mean(phis, 0)
   got = _flat_grads(grads, len(theta))

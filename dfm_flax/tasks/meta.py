@@ -5,7 +5,8 @@ square crops (`meta.crop` px) of the training images and adapts the net to each 
 `meta.inner_steps` steps on its pixels' MSE, vmapped over the crops: gradient descent
 (`meta.inner_optimizer=sgd`; per-layer step `meta.inner_lr / 2^m`, as
 `optim.scale_by_terms`) or Levenberg-Marquardt (`lm`; dfm_flax/levenberg.py, damping
-`meta.lm_damping` divided by `meta.lm_down` after each step that lowers the loss). The outer loss:
+`meta.lm_damping` divided by `meta.lm_down` after each step that lowers the loss; with
+`meta.lm_search` each step keeps the best of several dampings and lengths). The outer loss:
 
   maml     the MSE after adaptation, differentiated through the inner steps
            (`meta.first_order`: without the inner steps' second derivatives);
@@ -121,12 +122,19 @@ def adapt(params, coords, target, steps: int, lrs, method: str, first_order: boo
   return params, losses[0]
 
 
+def lm_search(meta_cfg) -> bool:
+  """meta.lm_search; runs saved before it existed took plain LM steps."""
+  return bool(meta_cfg.get("lm_search", False))
+
+
 def adapt_lm(params, coords, target, steps: int, damping: float, down: float, method: str,
-             first_order: bool):
-  """`steps` Levenberg-Marquardt steps (dfm_flax/levenberg.py) from params on one crop;
-  returns the adapted params and the loss at params. first_order: the adapted params
-  depend on params as params plus a constant (no derivative through the solves)."""
-  phi, _, before = levenberg.fit(params, coords, target, steps, method, damping, down)
+             first_order: bool, search: bool = False):
+  """`steps` Levenberg-Marquardt steps (dfm_flax/levenberg.py; search: its search step)
+  from params on one crop; returns the adapted params and the loss at params. first_order:
+  the adapted params depend on params as params plus a constant (no derivative through the
+  solves)."""
+  phi, _, before = levenberg.fit(params, coords, target, steps, method, damping, down,
+                                 search=search)
   if first_order:
     phi = jax.tree.map(lambda p, f: p + jax.lax.stop_gradient(f - p), params, phi)
   return phi, before
@@ -185,7 +193,8 @@ class Task(TaskBase):
     mc, method = self.config.meta, self.config.model.method
     if inner_optimizer(mc) == "lm":
       return jax.vmap(lambda t: adapt_lm(params, self.coords, t, mc.inner_steps, mc.lm_damping,
-                                         mc.lm_down, method, mc.first_order))(targets)
+                                         mc.lm_down, method, mc.first_order,
+                                         lm_search(mc)))(targets)
     return jax.vmap(lambda t: adapt(params, self.coords, t, mc.inner_steps, self.lrs, method,
                                     mc.first_order))(targets)
 

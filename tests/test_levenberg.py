@@ -158,3 +158,13 @@ def test_first_order_maml_with_lm_is_the_gradient_at_the_adapted_weights():
     grads.append(np.asarray(fourier.flatten(jax.grad(meta.mse)(phi, task.coords, t, "auto"))))
   got = _flat_grads(nnx.grad(lambda m: task.loss(m, batch)[0])(model), len(theta))
   np.testing.assert_allclose(got, np.mean(grads, 0), rtol=5e-3, atol=1e-5)
+
+
+def test_lm_speed_benchmark_times_every_fit_against_1000_adam_steps():
+  from tests.helpers import run_cli
+  proc = run_cli("benchmarks.lm_speed", "--nets", "2x2", "--crop", "8", "--repeats", "1")
+  assert proc.returncode == 0, proc.stderr
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("2x2 net")]
+  assert [line.split(",")[1].split("steps")[0].strip() for line in lines] == [
+      "10 adam", "1000 adam", "10 lm", "10 lm_search"]
+  assert "(1.00x 1,000 Adam steps)" in lines[1]

@@ -6,7 +6,8 @@ compress run into a file: fine-tune, choose the size and bit depth, call `codec`
 
 `encode_run` takes a finished compress run, optionally fine-tunes it with the forward
 pass on the codec's quantisation grid (straight-through gradients), codes it, writes
-the file atomically and measures what the file decodes to.
+the file atomically and measures what the file decodes to. `encode_lm` fits a small
+image from a learned start with a few Levenberg-Marquardt steps instead, and codes it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import os
 import time
 
 import ml_collections
+import numpy as np
 
 from dfm_flax import images
 from dfm_flax.errors import UserError
@@ -82,6 +84,31 @@ def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder:
                         m.method, bits, coder, start_params)
     rows.append(_write(data, image, m, out, start_params, shared_s + time.perf_counter() - tic))
   return rows
+
+
+def encode_lm(image, out: str, start: str, steps: int, bits: int, coder: str) -> dict:
+  """Fit `image` from the start in run `start` with `steps` Levenberg-Marquardt steps that
+  search (levenberg.fit, the start's meta.lm_damping) and code the fit as the difference
+  from the start: no training run and no fine-tune. For images of the start's crop size
+  and nets small enough for LM (README, "Ten steps"); figures of the decoded file."""
+  import jax
+  from dfm_flax import codec, fourier, levenberg
+  from dfm_flax.restore import saved_config
+  net, params = load_start(start)
+  h, w, c = image.shape
+  if [a.shape for a, _ in params] != fourier.param_shapes(net.width, net.depth, c):
+    raise UserError(f"the start in {start} is not a net for {c}-channel images like this one")
+  levenberg.check_size(net.width, net.depth, c, h * w)
+  damping = saved_config(start).get("meta", {}).get("lm_damping", 0.1)
+  coords = images.pixel_grid(h, w, tuple(net.coord_range))
+  target = image.reshape(-1, c).astype(np.float32) * 2 - 1  # the nets' [-1, 1] pixels
+  tic = time.perf_counter()
+  fit = jax.jit(lambda p, t: levenberg.fit(p, coords, t, steps, net.method, damping, 1.0,
+                                           search=True)[0])
+  fitted = [(np.asarray(a), np.asarray(b)) for a, b in fit(params, target)]
+  data = codec.encode(fitted, image.shape, net.width, net.depth, tuple(net.coord_range),
+                      net.method, bits, coder, params)
+  return _write(data, image, net, out, params, time.perf_counter() - tic)
 
 
 def _fitted(source: str, images_in: list):

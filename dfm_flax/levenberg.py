@@ -17,7 +17,7 @@ With `search`, a step tries more than one damping from its one Jacobian: the dam
 solved at lam times each of SEARCH_DAMPINGS, each solution taken at each of SEARCH_LENGTHS,
 and keeps whichever of those 28 points has the lowest loss (its damping becomes lam). A
 point costs one solve of the weights x weights system and one forward pass, far less than the
-Jacobian's one forward-mode pass per weight, so a step costs about 1.4x a plain one (README,
+Jacobian's one forward-mode pass per weight, so a step costs about 1.5x a plain one (README,
 "Ten steps"). If none lowers the loss, the step is dropped and lam multiplied by
 SEARCH_UP.
 

@@ -65,6 +65,9 @@ _GRID = flags.DEFINE_enum("grid", None, ["uniform", "sensitivity"],
                           "weights move the picture, scaled to the size (dfm_flax/grids.py).")
 _INIT = flags.DEFINE_string("init", None, "A run whose net is the start: encode fits from it and "
                             "codes the difference; decode adds it back.")
+_LM_STEPS = flags.DEFINE_integer("lm_steps", 0, "encode --init: fit with this many Levenberg-"
+                                 "Marquardt steps that search (no training run, no fine-tune): "
+                                 "for images of the start's crop size.", lower_bound=0)
 flags.mark_flags_as_required(["out"])
 
 def parse_size(text: str):
@@ -102,6 +105,8 @@ def _encode(image_path: str):
     # rate-distortion study), so --bpp starts from BPP_BITS.
     bits = encoding.BPP_BITS
   start = os.path.abspath(_INIT.value) if _INIT.value else None
+  if _LM_STEPS.value:
+    return _encode_lm(image, out, start, bits)
   start_model = encoding.load_start(start)[0] if start else None
   source = _FROM.value
   if not source:
@@ -128,6 +133,22 @@ def _encode(image_path: str):
         f"({'sensitivity grid' if grid == 'sensitivity' else f'{bits}-bit'}, "
         f"{_CODER.value if bits != 16 else 'fp16'}"
         f"{', difference from ' + _INIT.value if start else ''})")
+
+
+def _encode_lm(image, out: str, start, bits: int):
+  from dfm_flax import encoding, restore
+  from dfm_flax.errors import UserError
+  if not start:
+    raise UserError("--lm_steps fits from a learned start: give --init META_RUN")
+  for name in ("from", "bpp", "workdir", "qat_steps", "grid"):
+    if flags.FLAGS[name].present:
+      raise UserError(f"--lm_steps fits and codes without a training run: drop --{name}")
+  if note := restore.start_size_note(start, [image.shape]):
+    print(note, file=sys.stderr)
+  r = encoding.encode_lm(image, out, start, _LM_STEPS.value, bits, _CODER.value)
+  print(f"wrote {out}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp, PSNR {r['psnr']:.2f} dB "
+        f"({_LM_STEPS.value} LM steps in {r['encode_s']:.2f} s with the coding, "
+        f"{f'{bits}-bit' if bits != 16 else 'fp16'}, difference from {_INIT.value})")
 
 
 def _decode(path: str):

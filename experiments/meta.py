@@ -59,7 +59,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       "lm_damping": 0.1,
       "lm_down": 1.5,
       # lm: each step keeps the best of 7 dampings x 4 step lengths from its one Jacobian
-      # (levenberg.fit's search; lm_down unused): about 1.4x a plain step's time.
+      # (levenberg.fit's search; lm_down unused): about 1.5x a plain step's time.
       "lm_search": False,
       "tasks_per_step": 8,      # crops adapted to per outer step
       "crop": 32,

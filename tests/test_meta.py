@@ -1,6 +1,7 @@
 """Meta-learning task: the outer gradients against independent computations, and a run."""
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from dfm_flax import codec, data, encoding, fourier, restore
+from dfm_flax import codec, data, encoding, fourier, images, restore
 from dfm_flax.errors import UserError
 from dfm_flax.tasks import meta
 from experiments import meta as meta_config
@@ -217,6 +218,27 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   for (qa, qb), (da, db) in zip(qat.net_params(), back):
     np.testing.assert_allclose(qa, da, rtol=0, atol=1e-6)
     np.testing.assert_allclose(qb, db, rtol=0, atol=1e-6)
+  # Encoding in seconds: LM steps from the start, no training run; the file stores the
+  # difference from the start and decodes to the PSNR it reports, well above the start's.
+  small, lm_out = str(tmp_path / "small.png"), str(tmp_path / "small.dfm")
+  Image.fromarray(data.photo_crops(["astronaut"], 1, 16, 1)[0][0]).save(small)
+  proc = run_cli("experiments.codec", "encode", small, "--out", lm_out, "--init", wd,
+                 "--lm_steps", "3")
+  assert proc.returncode == 0, proc.stderr
+  assert "3 LM steps" in proc.stdout and not os.path.exists(lm_out + ".run")
+  reported = float(re.search(r"PSNR ([\d.]+) dB", proc.stdout).group(1))
+  header, back = codec.decode(open(lm_out, "rb").read(), start)
+  pixels = images.to_uint8(images.load_image(small)) / 255
+  decoded = images.render_params(back, 16, 16, header["coord_range"], header["method"])
+  assert images.psnr(pixels, images.to_uint8(decoded) / 255) == pytest.approx(reported, abs=0.01)
+  at_start = images.render_params(start, 16, 16, header["coord_range"], header["method"])
+  assert reported > images.psnr(pixels, images.to_uint8(at_start) / 255) + 1
+  assert "give --init" in error_line(run_cli("experiments.codec", "encode", small, "--out",
+                                             lm_out + "2", "--lm_steps", "3"))
+  assert "drop --bpp" in error_line(run_cli("experiments.codec", "encode", small, "--out",
+                                            lm_out + "2", "--init", wd, "--lm_steps", "3",
+                                            "--bpp", "1"))
+  assert not os.path.exists(lm_out + "2")
   # What the start buys (benchmarks.meta_start), with the recipe's own fits too.
   bench = str(tmp_path / "bench")
   proc = run_cli("benchmarks.meta_start", "--start", wd, "--out", bench, "--crops", "2",

@@ -65,10 +65,8 @@ def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder:
   from dfm_flax import codec
   config, model = _fitted(source, images_in)
   n = sum(a.size + b.size for a, b in model.params_list()) // max(getattr(model, "count", 0), 1)
-  for h, w, c in (im.shape for im in images_in):
-    if n * (16 if bits == 16 else bits) >= 8 * h * w * c:
-      raise UserError(f"the image ({w}x{h}x{c}) is too small for this net: its {n:,} weights "
-                      f"at {bits} bits take more bytes than the raw pixels; use a smaller net")
+  for image in images_in:
+    _check_not_too_small(image.shape, n, bits)
   start_params = load_start(start)[1] if start else None
   tic = time.perf_counter()
   if qat_steps and bits != 16:
@@ -86,6 +84,13 @@ def encode_runs(source: str, images_in: list, outs: list[str], bits: int, coder:
   return rows
 
 
+def _check_not_too_small(shape, weights: int, bits: int) -> None:
+  h, w, c = shape
+  if weights * (16 if bits == 16 else bits) >= 8 * h * w * c:
+    raise UserError(f"the image ({w}x{h}x{c}) is too small for this net: its {weights:,} "
+                    f"weights at {bits} bits take more bytes than the raw pixels; use a smaller net")
+
+
 def encode_lm(image, out: str, start: str, steps: int, bits: int, coder: str) -> dict:
   """Fit `image` from the start in run `start` with `steps` Levenberg-Marquardt steps that
   search (levenberg.fit, the start's meta.lm_damping) and code the fit as the difference
@@ -99,6 +104,7 @@ def encode_lm(image, out: str, start: str, steps: int, bits: int, coder: str) ->
   if [a.shape for a, _ in params] != fourier.param_shapes(net.width, net.depth, c):
     raise UserError(f"the start in {start} is not a net for {c}-channel images like this one")
   levenberg.check_size(net.width, net.depth, c, h * w)
+  _check_not_too_small(image.shape, sum(a.size + b.size for a, b in params), bits)
   damping = saved_config(start).get("meta", {}).get("lm_damping", 0.1)
   coords = images.pixel_grid(h, w, tuple(net.coord_range))
   target = image.reshape(-1, c).astype(np.float32) * 2 - 1  # the nets' [-1, 1] pixels

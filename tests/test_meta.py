@@ -238,6 +238,10 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   assert "drop --bpp" in error_line(run_cli("experiments.codec", "encode", small, "--out",
                                             lm_out + "2", "--init", wd, "--lm_steps", "3",
                                             "--bpp", "1"))
+  tiny = str(tmp_path / "tiny.png")
+  Image.fromarray(data.photo_crops(["astronaut"], 1, 4, 1)[0][0]).save(tiny)
+  assert "too small for this net" in error_line(run_cli(
+      "experiments.codec", "encode", tiny, "--out", lm_out + "2", "--init", wd, "--lm_steps", "3"))
   assert not os.path.exists(lm_out + "2")
   # What the start buys (benchmarks.meta_start), with the recipe's own fits too.
   bench = str(tmp_path / "bench")

@@ -243,16 +243,13 @@ def main():
   lm = None
   if a.lm or a.lm_search:
     from dfm_flax import levenberg
-    from experiments import meta as meta_config
     levenberg.check_size(model_cfg.width, model_cfg.depth, channels, mc.crop**2)
-    default = meta_config.get_config().meta  # Runs saved before LM existed.
-    lm = {"damping": mc.get("lm_damping", default.lm_damping),
-          "down": mc.get("lm_down", default.lm_down)}
+    lm = meta.lm_settings(mc)
     lm_runner = _lm_runner(coords, method)
     if a.lm_tune:
       (lm["damping"], lm["down"]), grid = _tune_lm(cfg, learned, lm_runner, a.crops)
       lm["grid"] = {f"{d:g}/{n:g}": v for (d, n), v in grid.items()}
-    lm["search"] = a.lm_search
+    lm["search"] = a.lm_search  # The fits below: plain, and with --lm_search searching too.
     for opt, runner in [("lm", lm_runner)] + (
         [("lm_search", _lm_runner(coords, method, True))] if a.lm_search else []):
       for name, start in starts.items():

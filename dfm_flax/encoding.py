@@ -99,13 +99,14 @@ def encode_lm(image, out: str, start: str, steps: int, bits: int, coder: str) ->
   import jax
   from dfm_flax import codec, fourier, levenberg
   from dfm_flax.restore import saved_config
+  from dfm_flax.tasks import meta
   net, params = load_start(start)
   h, w, c = image.shape
   if [a.shape for a, _ in params] != fourier.param_shapes(net.width, net.depth, c):
     raise UserError(f"the start in {start} is not a net for {c}-channel images like this one")
   levenberg.check_size(net.width, net.depth, c, h * w)
   _check_not_too_small(image.shape, sum(a.size + b.size for a, b in params), bits)
-  damping = saved_config(start).get("meta", {}).get("lm_damping", 0.1)
+  damping = meta.lm_settings(saved_config(start).get("meta"))["damping"]
   coords = images.pixel_grid(h, w, tuple(net.coord_range))
   target = image.reshape(-1, c).astype(np.float32) * 2 - 1  # the nets' [-1, 1] pixels
   tic = time.perf_counter()

@@ -168,3 +168,14 @@ def test_lm_speed_benchmark_times_every_fit_against_1000_adam_steps():
   assert [line.split(",")[1].split("steps")[0].strip() for line in lines] == [
       "10 adam", "1000 adam", "10 lm", "10 lm_search"]
   assert "(1.00x 1,000 Adam steps)" in lines[1]
+
+
+def test_lm_settings_of_runs_saved_before_them_are_the_config_files():
+  default = meta_config.get_config().meta
+  old = meta_config.get_config().meta
+  for key in ("lm_damping", "lm_down", "lm_search"):
+    del old[key]
+  expect = {"damping": default.lm_damping, "down": default.lm_down, "search": False}
+  assert meta.lm_settings(old) == expect
+  assert meta.lm_settings(None) == expect  # a start with no meta settings (a compress run)
+  assert meta.lm_settings(meta_config.get_config("lm_search").meta)["search"] is True

@@ -122,9 +122,16 @@ def adapt(params, coords, target, steps: int, lrs, method: str, first_order: boo
   return params, losses[0]
 
 
-def lm_search(meta_cfg) -> bool:
-  """meta.lm_search; runs saved before it existed took plain LM steps."""
-  return bool(meta_cfg.get("lm_search", False))
+def lm_settings(meta_cfg) -> dict:
+  """A run's Levenberg-Marquardt settings (damping, down, search), for its inner loop and
+  for the fits that start from it. A run saved before one existed (or a run with no meta
+  settings, e.g. a compress run used as a start) gets experiments/meta.py's value, and
+  plain steps: what such runs did."""
+  from experiments import meta as meta_config
+  default = meta_config.get_config().meta
+  get = lambda key, value: meta_cfg.get(key, value) if meta_cfg else value  # noqa: E731
+  return {"damping": get("lm_damping", default.lm_damping), "down": get("lm_down", default.lm_down),
+          "search": bool(get("lm_search", False))}
 
 
 def adapt_lm(params, coords, target, steps: int, damping: float, down: float, method: str,
@@ -168,6 +175,7 @@ class Task(TaskBase):
     self.coords = jnp.asarray(images.pixel_grid(mc.crop, mc.crop, tuple(config.model.coord_range)))
     dims = fourier.layer_dims(config.model.width, config.model.depth, self.channels)
     self.lrs = [mc.inner_lr / 2**m for m, _ in dims]
+    self.lm = lm_settings(mc)
     self._draw = jax.jit(lambda key: jax.random.choice(key, len(self.pool), (mc.tasks_per_step,)))
     probe = self.pool[:self.PROBE_CROPS]  # What the guard judges (guarded_loss).
     self._probe_mse = jax.jit(
@@ -192,9 +200,10 @@ class Task(TaskBase):
     """Each crop's adapted params and its loss at params (vmapped over the crops)."""
     mc, method = self.config.meta, self.config.model.method
     if inner_optimizer(mc) == "lm":
-      return jax.vmap(lambda t: adapt_lm(params, self.coords, t, mc.inner_steps, mc.lm_damping,
-                                         mc.lm_down, method, mc.first_order,
-                                         lm_search(mc)))(targets)
+      lm = self.lm
+      return jax.vmap(lambda t: adapt_lm(params, self.coords, t, mc.inner_steps, lm["damping"],
+                                         lm["down"], method, mc.first_order,
+                                         lm["search"]))(targets)
     return jax.vmap(lambda t: adapt(params, self.coords, t, mc.inner_steps, self.lrs, method,
                                     mc.first_order))(targets)
 

@@ -41,7 +41,8 @@ def _flat(cfg: dict) -> dict:
 
 # Settings added to config files after runs were saved, each with the value that does what
 # those runs did: a run saved without the key resumes (and is reused) under that value.
-ADDED_LATER = {"meta.scale": 1, "model.first_init_variance": 0.0, "meta.lm_search": False}
+ADDED_LATER = {"meta.scale": 1, "model.first_init_variance": 0.0, "meta.lm_search": False,
+               "meta.lm_refit": 0}
 
 
 def _check_config(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -27,10 +27,37 @@ def _net(width=3, depth=3, variance=0.05, seed=1):
           for s in fourier.param_shapes(width, depth, 3)]
 
 
-def numpy_lm(params, coords, target, steps, damping, down, up=levenberg.UP, search=False):
+def numpy_refit(w, coords, target, iterations):
+  """Independent refit of the last layer: its features cos/sin(2 pi k.h) by numpy from the
+  layers before it, each channel's damped Gauss-Newton iterations in float64, by loops."""
+  params = fourier.unflatten(jnp.asarray(w, jnp.float32), 3, 3, 3)
+  h = np.asarray(fourier.hidden_values(params[:-1], coords, "direct")[-1], np.float64)
+  k = fourier.frequencies(h.shape[1]).astype(np.float64)
+  f = np.concatenate([np.cos(2 * np.pi * h @ k.T), np.sin(2 * np.pi * h @ k.T)], 1)
+  terms = k.shape[0]
+  theta = np.concatenate([np.asarray(a, np.float64) for a in params[-1]], 0)
+  t = np.asarray(target, np.float64)
+  for _ in range(iterations):
+    for c in range(theta.shape[1]):
+      z = f @ theta[:, c] + h[:, c]  # the 3x3 net's last layer has m == n: "+ x"
+      r = np.tanh(z) - t[:, c]
+      j = f * (1 - np.tanh(z) ** 2)[:, None]
+      a = j.T @ j
+      trial = theta[:, c] - np.linalg.solve(
+          a + levenberg.REFIT_DAMPING * np.diag(np.diag(a) + levenberg.EPS), j.T @ r)
+      if np.sum((np.tanh(f @ trial + h[:, c]) - t[:, c]) ** 2) < np.sum(r ** 2):
+        theta[:, c] = trial
+  front = np.asarray(fourier.flatten(params[:-1]), np.float64) if len(params) > 1 else np.zeros(0)
+  return np.concatenate([front, theta[:terms].ravel(), theta[terms:].ravel()])
+
+
+def numpy_lm(params, coords, target, steps, damping, down, up=levenberg.UP, search=False,
+             refit=0):
   """Independent: the Jacobian by reverse mode, the step by numpy in float64; search: each
-  step the best of the grid of dampings and lengths, by loops."""
+  step the best of the grid of dampings and lengths, by loops; refit: numpy_refit of each
+  point tried."""
   w = np.asarray(fourier.flatten(params), np.float64)
+  project = lambda v: numpy_refit(v, coords, target, refit) if refit else v  # noqa: E731
 
   def residual(v):
     p = fourier.unflatten(jnp.asarray(v, jnp.float32), 3, 3, 3)
@@ -45,12 +72,13 @@ def numpy_lm(params, coords, target, steps, damping, down, up=levenberg.UP, sear
     a = j.T @ j
     solve = lambda lam: np.linalg.solve(a + lam * np.diag(np.diag(a) + levenberg.EPS), j.T @ r)  # noqa: E731
     if search:
-      loss, trial, kept = min((np.sum(residual(w - t * solve(l)) ** 2), list(w - t * solve(l)), l)
+      loss, trial, kept = min((np.sum(residual(p) ** 2), list(p), l)
                               for l in lam * np.asarray(levenberg.SEARCH_DAMPINGS)
-                              for t in levenberg.SEARCH_LENGTHS)
+                              for t in levenberg.SEARCH_LENGTHS
+                              for p in [project(w - t * solve(l))])
       w, lam = (np.asarray(trial), kept) if loss < np.sum(r ** 2) else (w, lam * levenberg.SEARCH_UP)
       continue
-    trial = w - solve(lam)
+    trial = project(w - solve(lam))
     if np.sum(residual(trial) ** 2) < np.sum(r ** 2):
       w, lam = trial, lam / down
     else:
@@ -84,6 +112,37 @@ def test_lm_search_steps_match_a_numpy_implementation_and_beat_plain_steps():
   kept, lam, _ = levenberg.fit(start, coords, exact, 1, "auto", 0.1, 1.5, search=True)
   np.testing.assert_array_equal(np.asarray(fourier.flatten(kept)), np.asarray(fourier.flatten(start)))
   assert float(lam) == pytest.approx(0.1 * levenberg.SEARCH_UP)
+
+
+@pytest.mark.parametrize("search", [False, True])
+def test_lm_steps_that_refit_the_last_layer_match_a_numpy_implementation(search):
+  coords = jnp.asarray(images.pixel_grid(8, 8, (0.0, 0.5)))
+  target, start = _crop(seed=7), _net(seed=8)
+  params, lam, _ = levenberg.fit(start, coords, target, 3, "auto", 0.1, 1.5, search=search,
+                                 refit=2)
+  expect, expect_lam = numpy_lm(start, coords, target, 3, 0.1, 1.5, search=search, refit=2)
+  np.testing.assert_allclose(np.asarray(fourier.flatten(params)), expect, rtol=2e-3, atol=2e-4)
+  assert float(lam) == pytest.approx(expect_lam, rel=1e-5)
+  without, _, _ = levenberg.fit(start, coords, target, 3, "auto", 0.1, 1.5, search=search)
+  assert float(meta.mse(params, coords, target, "auto")) < 0.9 * float(
+      meta.mse(without, coords, target, "auto"))
+
+
+def test_the_refit_recovers_a_last_layer_from_the_layers_before_it():
+  # A target that a net makes exactly: the refit, given that net's first layers and a
+  # last layer far from its own, finds a last layer that makes it again.
+  coords = jnp.asarray(images.pixel_grid(8, 8, (0.0, 0.5)))
+  net = _net(seed=9, variance=0.02)
+  target = fourier.net_apply(net, coords, "auto")
+  wrong = net[:-1] + [(jnp.zeros_like(net[-1][0]), jnp.zeros_like(net[-1][1]))]
+  assert float(meta.mse(wrong, coords, target, "auto")) > 1e-3
+  refitted = levenberg.refit_last(wrong, coords, target, "auto", 8)
+  assert float(meta.mse(refitted, coords, target, "auto")) < 1e-8
+  for kept, was in zip(refitted[:-1], net[:-1]):  # the layers before it are untouched
+    np.testing.assert_array_equal(np.asarray(kept[0]), np.asarray(was[0]))
+  # no iteration raises a channel's loss: zero iterations change nothing
+  same = levenberg.refit_last(wrong, coords, target, "auto", 0)
+  np.testing.assert_array_equal(np.asarray(same[-1][0]), np.asarray(wrong[-1][0]))
 
 
 def test_lm_never_raises_the_loss_and_beats_as_many_gradient_steps():
@@ -130,14 +189,14 @@ def _lm_task(**changes):
   return meta.Task(c), c
 
 
-@pytest.mark.parametrize("search", [False, True])
-def test_reptile_with_lm_inner_steps_moves_theta_to_the_mean_lm_fit(search):
-  task, c = _lm_task(algorithm="reptile", lm_search=search)
+@pytest.mark.parametrize("search,refit", [(False, 0), (True, 0), (True, 2)])
+def test_reptile_with_lm_inner_steps_moves_theta_to_the_mean_lm_fit(search, refit):
+  task, c = _lm_task(algorithm="reptile", lm_search=search, lm_refit=refit)
   model = task.build_model(nnx.Rngs(0))
   batch = task.batch(2)
   theta = model.params_list()
   phis = [numpy_lm(theta, task.coords, t, c.meta.inner_steps, c.meta.lm_damping,
-                   c.meta.lm_down, search=search)[0] for t in batch["target"]]
+                   c.meta.lm_down, search=search, refit=refit)[0] for t in batch["target"]]
   grads = nnx.grad(lambda m: task.loss(m, batch)[0])(model)
   expect = np.asarray(fourier.flatten(theta)) - np.mean(phis, 0)
   got = _flat_grads(grads, len(theta))
@@ -173,9 +232,15 @@ def test_lm_speed_benchmark_times_every_fit_against_1000_adam_steps():
 def test_lm_settings_of_runs_saved_before_them_are_the_config_files():
   default = meta_config.get_config().meta
   old = meta_config.get_config().meta
-  for key in ("lm_damping", "lm_down", "lm_search"):
+  for key in ("lm_damping", "lm_down", "lm_search", "lm_refit"):
     del old[key]
-  expect = {"damping": default.lm_damping, "down": default.lm_down, "search": False}
+  expect = {"damping": default.lm_damping, "down": default.lm_down, "search": False, "refit": 0}
   assert meta.lm_settings(old) == expect
   assert meta.lm_settings(None) == expect  # a start with no meta settings (a compress run)
   assert meta.lm_settings(meta_config.get_config("lm_search").meta)["search"] is True
+  refit = meta.lm_settings(meta_config.get_config("lm_refit").meta)
+  assert refit["search"] is True and refit["refit"] == levenberg.REFIT
+  c = meta_config.get_config("smoke")
+  c.meta.inner_optimizer, c.meta.lm_refit = "lm", -1
+  with pytest.raises(UserError, match="meta.lm_refit counts Gauss-Newton iterations"):
+    meta.Task(c)

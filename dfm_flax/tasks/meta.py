@@ -6,7 +6,9 @@ square crops (`meta.crop` px) of the training images and adapts the net to each 
 (`meta.inner_optimizer=sgd`; per-layer step `meta.inner_lr / 2^m`, as
 `optim.scale_by_terms`) or Levenberg-Marquardt (`lm`; dfm_flax/levenberg.py, damping
 `meta.lm_damping` divided by `meta.lm_down` after each step that lowers the loss; with
-`meta.lm_search` each step keeps the best of several dampings and lengths). The outer loss:
+`meta.lm_search` each step keeps the best of several dampings and lengths, with
+`meta.lm_refit` n each point it tries has its last layer refitted by n Gauss-Newton
+iterations). The outer loss:
 
   maml     the MSE after adaptation, differentiated through the inner steps
            (`meta.first_order`: without the inner steps' second derivatives);
@@ -131,17 +133,17 @@ def lm_settings(meta_cfg) -> dict:
   default = meta_config.get_config().meta
   get = lambda key, value: meta_cfg.get(key, value) if meta_cfg else value  # noqa: E731
   return {"damping": get("lm_damping", default.lm_damping), "down": get("lm_down", default.lm_down),
-          "search": bool(get("lm_search", False))}
+          "search": bool(get("lm_search", False)), "refit": int(get("lm_refit", 0))}
 
 
 def adapt_lm(params, coords, target, steps: int, damping: float, down: float, method: str,
-             first_order: bool, search: bool = False):
-  """`steps` Levenberg-Marquardt steps (dfm_flax/levenberg.py; search: its search step)
+             first_order: bool, search: bool = False, refit: int = 0):
+  """`steps` Levenberg-Marquardt steps (dfm_flax/levenberg.py; search, refit: its options)
   from params on one crop; returns the adapted params and the loss at params. first_order:
   the adapted params depend on params as params plus a constant (no derivative through the
   solves)."""
   phi, _, before = levenberg.fit(params, coords, target, steps, method, damping, down,
-                                 search=search)
+                                 search=search, refit=refit)
   if first_order:
     phi = jax.tree.map(lambda p, f: p + jax.lax.stop_gradient(f - p), params, phi)
   return phi, before
@@ -157,6 +159,8 @@ class Task(TaskBase):
       raise UserError(f"meta.inner_steps must be at least 1, got {mc.inner_steps}")
     if inner_optimizer(mc) not in ("sgd", "lm"):
       raise UserError(f"unknown meta.inner_optimizer {mc.inner_optimizer!r}; use sgd or lm")
+    if lm_settings(mc)["refit"] < 0:
+      raise UserError(f"meta.lm_refit counts Gauss-Newton iterations: 0 or more, got {mc.lm_refit}")
     if source(mc) not in ("photos", "data"):
       raise UserError(f"unknown meta.source {mc.source!r}; use photos or data")
     if source(mc) == "photos" and (shared := trained_on(mc, mc.held_out)):
@@ -203,7 +207,7 @@ class Task(TaskBase):
       lm = self.lm
       return jax.vmap(lambda t: adapt_lm(params, self.coords, t, mc.inner_steps, lm["damping"],
                                          lm["down"], method, mc.first_order,
-                                         lm["search"]))(targets)
+                                         lm["search"], lm["refit"]))(targets)
     return jax.vmap(lambda t: adapt(params, self.coords, t, mc.inner_steps, self.lrs, method,
                                     mc.first_order))(targets)
 

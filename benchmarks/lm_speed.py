@@ -1,4 +1,5 @@
-"""Time of a crop's fit: Levenberg-Marquardt steps (plain and with levenberg.fit's search)
+"""Time of a crop's fit: Levenberg-Marquardt steps (plain, with levenberg.fit's search, and
+searching with its refit of the last layer)
 against Adam steps, one crop at a time, as benchmarks.meta_start fits them.
 
   python -m benchmarks.lm_speed [--nets 4x3,3x3] [--crop 32] [--repeats 5]
@@ -16,9 +17,9 @@ import numpy as np
 import optax
 
 from benchmarks.meta_start import _lm_runner, _lm_state, _runner
-from dfm_flax import fourier, images
+from dfm_flax import fourier, images, levenberg
 
-FITS = (("adam", 10), ("adam", 1000), ("lm", 10), ("lm_search", 10))
+FITS = (("adam", 10), ("adam", 1000), ("lm", 10), ("lm_search", 10), ("lm_refit", 10))
 
 
 def _fits(width: int, depth: int, crop: int):
@@ -31,7 +32,8 @@ def _fits(width: int, depth: int, crop: int):
   coords = jax.numpy.asarray(images.pixel_grid(crop, crop, (0.0, 0.5)))
   lrs = [0.2 / 2**m for m, _ in fourier.layer_dims(width, depth, 3)]
   adam = _runner(optax.adam(1.0), coords, "auto")
-  runners = {"lm": _lm_runner(coords, "auto"), "lm_search": _lm_runner(coords, "auto", True)}
+  runners = {"lm": _lm_runner(coords, "auto"), "lm_search": _lm_runner(coords, "auto", True),
+             "lm_refit": _lm_runner(coords, "auto", True, levenberg.REFIT)}
   out = {}
   for name, steps in FITS:
     if name == "adam":

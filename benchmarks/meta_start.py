@@ -17,6 +17,8 @@ two optimisers, both per layer lr / 2^m as the recipe:
     (--lm_tune; never on the held-out ones), up to 100 steps;
   * lm_search (with --lm_search): LM steps that each keep the best of 7 dampings x 4 step
     lengths from their one Jacobian (levenberg.fit's search), from the same first damping;
+  * lm_refit (with --lm_refit): those searching steps with every point tried having its
+    last layer refitted by levenberg.REFIT Gauss-Newton iterations (levenberg.fit's refit);
   * recipe (with --recipe_steps N): `compress.py:best`'s own optimiser and schedule for N
     steps (Adam b1 0.95, eps 1e-3, warm-up then cosine, peak 0.1 / 2^m): the full-length
     fit the codec makes, here on all the crop's pixels every step.
@@ -90,18 +92,18 @@ def _runner(tx, coords, method):
   return tx, jax.jit(jax.vmap(advance, in_axes=(0, 0, 0, None, None))), _psnr(coords, method)
 
 
-def _lm_runner(coords, method, search: bool = False):
+def _lm_runner(coords, method, search: bool = False, refit: int = 0):
   """As _runner, for Levenberg-Marquardt steps (dfm_flax/levenberg.py): the state is each
   crop's (damping, divisor), `_lm_state`, so every damping compiles once and a fit goes on
   where the last segment stopped. The lrs are unused. One crop at a time (lax.map), not
-  vmapped: each holds its own Jacobian. search: levenberg.fit's."""
+  vmapped: each holds its own Jacobian. search, refit: levenberg.fit's."""
   import jax
 
   from dfm_flax import levenberg
 
   def advance(p, s, t, n):
     (lam, down) = s
-    p, lam, _ = levenberg.fit(p, coords, t, n, method, lam, down, search=search)
+    p, lam, _ = levenberg.fit(p, coords, t, n, method, lam, down, search=search, refit=refit)
     return p, (lam, down)
 
   run = jax.jit(lambda p, s, t, _lrs, n: jax.lax.map(lambda a: advance(*a, n), (p, s, t)))
@@ -197,6 +199,9 @@ def main():
   p.add_argument("--lm_search", action="store_true",
                  help="also fit with LM steps that each try several dampings and lengths "
                       "(levenberg.fit's search; implies --lm)")
+  p.add_argument("--lm_refit", action="store_true",
+                 help="also fit with searching LM steps that refit the last layer at each "
+                      "point they try (levenberg.fit's refit; implies --lm)")
   a = p.parse_args()
   import jax
   import numpy as np
@@ -241,7 +246,7 @@ def main():
                                             CHECKPOINTS)
   coded_at = [(opt, k) for opt in ("sgd", "adam") for k in CODED_AT]
   lm = None
-  if a.lm or a.lm_search:
+  if a.lm or a.lm_search or a.lm_refit:
     from dfm_flax import levenberg
     levenberg.check_size(model_cfg.width, model_cfg.depth, channels, mc.crop**2)
     lm = meta.lm_settings(mc)
@@ -249,9 +254,11 @@ def main():
     if a.lm_tune:
       (lm["damping"], lm["down"]), grid = _tune_lm(cfg, learned, lm_runner, a.crops)
       lm["grid"] = {f"{d:g}/{n:g}": v for (d, n), v in grid.items()}
-    lm["search"] = a.lm_search  # The fits below: plain, and with --lm_search searching too.
+    # The fits below: plain, and with --lm_search / --lm_refit those kinds of steps too.
+    lm["search"], lm["refit"] = a.lm_search, levenberg.REFIT if a.lm_refit else 0
     for opt, runner in [("lm", lm_runner)] + (
-        [("lm_search", _lm_runner(coords, method, True))] if a.lm_search else []):
+        [("lm_search", _lm_runner(coords, method, True))] if a.lm_search else []) + (
+        [("lm_refit", _lm_runner(coords, method, True, levenberg.REFIT))] if a.lm_refit else []):
       for name, start in starts.items():
         fits[(opt, name)] = _fit_segments(
             runner, start, targets, (), LM_CHECKPOINTS,
@@ -314,7 +321,10 @@ def _table(r) -> str:
            + (f"; lm damping {r['lm']['damping']:g}, down {r['lm']['down']:g}" if r.get("lm")
               else "")
            + ("; lm_search: each step the best of 7 dampings x 4 lengths" if
-              (r.get("lm") or {}).get("search") else "") + ".", "",
+              (r.get("lm") or {}).get("search") else "")
+           + (f"; lm_refit: searching, each point's last layer refitted "
+              f"({r['lm']['refit']} Gauss-Newton iterations)" if (r.get("lm") or {}).get("refit")
+              else "") + ".", "",
            "| optimiser / start | " + " | ".join(f"{k} steps" for k in marks) + " |",
            "|---|" + "---|" * len(marks)]
   for key, curve in r["psnr"].items():
@@ -341,7 +351,7 @@ def _plot(r, path: str) -> None:
   fig, ax = plt.subplots(figsize=(6.5, 4))
   styles = {"learned": "-", "random": "--"}
   colours = {"sgd": "tab:blue", "adam": "tab:orange", "recipe": "tab:green", "lm": "tab:red",
-             "lm_search": "tab:purple"}
+             "lm_search": "tab:purple", "lm_refit": "tab:brown"}
   for key, curve in r["psnr"].items():
     opt, start = key.split("/")
     ks = [k for k in sorted(curve) if k > 0]

@@ -93,7 +93,8 @@ def _check_not_too_small(shape, weights: int, bits: int) -> None:
 
 def encode_lm(image, out: str, start: str, steps: int, bits: int, coder: str) -> dict:
   """Fit `image` from the start in run `start` with `steps` Levenberg-Marquardt steps that
-  search (levenberg.fit, the start's meta.lm_damping) and code the fit as the difference
+  search and refit the last layer (levenberg.fit's search and refit=levenberg.REFIT, the
+  start's meta.lm_damping) and code the fit as the difference
   from the start: no training run and no fine-tune. For images of the start's crop size
   and nets small enough for LM (README, "Ten steps"); figures of the decoded file."""
   import jax
@@ -111,7 +112,7 @@ def encode_lm(image, out: str, start: str, steps: int, bits: int, coder: str) ->
   target = image.reshape(-1, c).astype(np.float32) * 2 - 1  # the nets' [-1, 1] pixels
   tic = time.perf_counter()
   fit = jax.jit(lambda p, t: levenberg.fit(p, coords, t, steps, net.method, damping, 1.0,
-                                           search=True)[0])
+                                           search=True, refit=levenberg.REFIT)[0])
   fitted = [(np.asarray(a), np.asarray(b)) for a, b in fit(params, target)]
   data = codec.encode(fitted, image.shape, net.width, net.depth, tuple(net.coord_range),
                       net.method, bits, coder, params)

@@ -66,8 +66,9 @@ _GRID = flags.DEFINE_enum("grid", None, ["uniform", "sensitivity"],
 _INIT = flags.DEFINE_string("init", None, "A run whose net is the start: encode fits from it and "
                             "codes the difference; decode adds it back.")
 _LM_STEPS = flags.DEFINE_integer("lm_steps", 0, "encode --init: fit with this many Levenberg-"
-                                 "Marquardt steps that search (no training run, no fine-tune): "
-                                 "for images of the start's crop size.", lower_bound=0)
+                                 "Marquardt steps that search and refit the last layer (no "
+                                 "training run, no fine-tune): for images of the start's crop "
+                                 "size.", lower_bound=0)
 flags.mark_flags_as_required(["out"])
 
 def parse_size(text: str):

@@ -225,7 +225,7 @@ def test_lm_speed_benchmark_times_every_fit_against_1000_adam_steps():
   assert proc.returncode == 0, proc.stderr
   lines = [line for line in proc.stdout.splitlines() if line.startswith("2x2 net")]
   assert [line.split(",")[1].split("steps")[0].strip() for line in lines] == [
-      "10 adam", "1000 adam", "10 lm", "10 lm_search"]
+      "10 adam", "1000 adam", "10 lm", "10 lm_search", "10 lm_refit"]
   assert "(1.00x 1,000 Adam steps)" in lines[1]
 
 

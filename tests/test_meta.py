@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from dfm_flax import codec, data, encoding, fourier, images, restore
+from dfm_flax import codec, data, encoding, fourier, images, levenberg, restore
 from dfm_flax.errors import UserError
 from dfm_flax.tasks import meta
 from experiments import meta as meta_config
@@ -246,21 +246,22 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   # What the start buys (benchmarks.meta_start), with the recipe's own fits too.
   bench = str(tmp_path / "bench")
   proc = run_cli("benchmarks.meta_start", "--start", wd, "--out", bench, "--crops", "2",
-                 "--adam_lrs", "0.1", "--recipe_steps", "40", "--lm_search")
+                 "--adam_lrs", "0.1", "--recipe_steps", "40", "--lm_search", "--lm_refit")
   assert proc.returncode == 0, proc.stderr
   with open(os.path.join(bench, "meta_start.json")) as f:
     r = json.load(f)
-  assert set(r["psnr"]) == {f"{o}/{s}" for o in ("sgd", "adam", "recipe", "lm", "lm_search")
+  assert set(r["psnr"]) == {f"{o}/{s}" for o in ("sgd", "adam", "recipe", "lm", "lm_search",
+                                                  "lm_refit")
                             for s in ("learned", "random")}
   # Levenberg-Marquardt at the run's damping, up to 100 steps, never worse as it goes on;
-  # --lm_search adds the search's fits beside the plain ones.
-  assert r["lm"] == {"damping": 0.1, "down": 1.5, "search": True}
-  for opt in ("lm", "lm_search"):
+  # --lm_search adds the search's fits beside the plain ones, --lm_refit the refitting ones.
+  assert r["lm"] == {"damping": 0.1, "down": 1.5, "search": True, "refit": levenberg.REFIT}
+  for opt in ("lm", "lm_search", "lm_refit"):
     lm = r["psnr"][f"{opt}/learned"]
     assert sorted(int(k) for k in lm) == [0, 1, 3, 10, 30, 100]
     assert lm["0"] <= lm["1"] <= lm["3"] <= lm["10"] <= lm["30"] <= lm["100"]
     assert lm["100"] > lm["0"] + 1
-  assert {"lm_search/10", "lm_search/100"} <= set(r["coding"])
+  assert {"lm_search/10", "lm_search/100", "lm_refit/10"} <= set(r["coding"])
   assert sorted(int(k) for k in r["psnr"]["recipe/random"]) == [0, 1, 3, 10, 40]
   # Every curve of one start begins at that start's PSNR, and the recipe's fit improves it.
   for start in ("learned", "random"):

@@ -128,11 +128,14 @@ def test_lm_steps_that_refit_the_last_layer_match_a_numpy_implementation(search)
       meta.mse(without, coords, target, "auto"))
 
 
-def test_the_refit_recovers_a_last_layer_from_the_layers_before_it():
+@pytest.mark.parametrize("channels", [3, 1])
+def test_the_refit_recovers_a_last_layer_from_the_layers_before_it(channels):
   # A target that a net makes exactly: the refit, given that net's first layers and a
-  # last layer far from its own, finds a last layer that makes it again.
+  # last layer far from its own, finds a last layer that makes it again. A 3x3 net's last
+  # layer adds its input for colour (m == n), not for grey.
   coords = jnp.asarray(images.pixel_grid(8, 8, (0.0, 0.5)))
   net = _net(seed=9, variance=0.02)
+  net[-1] = tuple(w[:, :channels] for w in net[-1])
   target = fourier.net_apply(net, coords, "auto")
   wrong = net[:-1] + [(jnp.zeros_like(net[-1][0]), jnp.zeros_like(net[-1][1]))]
   assert float(meta.mse(wrong, coords, target, "auto")) > 1e-3

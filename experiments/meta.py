@@ -23,7 +23,8 @@ from a `small` start with 10 Levenberg-Marquardt inner steps (dfm_flax/levenberg
 outer steps: the start from which 10 LM steps fit a held-out crop (README, "Ten steps");
 `lm_search` the same with LM steps that each try several dampings and lengths;
 `lm_refit` goes on from an `lm_search` start for 100 outer steps with steps that also
-refit the last layer at every point they try:
+refit the last layer at every point they try (it learned nothing those steps use: README,
+"Ten steps"):
   python -m experiments.run --config experiments/meta.py:small --workdir runs/meta_small
   python -m experiments.run --config experiments/meta.py:lm --workdir runs/meta_lm \
       --config.init_from=runs/meta_small

@@ -256,9 +256,12 @@ def main():
       lm["grid"] = {f"{d:g}/{n:g}": v for (d, n), v in grid.items()}
     # The fits below: plain, and with --lm_search / --lm_refit those kinds of steps too.
     lm["search"], lm["refit"] = a.lm_search, levenberg.REFIT if a.lm_refit else 0
-    for opt, runner in [("lm", lm_runner)] + (
-        [("lm_search", _lm_runner(coords, method, True))] if a.lm_search else []) + (
-        [("lm_refit", _lm_runner(coords, method, True, levenberg.REFIT))] if a.lm_refit else []):
+    kinds = [("lm", lm_runner)]
+    if a.lm_search:
+      kinds.append(("lm_search", _lm_runner(coords, method, True)))
+    if a.lm_refit:
+      kinds.append(("lm_refit", _lm_runner(coords, method, True, levenberg.REFIT)))
+    for opt, runner in kinds:
       for name, start in starts.items():
         fits[(opt, name)] = _fit_segments(
             runner, start, targets, (), LM_CHECKPOINTS,

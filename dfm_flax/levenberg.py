@@ -25,8 +25,8 @@ With `refit` (n > 0), every point a step tries first has its last layer refitted
 image: n Gauss-Newton iterations on that layer's weights alone, the layers before it held
 (variable projection, Golub and Pereyra 1973: the net's output is tanh of a linear map of
 the last layer's weights, so that sub-problem is nearly linear and small: per channel, as
-many unknowns as the layer has terms). A point's cost grows by one pass of the last layer
-and a few small solves; the Jacobian, which dominates, does not change. Chosen on training
+many unknowns as the layer has terms). A point's cost grows by a pass of the last layer
+and a few small solves per iteration; the Jacobian does not change. Chosen on training
 crops (README, "Ten steps").
 
 The Jacobian is (pixels * channels) x weights, built by forward-mode differentiation in
@@ -81,16 +81,18 @@ def check_size(width: int, depth: int, channels: int, points: int) -> None:
 
 
 def refit_last(params, coords, target, method: str, iterations: int):
-  """params with the last layer refitted to target by `iterations` damped Gauss-Newton
-  iterations on its weights alone (the layers before it fixed). Each channel is its own
-  small problem (its column of a and b); an iteration that does not lower a channel's
-  loss leaves that channel's column as it was."""
+  """(params with the last layer refitted to target, the net's output with it): `iterations`
+  damped Gauss-Newton iterations on the last layer's weights alone (the layers before it
+  fixed). Each channel is its own small problem (its column of a and b); an iteration that
+  does not lower a channel's loss leaves that channel's column as it was. The output is the
+  net's own last layer (fourier.layer_apply), so it is what net_apply gives for them."""
   *front, (a, b) = params
   h = fourier.hidden_values(front, coords, method)[-1] if front else coords
   cos, sin = fourier.fourier_features(h, method)
-  features = jnp.concatenate([cos, sin], -1)  # (pixels, 2 * terms)
-  skip = h if h.shape[-1] == a.shape[-1] else 0.0  # layer_apply's "+ x" when m == n
-  linear = lambda theta: jnp.matmul(features, theta, precision=fourier.HIGHEST) + skip  # noqa: E731
+  features = jnp.concatenate([cos, sin], -1)  # (pixels, 2 * terms): the layer's Jacobian
+  terms = a.shape[0]
+  output = lambda theta: jnp.tanh(  # noqa: E731
+      fourier.layer_apply(h, theta[:terms], theta[terms:], method))
 
   def solve(d, r, theta):  # one channel: d = tanh', r = residual, theta = its weights
     jac = features * d[:, None]
@@ -100,13 +102,15 @@ def refit_last(params, coords, target, method: str, iterations: int):
     return theta - jnp.linalg.solve(damped, grad)
 
   theta = jnp.concatenate([a, b], 0)  # (2 * terms, channels)
+  out = output(theta)
   for _ in range(iterations):
-    out = jnp.tanh(linear(theta))
     r = out - target
     trial = jax.vmap(solve, in_axes=1, out_axes=1)(1 - out**2, r, theta)
-    better = jnp.sum((jnp.tanh(linear(trial)) - target) ** 2, 0) < jnp.sum(r**2, 0)
+    trial_out = output(trial)
+    better = jnp.sum((trial_out - target) ** 2, 0) < jnp.sum(r**2, 0)
     theta = jnp.where(better[None, :], trial, theta)
-  return [*front, (theta[:a.shape[0]], theta[a.shape[0]:])]
+    out = jnp.where(better[None, :], trial_out, out)
+  return [*front, (theta[:terms], theta[terms:])], out
 
 
 def fit(params, coords, target, steps: int, method: str, damping, down: float,
@@ -121,10 +125,11 @@ def fit(params, coords, target, steps: int, method: str, damping, down: float,
   def residual(w):
     return (fourier.net_apply(unravel(w), coords, method) - target).ravel()
 
-  def project(w):  # The point a step tries: its last layer refitted (refit > 0).
+  def at(w):  # The point a step tries (its last layer refitted if refit) and its residual.
     if not refit:
-      return w
-    return ravel_pytree(refit_last(unravel(w), coords, target, method, refit))[0]
+      return w, residual(w)
+    refitted, out = refit_last(unravel(w), coords, target, method, refit)
+    return ravel_pytree(refitted)[0], (out - target).ravel()
 
   def step(_, carry):
     w, lam, r = carry  # r: the residual at w, carried from the step that accepted w.
@@ -136,16 +141,14 @@ def fit(params, coords, target, steps: int, method: str, damping, down: float,
     scale = jnp.diag(jnp.diag(curvature) + EPS)
     solve = lambda lam: jnp.linalg.solve(curvature + lam * scale, grad)  # noqa: E731
     if not search:
-      trial = project(w - solve(lam))
-      r_trial = residual(trial)
+      trial, r_trial = at(w - solve(lam))
       better = jnp.sum(r_trial ** 2) < jnp.sum(r ** 2)
       return (jnp.where(better, trial, w), jnp.where(better, lam / down, lam * up),
               jnp.where(better, r_trial, r))
     lams = lam * jnp.asarray(SEARCH_DAMPINGS, w.dtype)
     moves = jax.vmap(solve)(lams)  # (dampings, weights)
     lengths = jnp.asarray(SEARCH_LENGTHS, w.dtype)
-    trials = jax.vmap(project)((w - lengths[:, None, None] * moves).reshape(-1, w.size))  # length-major
-    r_trials = jax.vmap(residual)(trials)
+    trials, r_trials = jax.vmap(at)((w - lengths[:, None, None] * moves).reshape(-1, w.size))  # length-major
     losses = jnp.sum(r_trials ** 2, axis=1)
     best = jnp.argmin(losses)
     better = losses[best] < jnp.sum(r ** 2)

@@ -139,12 +139,15 @@ def test_the_refit_recovers_a_last_layer_from_the_layers_before_it(channels):
   target = fourier.net_apply(net, coords, "auto")
   wrong = net[:-1] + [(jnp.zeros_like(net[-1][0]), jnp.zeros_like(net[-1][1]))]
   assert float(meta.mse(wrong, coords, target, "auto")) > 1e-3
-  refitted = levenberg.refit_last(wrong, coords, target, "auto", 8)
+  refitted, out = levenberg.refit_last(wrong, coords, target, "auto", 8)
   assert float(meta.mse(refitted, coords, target, "auto")) < 1e-8
+  # what it returns as the output is the net's own output with the refitted layer
+  np.testing.assert_allclose(np.asarray(out), np.asarray(fourier.net_apply(refitted, coords, "auto")),
+                             atol=1e-6)
   for kept, was in zip(refitted[:-1], net[:-1]):  # the layers before it are untouched
     np.testing.assert_array_equal(np.asarray(kept[0]), np.asarray(was[0]))
   # no iteration raises a channel's loss: zero iterations change nothing
-  same = levenberg.refit_last(wrong, coords, target, "auto", 0)
+  same, _ = levenberg.refit_last(wrong, coords, target, "auto", 0)
   np.testing.assert_array_equal(np.asarray(same[-1][0]), np.asarray(wrong[-1][0]))
 
 

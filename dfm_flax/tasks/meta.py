@@ -159,7 +159,8 @@ class Task(TaskBase):
       raise UserError(f"meta.inner_steps must be at least 1, got {mc.inner_steps}")
     if inner_optimizer(mc) not in ("sgd", "lm"):
       raise UserError(f"unknown meta.inner_optimizer {mc.inner_optimizer!r}; use sgd or lm")
-    if lm_settings(mc)["refit"] < 0:
+    self.lm = lm_settings(mc)
+    if self.lm["refit"] < 0:
       raise UserError(f"meta.lm_refit counts Gauss-Newton iterations: 0 or more, got {mc.lm_refit}")
     if source(mc) not in ("photos", "data"):
       raise UserError(f"unknown meta.source {mc.source!r}; use photos or data")
@@ -179,7 +180,6 @@ class Task(TaskBase):
     self.coords = jnp.asarray(images.pixel_grid(mc.crop, mc.crop, tuple(config.model.coord_range)))
     dims = fourier.layer_dims(config.model.width, config.model.depth, self.channels)
     self.lrs = [mc.inner_lr / 2**m for m, _ in dims]
-    self.lm = lm_settings(mc)
     self._draw = jax.jit(lambda key: jax.random.choice(key, len(self.pool), (mc.tasks_per_step,)))
     probe = self.pool[:self.PROBE_CROPS]  # What the guard judges (guarded_loss).
     self._probe_mse = jax.jit(

@@ -66,7 +66,8 @@ _GRID = flags.DEFINE_enum("grid", None, ["uniform", "sensitivity"],
 _INIT = flags.DEFINE_string("init", None, "A run whose net is the start: encode fits from it and "
                             "codes the difference; decode adds it back.")
 _LM_STEPS = flags.DEFINE_integer("lm_steps", 0, "encode --init: fit with this many Levenberg-"
-                                 "Marquardt steps that search and refit the last layer (no "
+                                 "Marquardt steps that search, with and without refitting the "
+                                 "last layer, and keep the file that decodes closer (no "
                                  "training run, no fine-tune): for images of the start's crop "
                                  "size.", lower_bound=0)
 flags.mark_flags_as_required(["out"])
@@ -148,7 +149,8 @@ def _encode_lm(image, out: str, start, bits: int):
     print(note, file=sys.stderr)
   r = encoding.encode_lm(image, out, start, _LM_STEPS.value, bits, _CODER.value)
   print(f"wrote {out}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp, PSNR {r['psnr']:.2f} dB "
-        f"({_LM_STEPS.value} LM steps in {r['encode_s']:.2f} s with the coding, "
+        f"({_LM_STEPS.value} LM steps {'with' if r['refit'] else 'without'} the last-layer "
+        f"refit, two fits in {r['encode_s']:.2f} s with the coding, "
         f"{f'{bits}-bit' if bits != 16 else 'fp16'}, difference from {_INIT.value})")
 
 

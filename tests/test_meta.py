@@ -233,6 +233,21 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   assert images.psnr(pixels, images.to_uint8(decoded) / 255) == pytest.approx(reported, abs=0.01)
   at_start = images.render_params(start, 16, 16, header["coord_range"], header["method"])
   assert reported > images.psnr(pixels, images.to_uint8(at_start) / 255) + 1
+  # It kept the better of two 8-bit files: of the fits with and without the last-layer
+  # refit (levenberg.fit called here, coded by codec.encode).
+  coords = jnp.asarray(images.pixel_grid(16, 16, header["coord_range"]))
+  candidates = []
+  for refit in (levenberg.REFIT, 0):
+    p, _, _ = levenberg.fit(start, coords, jnp.asarray(pixels.reshape(-1, 3) * 2 - 1, jnp.float32),
+                            3, header["method"], 0.1, 1.0, search=True, refit=refit)
+    raw = codec.encode([(np.asarray(a), np.asarray(b)) for a, b in p], (16, 16, 3), 3, 3,
+                       header["coord_range"], header["method"], 8, "ans", start)
+    one = images.render_params(codec.decode(raw, start)[1], 16, 16, header["coord_range"],
+                               header["method"])
+    candidates.append(images.psnr(pixels, images.to_uint8(one) / 255))
+  assert reported == pytest.approx(max(candidates), abs=0.01)
+  if candidates[0] != candidates[1]:
+    assert ("with the last-layer" in proc.stdout) == (candidates[0] > candidates[1])
   assert "give --init" in error_line(run_cli("experiments.codec", "encode", small, "--out",
                                              lm_out + "2", "--lm_steps", "3"))
   assert "drop --bpp" in error_line(run_cli("experiments.codec", "encode", small, "--out",

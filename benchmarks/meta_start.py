@@ -115,6 +115,35 @@ def _lm_state(crops: int, damping: float, down: float):
   return np.full(crops, damping, np.float32), np.full(crops, down, np.float32)
 
 
+def random_starts(model_cfg, channels: int, crops: int, first_seed: int = 10_000):
+  """One random start per crop (the compress net's initialisation, seeds first_seed + i),
+  stacked along a leading crop axis."""
+  import jax
+  import numpy as np
+  from flax import nnx
+
+  from dfm_flax.tasks import compress
+  nets = [[(np.asarray(x), np.asarray(y)) for x, y in
+           compress.one_net(model_cfg, channels, nnx.Rngs(first_seed + i)).net_params()]
+          for i in range(crops)]
+  return jax.tree.map(lambda *xs: np.stack(xs), *nets)
+
+
+def adam_bar(adam, starts, targets, dims, lrs: str, checkpoints):
+  """(lr, fits) of the best of the comma-separated Adam `lrs` (each per layer lr / 2^m) from
+  `starts` after checkpoints[-1] steps: the bar a learned start is measured against. Only
+  lrs where no fit diverged compete."""
+  import numpy as np
+  sweep = {}
+  for lr in (float(x) for x in lrs.split(",")):
+    sweep[lr] = _fit_segments(adam, starts, targets, [lr / 2**m for m, _ in dims], checkpoints)
+    print(f"adam lr {lr:g} / 2^m, random start: {np.nanmean(sweep[lr][checkpoints[-1]][1]):.2f} "
+          f"dB after {checkpoints[-1]} steps", flush=True)
+  final = {lr: f[checkpoints[-1]][1] for lr, f in sweep.items()}
+  best = max(sweep, key=lambda lr: np.mean(final[lr]) if np.all(np.isfinite(final[lr])) else -np.inf)
+  return best, sweep[best]
+
+
 def _tune_lm(cfg, start, lm_runner, crops):
   """(damping, down) of a small grid whose 10 LM steps from the learned start fit
   `crops` training crops best (fresh crops of the training images, never held-out ones)."""
@@ -206,11 +235,10 @@ def main():
   import jax
   import numpy as np
   import optax
-  from flax import nnx
 
   from dfm_flax import encoding, files, fourier, images, logs, rate_distortion
   from dfm_flax.restore import saved_config
-  from dfm_flax.tasks import compress, meta
+  from dfm_flax.tasks import meta
 
   cfg = saved_config(a.start)
   model_cfg, learned = encoding.load_start(a.start)
@@ -222,26 +250,15 @@ def main():
   coords = jax.numpy.asarray(images.pixel_grid(mc.crop, mc.crop, tuple(model_cfg.coord_range)))
   method = model_cfg.method
   dims = fourier.layer_dims(model_cfg.width, model_cfg.depth, channels)
-  randoms = [[(np.asarray(x), np.asarray(y)) for x, y in
-              compress.one_net(model_cfg, channels, nnx.Rngs(10_000 + i)).net_params()]
-             for i in range(a.crops)]
   starts = {"learned": jax.tree.map(lambda x: np.broadcast_to(x, (a.crops, *x.shape)), learned),
-            "random": jax.tree.map(lambda *xs: np.stack(xs), *randoms)}
+            "random": random_starts(model_cfg, channels, a.crops)}
   per_layer = lambda lr: [lr / 2**m for m, _ in dims]  # noqa: E731
   sgd, adam = _runner(optax.sgd(1.0), coords, method), _runner(optax.adam(1.0), coords, method)
   fits = {}
   for name, start in starts.items():
     fits[("sgd", name)] = _fit_segments(sgd, start, targets, per_layer(mc.inner_lr), CHECKPOINTS)
-  sweep = {}
-  for lr in (float(x) for x in a.adam_lrs.split(",")):
-    f = _fit_segments(adam, starts["random"], targets, per_layer(lr), CHECKPOINTS)
-    sweep[lr] = f
-    print(f"adam lr {lr:g} / 2^m, random start: {np.nanmean(f[CHECKPOINTS[-1]][1]):.2f} dB "
-          f"after {CHECKPOINTS[-1]} steps", flush=True)
-  final = {lr: f[CHECKPOINTS[-1]][1] for lr, f in sweep.items()}
-  # The best lr among those where no random-start fit diverged.
-  adam_lr = max(sweep, key=lambda lr: np.mean(final[lr]) if np.all(np.isfinite(final[lr])) else -np.inf)
-  fits[("adam", "random")] = sweep[adam_lr]
+  adam_lr, fits[("adam", "random")] = adam_bar(adam, starts["random"], targets, dims,
+                                               a.adam_lrs, CHECKPOINTS)
   fits[("adam", "learned")] = _fit_segments(adam, starts["learned"], targets, per_layer(adam_lr),
                                             CHECKPOINTS)
   coded_at = [(opt, k) for opt in ("sgd", "adam") for k in CODED_AT]

@@ -293,6 +293,48 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   # Other held-out photographs, never one the start was trained on (coffee is coffee_full's).
   assert "were in this run's training photographs" in error_line(run_cli(
       "benchmarks.meta_start", "--start", wd, "--out", bench, "--held_out", "china,coffee"))
+  # Ten steps against the bar, crop by crop: each crop's learned-start PSNR is that of
+  # levenberg.fit's refitting search steps on it, and the summary is of those pairs.
+  ten = str(tmp_path / "ten")
+  proc = run_cli("benchmarks.ten_steps", "--start", wd, "--out", ten, "--crops", "3",
+                 "--seed", "5", "--steps", "2", "--adam_steps", "20", "--adam_lrs", "0.1,0.2")
+  assert proc.returncode == 0, proc.stderr
+  assert "learned start ahead on" in proc.stdout
+  with open(os.path.join(ten, "ten_steps.json")) as f:
+    r = json.load(f)
+  cfg = restore.saved_config(wd)
+  targets = jnp.asarray(meta.meta_crops(cfg, 3, 5, held_out=True))
+  coords = jnp.asarray(images.pixel_grid(16, 16, tuple(cfg.model.coord_range)))
+  _, learned = encoding.load_start(wd)
+  for t, got in zip(targets, r["per_crop"]["learned"]):
+    p, _, _ = levenberg.fit(learned, coords, t, 2, cfg.model.method, 0.1, 1.5, search=True,
+                            refit=levenberg.REFIT)
+    assert float(meta.psnr(meta.mse(p, coords, t, cfg.model.method))) == pytest.approx(got, abs=0.02)
+  assert r["adam_lr"] in (0.1, 0.2) and len(r["per_crop"]["bar"]) == 3
+  assert r["difference"] == pytest.approx(
+      np.mean(np.subtract(r["per_crop"]["learned"], r["per_crop"]["bar"])), abs=1e-9)
+  assert os.path.exists(os.path.join(ten, "ten_steps.png"))
+  assert "--crops must be at least 2" in error_line(run_cli(
+      "benchmarks.ten_steps", "--start", wd, "--out", ten, "--crops", "1"))
+
+
+def test_ten_steps_paired_summary_agrees_with_scipy():
+  """benchmarks.ten_steps' standard error is the paired t-test's (mean / t), and a crop
+  whose bar fit diverged is left out of every figure."""
+  from scipy import stats
+
+  from benchmarks.ten_steps import compare
+  rng = np.random.default_rng(0)
+  bar = rng.normal(33, 2, 40)
+  learned = bar + rng.normal(0.3, 1.0, 40)
+  r = compare(np.append(learned, 30.0), np.append(bar, np.nan))
+  t = stats.ttest_rel(learned, bar).statistic
+  assert r["crops"] == 40 and r["left_out"] == 1
+  assert r["difference"] == pytest.approx(np.mean(learned - bar))
+  assert r["standard_error"] == pytest.approx(r["difference"] / t)
+  assert r["interval_95"][0] < r["difference"] < r["interval_95"][1]
+  assert r["ahead"] == int(np.sum(learned > bar))
+  assert r["learned"] == pytest.approx(np.mean(learned)) and r["bar"] == pytest.approx(np.mean(bar))
 
 
 def test_meta_start_recipe_is_compress_best_scaled_per_layer():

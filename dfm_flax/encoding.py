@@ -99,7 +99,8 @@ def encode_lm(image, out: str, start: str, steps: int, bits: int, coder: str) ->
   the image kept: the refit's fits are better before coding but move the last layer far
   from the start, so at 6-7 bits their files decoded 1-4 dB lower, at 9-10 bits 0.5-1 dB
   higher (README, "Ten steps"). For images of the start's crop size and nets small enough
-  for LM; figures of the decoded file, and "refit": whether the kept fit refitted."""
+  for LM; figures of the decoded file, "refit": whether the kept fit refitted, and
+  "other": the PSNR and bytes of the file not kept."""
   import jax
   from dfm_flax import codec, fourier, levenberg
   from dfm_flax.restore import saved_config
@@ -123,8 +124,9 @@ def encode_lm(image, out: str, start: str, steps: int, bits: int, coder: str) ->
                         net.method, bits, coder, params)
     coded[refit] = (-_decoded_psnr(data, image, net, params)[0], len(data), data)
   refit = min(coded, key=lambda k: coded[k][:2])  # the closer file; equal: the smaller
+  other = coded[levenberg.REFIT if not refit else 0]
   return {**_write(coded[refit][2], image, net, out, params, time.perf_counter() - tic),
-          "refit": bool(refit)}
+          "refit": bool(refit), "other": {"psnr": -other[0], "bytes": other[1]}}
 
 
 def _fitted(source: str, images_in: list):

@@ -150,7 +150,8 @@ def _encode_lm(image, out: str, start, bits: int):
   r = encoding.encode_lm(image, out, start, _LM_STEPS.value, bits, _CODER.value)
   print(f"wrote {out}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp, PSNR {r['psnr']:.2f} dB "
         f"({_LM_STEPS.value} LM steps {'with' if r['refit'] else 'without'} the last-layer "
-        f"refit, two fits in {r['encode_s']:.2f} s with the coding, "
+        f"refit; the other's file {r['other']['bytes']:,} bytes at {r['other']['psnr']:.2f} dB; "
+        f"two fits in {r['encode_s']:.2f} s with the coding, "
         f"{f'{bits}-bit' if bits != 16 else 'fp16'}, difference from {_INIT.value})")
 
 

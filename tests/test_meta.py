@@ -246,6 +246,8 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
                                header["method"])
     candidates.append(images.psnr(pixels, images.to_uint8(one) / 255))
   assert reported == pytest.approx(max(candidates), abs=0.01)
+  other = float(re.search(r"other's file [\d,]+ bytes at ([\d.]+) dB", proc.stdout).group(1))
+  assert other == pytest.approx(min(candidates), abs=0.01)
   if candidates[0] != candidates[1]:
     assert ("with the last-layer" in proc.stdout) == (candidates[0] > candidates[1])
   assert "give --init" in error_line(run_cli("experiments.codec", "encode", small, "--out",

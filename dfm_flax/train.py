@@ -165,10 +165,11 @@ def build(config, task):
   return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
-def _init_from(model, source: str, task) -> None:
+def _init_from(model, source: str, task, config) -> None:
   """Start from the weights of another run (fine-tuning); its optimizer state is not used.
-  A start meta-learned on crops of another size than the task's images is said in one line:
-  there it can end worse than a random start."""
+  A start meta-learned on crops of another size than the task's images, or for
+  Levenberg-Marquardt steps rather than gradient ones, is said in one line: there it can
+  end worse than a random start."""
   source_ckpt = Checkpointer(os.path.join(source, "checkpoints"), read_only=True)
   try:
     # A difference grid's start comes from the config (quant_start), not from the source.
@@ -178,8 +179,12 @@ def _init_from(model, source: str, task) -> None:
   _say(f"initialised from the weights in {source}")
   meta = task.meta()
   shapes = (meta.get("image_shapes") or [meta["image_shape"]]) if "image_shape" in meta else []
-  if note := restore.start_size_note(source, shapes):
-    _say(note)
+  # A meta run with LM inner steps going on from an LM start fits it the way it was meant.
+  lm_steps = config.task == "meta" and config.meta.get("inner_optimizer") == "lm"
+  notes = [restore.start_size_note(source, shapes), "" if lm_steps else restore.lm_start_note(source)]
+  for note in notes:
+    if note:
+      _say(note)
 
 
 def place_on_mesh(config, model, optimizer):
@@ -220,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _resume_guard(watch, meta, ckpt, model, optimizer)
     _say(f"resumed from checkpoint at step {meta['step']}")
   elif config.get("init_from", ""):
-    _init_from(model, config.init_from, task)
+    _init_from(model, config.init_from, task, config)
   start = int(meta.get("step", 0))
   sharding.global_batch(task, start, mesh)  # A batch that does not divide fails here.
 

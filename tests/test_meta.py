@@ -183,6 +183,13 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   assert "initialised from the weights in" in proc.stdout + proc.stderr
   # The smoke start was learned on 16x16 crops, the smoke image is not: one line says so.
   assert f"note: {wd} was learned on 16x16 crops; on this" in proc.stdout + proc.stderr
+  assert "learned for Levenberg-Marquardt steps" not in proc.stdout + proc.stderr
+  # A gradient fit from the start learned for LM steps says that too.
+  proc = run_cli("experiments.run", "--config", "experiments/compress.py:smoke", "--workdir",
+                 fit + "_lm", f"--config.init_from={lm_wd}", "--config.model.width=3",
+                 "--config.model.depth=3", "--config.train.steps=1")
+  assert proc.returncode == 0, proc.stderr
+  assert f"note: {lm_wd} was learned for Levenberg-Marquardt steps" in proc.stdout + proc.stderr
   # The codec from the learned start: the file stores the difference and names the start.
   img, out = str(tmp_path / "img.png"), str(tmp_path / "img.dfm")
   Image.fromarray(data.photo_crops(["astronaut"], 1, 24, 0)[0][0]).save(img)
@@ -373,3 +380,15 @@ def test_a_start_at_a_coarser_scale_trains_on_pooled_windows_and_says_so(tmp_pat
   assert note.startswith(f"note: {tmp_path} was learned on 16x16 crops of 64-pixel windows; "
                          "on this 451x300 image")
   assert restore.start_size_note(str(tmp_path), [(16, 16, 3)]) == ""
+
+
+@pytest.mark.parametrize("variant, says", [("lm_search", True), ("small", False), ("lm", True)])
+def test_a_start_learned_for_lm_steps_is_said_before_a_gradient_fit(tmp_path, variant, says):
+  # The :lm_search start ended 5 dB below random starts under the codec's gradient recipe
+  # (README); a start learned by gradient inner steps gets no such line.
+  (tmp_path / "config.json").write_text(meta_config.get_config(variant).to_json_best_effort())
+  note = restore.lm_start_note(str(tmp_path))
+  assert (note != "") == says
+  if says:
+    assert note.startswith(f"note: {tmp_path} was learned for Levenberg-Marquardt steps")
+    assert "--lm_steps" in note

@@ -190,6 +190,13 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
                  "--config.model.depth=3", "--config.train.steps=1")
   assert proc.returncode == 0, proc.stderr
   assert f"note: {lm_wd} was learned for Levenberg-Marquardt steps" in proc.stdout + proc.stderr
+  # An LM meta run going on from it fits it with LM steps: no such line.
+  proc = run_cli("experiments.run", "--config", "experiments/meta.py:smoke", "--workdir",
+                 lm_wd + "_on", "--config.meta.inner_optimizer=lm", f"--config.init_from={lm_wd}",
+                 "--config.train.stop_at=2")
+  assert proc.returncode == 0, proc.stderr
+  assert "initialised from the weights in" in proc.stdout + proc.stderr
+  assert "learned for Levenberg-Marquardt steps" not in proc.stdout + proc.stderr
   # The codec from the learned start: the file stores the difference and names the start.
   img, out = str(tmp_path / "img.png"), str(tmp_path / "img.dfm")
   Image.fromarray(data.photo_crops(["astronaut"], 1, 24, 0)[0][0]).save(img)

@@ -124,7 +124,7 @@ def encode_lm(image, out: str, start: str, steps: int, bits: int, coder: str) ->
                         net.method, bits, coder, params)
     coded[refit] = (-_decoded_psnr(data, image, net, params)[0], len(data), data)
   refit = min(coded, key=lambda k: coded[k][:2])  # the closer file; equal: the smaller
-  other = coded[levenberg.REFIT if not refit else 0]
+  other = next(v for k, v in coded.items() if k != refit)
   return {**_write(coded[refit][2], image, net, out, params, time.perf_counter() - tic),
           "refit": bool(refit), "other": {"psnr": -other[0], "bytes": other[1]}}
 

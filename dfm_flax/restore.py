@@ -46,7 +46,8 @@ def start_size_note(run: str, shapes) -> str:
 def lm_start_note(run: str) -> str:
   """A line for a gradient fit (`init_from`, `codec encode --init` without --lm_steps) that
   starts from `run` when `run` learned its start for Levenberg-Marquardt steps, else ''."""
-  if saved_config(run).get("meta", {}).get("inner_optimizer") != "lm":
+  from dfm_flax.tasks import meta  # Only for a fit from a start: not at import.
+  if meta.inner_optimizer(saved_config(run).get("meta", {})) != "lm":
     return ""
   # Measured (README, "Meta-learned starting points"): 16 held-out chelsea crops, the 4x3
   # net's :lm_search start, compress.py:best's recipe for 10,000 steps: 30.19 dB against

@@ -176,15 +176,15 @@ def _init_from(model, source: str, task, config) -> None:
     source_ckpt.restore(model, only=nnx.Not(fourier.QuantStart))
   finally:
     source_ckpt.close()
+  from dfm_flax.tasks import meta as meta_task
   _say(f"initialised from the weights in {source}")
   meta = task.meta()
   shapes = (meta.get("image_shapes") or [meta["image_shape"]]) if "image_shape" in meta else []
-  # A meta run with LM inner steps going on from an LM start fits it the way it was meant.
-  lm_steps = config.task == "meta" and config.meta.get("inner_optimizer") == "lm"
-  notes = [restore.start_size_note(source, shapes), "" if lm_steps else restore.lm_start_note(source)]
-  for note in notes:
-    if note:
-      _say(note)
+  notes = [restore.start_size_note(source, shapes)]
+  if config.task != "meta" or meta_task.inner_optimizer(config.meta) != "lm":
+    notes.append(restore.lm_start_note(source))  # An LM meta run fits it as it was meant.
+  for note in filter(None, notes):
+    _say(note)
 
 
 def place_on_mesh(config, model, optimizer):

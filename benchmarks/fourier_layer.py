@@ -13,7 +13,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from dfm_flax import fourier
+from dfm_flax.nets import fourier
 
 
 def step_fn(method):

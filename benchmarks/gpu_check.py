@@ -28,15 +28,15 @@ import numpy as np
 
 from benchmarks.fourier_layer import step_fn, time_once
 from benchmarks.scaling import measure
-from dfm_flax import fourier
+from dfm_flax.nets import fourier
 
 
 def precision_errors(seed: int = 0) -> dict:
   """Phase and pixel errors of float32 on this device against a float64 reference."""
-  from dfm_flax import reference
+  from dfm_flax.nets import reference
   rng = np.random.default_rng(seed)
   x = rng.uniform(-2, 2, (4096, 8)).astype(np.float32)
-  got = np.asarray(jax.jit(fourier._phases)(jnp.asarray(x)), np.float64)
+  got = np.asarray(jax.jit(fourier.phases)(jnp.asarray(x)), np.float64)
   ref = x.astype(np.float64) @ fourier.frequencies(8).astype(np.float64).T
   phase_err = float(np.max(np.abs(2 * np.pi * (got - ref))))
   coords = rng.uniform(0, 0.5, (4096, 2)).astype(np.float32)

@@ -16,7 +16,8 @@ import time
 import jax
 import numpy as np
 
-from dfm_flax import fourier, images
+from dfm_flax.nets import fourier
+from dfm_flax.data import images
 
 
 def _apply(params, keep: bool):

@@ -16,7 +16,7 @@ import jax
 from flax import nnx
 
 from dfm_flax import tasks
-from dfm_flax.train import TrainStep, build
+from dfm_flax.loop.train import TrainStep, build
 from experiments import compress
 
 

@@ -11,7 +11,7 @@ or takes the net of a finished compress run (--from DIR), fine-tunes it for --qa
 with the weights rounded as the file stores them (straight-through gradients; run
 directory FILE.dfm.qatBITS), quantises and codes it, writes FILE.dfm and prints bytes,
 bpp and the PSNR of what the file decodes to. With --bpp the net size comes from a model of coded
-bits per weight (encoding.size_for_bpp), and the bit depth is then moved (from --bits)
+bits per weight (sizes.size_for_bpp), and the bit depth is then moved (from --bits)
 until the file is within 10% of the target, or the nearest is said in one line. That is
 --grid uniform; the default for --bpp, --grid sensitivity, gives each layer its own step
 instead, from how much its weights move the picture, all scaled together to the target
@@ -40,8 +40,12 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from dfm_flax.encoding import QAT_STEPS
+from dfm_flax.codec.encoding import QAT_STEPS
 from experiments.cli import config_value, fail, parse_flags, run_main
+from dfm_flax.loop import restore
+from dfm_flax.codec import sizes
+from dfm_flax.codec import lm_encoding
+from dfm_flax.tasks import starts
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compress.py") + ":codec"
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Compress config for training.",
@@ -73,7 +77,7 @@ _LM_STEPS = flags.DEFINE_integer("lm_steps", 0, "encode --init: fit with this ma
 flags.mark_flags_as_required(["out"])
 
 def parse_size(text: str):
-  from dfm_flax.codec import MAX_PIXELS  # The stored sizes' bound (imports jax: not at start-up).
+  from dfm_flax.codec.fileformat import MAX_PIXELS  # imports jax: not at start-up
   from dfm_flax.errors import UserError
   m = re.fullmatch(r"(\d+)x(\d+)", text or "")
   if not m:
@@ -85,9 +89,10 @@ def parse_size(text: str):
 
 
 def _encode(image_path: str):
-  from dfm_flax import encoding, images
+  from dfm_flax.codec import encoding
+  from dfm_flax.data import images
   from dfm_flax.errors import UserError
-  from dfm_flax.train import train_and_evaluate
+  from dfm_flax.loop.train import train_and_evaluate
   out = _OUT.value
   if _BITS.value != 16 and not 4 <= _BITS.value <= 12:
     raise UserError(f"--bits must be 16 (fp16) or 4..12, got {_BITS.value}")
@@ -105,11 +110,11 @@ def _encode(image_path: str):
     # At a size budget, more bits on a smaller net win: 8-bit files decoded 1.1-4.3 dB
     # below their float nets, a 9-bit one 0.3 dB (README: the panel and the
     # rate-distortion study), so --bpp starts from BPP_BITS.
-    bits = encoding.BPP_BITS
+    bits = sizes.BPP_BITS
   start = os.path.abspath(_INIT.value) if _INIT.value else None
   if _LM_STEPS.value:
     return _encode_lm(image, out, start, bits)
-  start_model = encoding.load_start(start)[0] if start else None
+  start_model = restore.load_start(start)[0] if start else None
   source = _FROM.value
   if not source:
     config = config_value(_CONFIG)
@@ -138,16 +143,15 @@ def _encode(image_path: str):
 
 
 def _encode_lm(image, out: str, start, bits: int):
-  from dfm_flax import encoding, restore
   from dfm_flax.errors import UserError
   if not start:
     raise UserError("--lm_steps fits from a learned start: give --init META_RUN")
   for name in ("from", "bpp", "workdir", "qat_steps", "grid"):
     if flags.FLAGS[name].present:
       raise UserError(f"--lm_steps fits and codes without a training run: drop --{name}")
-  if note := restore.start_size_note(start, [image.shape]):
+  if note := starts.size_note(start, [image.shape]):
     print(note, file=sys.stderr)
-  r = encoding.encode_lm(image, out, start, _LM_STEPS.value, bits, _CODER.value)
+  r = lm_encoding.encode_lm(image, out, start, _LM_STEPS.value, bits, _CODER.value)
   print(f"wrote {out}: {r['bytes']:,} bytes, {r['bpp']:.4f} bpp, PSNR {r['psnr']:.2f} dB "
         f"({_LM_STEPS.value} LM steps {'with' if r['refit'] else 'without'} the last-layer "
         f"refit; the other's file {r['other']['bytes']:,} bytes at {r['other']['psnr']:.2f} dB; "
@@ -156,7 +160,8 @@ def _encode_lm(image, out: str, start, bits: int):
 
 
 def _decode(path: str):
-  from dfm_flax import codec, images
+  from dfm_flax.codec import fileformat
+  from dfm_flax.data import images
   from dfm_flax.errors import UserError
   out = _OUT.value
   if not out.lower().endswith(".png"):
@@ -169,9 +174,8 @@ def _decode(path: str):
     raise UserError(f"cannot read {path}: {e.strerror}") from None
   start = None
   if _INIT.value:
-    from dfm_flax import encoding
-    start = encoding.load_start(_INIT.value)[1]
-  header, params = codec.decode(data, start)
+    start = restore.load_start(_INIT.value)[1]
+  header, params = fileformat.decode(data, start)
   w, h = size or (header["width"], header["height"])
   img = images.render_params(params, h, w, header["coord_range"], header["method"])
   from dfm_flax import files

@@ -32,7 +32,7 @@ Variants:
 """
 import ml_collections
 
-from dfm_flax import images
+from dfm_flax.data import images
 from experiments import common
 
 

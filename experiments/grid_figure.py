@@ -51,7 +51,7 @@ def table(cells: dict) -> str:
 
 
 def draw(cells: dict, out: str) -> None:
-  from dfm_flax import figures  # noqa: F401  (selects the Agg backend)
+  from dfm_flax.evaluation import figures  # noqa: F401  (selects the Agg backend)
   import matplotlib.pyplot as plt
   widths = sorted({w for w, _ in cells})
   depths = sorted({d for _, d in cells})

@@ -13,7 +13,7 @@ are killed; the exit code is the first failure's.
 import argparse
 import sys
 
-from dfm_flax.processes import launch
+from dfm_flax.parallel.processes import launch
 
 
 def main() -> None:

@@ -37,12 +37,13 @@ the same on the 1,000 MNIST digits that ship with the project (28x28 grey, a 5x4
 step 0.3, the last 100 held out; `--config.data.source=idx --config.data.dir=DIR` for all 70,000); `maml`
 second-order MAML through 3 inner steps (Adam 1e-4, not tuned); `smoke` a tiny run for tests (it checks the pipeline only).
 `python -m experiments.codec encode IMAGE --out F.dfm --init RUN` fits from the learned start
-and stores the difference from it; `python -m benchmarks.meta_start --start RUN --out DIR`
+and stores the difference from it; `python -m studies.meta_start --start RUN --out DIR`
 measures both (README).
 """
 import ml_collections
 
-from dfm_flax import levenberg
+from dfm_flax.nets import levenberg
+from dfm_flax.tasks import meta_learning
 from experiments import common, compress
 
 
@@ -62,8 +63,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       "inner_lr": 1.0,          # sgd: layer l steps by inner_lr / 2^m_l
       # lm: the first step's damping (times each weight's own curvature), divided by lm_down
       # after each step that lowers the loss.
-      "lm_damping": 0.1,
-      "lm_down": 1.5,
+      "lm_damping": meta_learning.LM_DAMPING,
+      "lm_down": meta_learning.LM_DOWN,
       # lm: each step keeps the best of 7 dampings x 4 step lengths from its one Jacobian
       # (levenberg.fit's search; lm_down unused): about 1.5x a plain step's time.
       "lm_search": False,

@@ -18,7 +18,7 @@ bytes; * counts images where even JPEG quality 1 is larger than the DFM file) an
 DIR/fits.csv (images fitted at once, size, steps, seconds). --replot redraws rd.png and
 summary.md from rd.csv alone, with the rows of each --also OTHER/rd.csv replacing those of
 the same image and DFM setting (e.g. a net refitted with another --seed). --set KEY=VALUE
-changes a setting of compress.py:best for every DFM fit (benchmarks/settings.py).
+changes a setting of compress.py:best for every DFM fit (experiments/settings.py).
 """
 import csv
 import os
@@ -52,13 +52,13 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _rd(argv):
-  from dfm_flax import rd_study
+  from experiments import rd_study
   from dfm_flax.errors import UserError
   csv_path = os.path.join(_OUT.value, "rd.csv")
   if _REPLOT.value:
     if not os.path.exists(csv_path):
       raise UserError(f"--replot: no {csv_path} to read")
-    from dfm_flax.rate_distortion import merge
+    from dfm_flax.codec.rate_distortion import merge
     tables = []
     for path in [csv_path, *_ALSO.value]:
       try:
@@ -77,7 +77,7 @@ def _rd(argv):
                     f"{_SIZES.value!r}, {_BITS.value!r}, {_SIREN_BITS.value!r}") from None
   if any(len(s) != 2 for s in sizes):
     raise UserError(f"--sizes takes WIDTHxDEPTH,...; got {_SIZES.value!r}")
-  from benchmarks import settings
+  from experiments import settings
   overrides = settings.recorded(_OUT.value, _SET.value)
   rd_study.Study(_OUT.value, sizes=sizes, bits=bits, steps=_STEPS.value, qat_steps=_QAT.value,
                  siren=_SIREN.value, siren_bits=siren_bits, siren_steps=_SIREN_STEPS.value,

@@ -48,10 +48,10 @@ def expand_workdir(template: str, config) -> str:
 
 
 def _train(_):
-  from dfm_flax import distributed
+  from dfm_flax.parallel import distributed
   config = config_value(_CONFIG)
   distributed.initialize(config)  # Before jax touches a device; no-op for one process.
-  from dfm_flax.train import train_and_evaluate  # Heavy imports after flag parsing.
+  from dfm_flax.loop.train import train_and_evaluate  # heavy imports after flag parsing
   metrics = train_and_evaluate(config, expand_workdir(_WORKDIR.value, config))
   distributed.finish()
   if not distributed.is_main():

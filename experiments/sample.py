@@ -27,9 +27,10 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 def _sample(_):
   import jax.numpy as jnp
-  from dfm_flax import evaluation, images
+  from dfm_flax.evaluation import generators
+  from dfm_flax.data import images
   from dfm_flax.errors import UserError
-  from dfm_flax.restore import load_model
+  from dfm_flax.loop.restore import load_model
 
   out = _OUT.value
   if not out.lower().endswith(".png"):
@@ -43,19 +44,19 @@ def _sample(_):
   shape = tuple(meta["image_shape"])
   coord_range = tuple(config.model.get("coord_range", (0.0, 1.0)))
   coords = jnp.asarray(images.pixel_grid(shape[0], shape[1], coord_range))
-  priors = evaluation.load_priors(_WORKDIR.value)
-  evaluation.write_samples(model, priors, _PRIOR.value, _NUM.value, _SEED.value, coords, shape, out)
+  priors = generators.load_priors(_WORKDIR.value)
+  generators.write_samples(model, priors, _PRIOR.value, _NUM.value, _SEED.value, coords, shape, out)
   written = [out]
 
   originals, index = _originals(_WORKDIR.value)
   latents = (np.asarray(model.latents[...])[index] if hasattr(model, "latents")
              else np.asarray(model.encode({"image": jnp.asarray(originals)})))
   stem = out[:-4]
-  rec = evaluation.render_latents(model, latents[:32], coords, shape)
-  evaluation.write_reconstructions(originals, rec, f"{stem}_reconstructions.png")
+  rec = generators.render_latents(model, latents[:32], coords, shape)
+  generators.write_reconstructions(originals, rec, f"{stem}_reconstructions.png")
   written.append(f"{stem}_reconstructions.png")
   if _INTERP.value:
-    evaluation.write_interpolations(model, latents, coords, shape, _INTERP.value,
+    generators.write_interpolations(model, latents, coords, shape, _INTERP.value,
                                     f"{stem}_interpolations.png")
     written.append(f"{stem}_interpolations.png")
   print("wrote " + ", ".join(written))

@@ -13,7 +13,8 @@ import zlib
 
 import numpy as np
 
-from dfm_flax import codec, fourier
+from dfm_flax.codec import fileformat
+from dfm_flax.nets import fourier
 from dfm_flax.errors import UserError
 
 # Header fields: (name, struct format, offset) in codec._HEAD ("<4sBHHBBBffBBB").
@@ -33,7 +34,7 @@ def valid_files():
   for bits, coder in ((8, "ans"), (6, "raw"), (16, "raw")):
     params = [(rng.normal(0, 0.1, (r, n)), rng.normal(0, 0.1, (r, n)))
               for r, n in fourier.param_shapes(3, 3, 3)]
-    yield codec.encode(params, (20, 30, 3), 3, 3, (0.0, 0.5), "auto", bits, coder)
+    yield fileformat.encode(params, (20, 30, 3), 3, 3, (0.0, 0.5), "auto", bits, coder)
 
 
 def cases():
@@ -47,7 +48,7 @@ def cases():
                        + body[offset + struct.calcsize(fmt):])
     for cut in range(len(body)):  # Truncated, CRC recomputed.
       yield with_crc(body[:cut])
-    stats_end = codec._HEAD.size + 3 * codec._LAYER.size
+    stats_end = fileformat._HEAD.size + 3 * fileformat._LAYER.size
     for _ in range(200):  # Random payload (and length) bytes.
       tail = bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(0, 64)))
       yield with_crc(body[:stats_end] + struct.pack("<I", len(tail)) + tail)
@@ -59,7 +60,7 @@ def cases():
       yield with_crc(bytes(b))
     for value in (1.0, 0.0, -1.0, float("nan"), float("inf"), 1e30):  # Layer statistics.
       for field in range(3):
-        off = codec._HEAD.size + field * 4
+        off = fileformat._HEAD.size + field * 4
         yield with_crc(body[:off] + struct.pack("<f", value) + body[off + 4:])
 
 
@@ -70,7 +71,7 @@ def main():
   for data in cases():
     tried += 1
     try:
-      codec.decode(data)
+      fileformat.decode(data)
       decoded += 1
     except UserError:
       refused += 1

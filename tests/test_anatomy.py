@@ -2,7 +2,8 @@
 differences, and the benchmark's command line on a smoke run."""
 import numpy as np
 
-from dfm_flax import anatomy, fourier, images, reference
+from dfm_flax.nets import anatomy, fourier, reference
+from dfm_flax.data import images
 from tests.helpers import error_line, run_cli
 
 
@@ -46,10 +47,10 @@ def test_hidden_scale_command(tmp_path):
   wd = str(tmp_path / "run")
   assert run_cli("experiments.run", "--config", "experiments/compress.py:smoke",
                  "--workdir", wd).returncode == 0
-  proc = run_cli("benchmarks.hidden_scale", wd)
+  proc = run_cli("studies.hidden_scale", wd)
   assert proc.returncode == 0, proc.stderr
   rows = [line.split() for line in proc.stdout.splitlines()[2:]]
   assert [int(r[0]) for r in rows] == [1, 2, 3, 4]  # smoke: depth 4
   assert all(float(r[1]) > 0 and float(r[4]) > 0 for r in rows)
   assert all(0 < float(r[5]) < 1 for r in rows)  # Adam's sqrt(v): found per layer, finite
-  assert "not a dfm run directory" in error_line(run_cli("benchmarks.hidden_scale", str(tmp_path)))
+  assert "not a dfm run directory" in error_line(run_cli("studies.hidden_scale", str(tmp_path)))

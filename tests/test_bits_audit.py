@@ -1,15 +1,16 @@
-"""benchmarks/bits_audit.py: its ideal-payload figure is the coder's own size where the
+"""studies/bits_audit.py: its ideal-payload figure is the coder's own size where the
 model fits, and it finds the gain of a per-group model where one exists."""
 import numpy as np
 
-from benchmarks import bits_audit
-from dfm_flax import codec, fourier, grids
-from tests.test_codec import laplace_params
+from studies import bits_audit
+from dfm_flax.codec import fileformat, grids
+from dfm_flax.nets import fourier
+from tests.helpers import laplace_params
 
 
 def test_the_per_layer_figure_is_the_coded_payload():
-  data = codec.encode(laplace_params(), (30, 40, 3), 6, 4, (0.0, 0.5), "auto", 10, "ans")
-  payload = len(data) - codec.header_bytes(4)
+  data = fileformat.encode(laplace_params(), (30, 40, 3), 6, 4, (0.0, 0.5), "auto", 10, "ans")
+  payload = len(data) - fileformat.header_bytes(4)
   ideal, groups = bits_audit.entropy_bytes(data)
   # ANS codes within a few bytes of the ideal size of its own per-layer model.
   assert abs(ideal["layer"] / payload - 1) < 0.01
@@ -20,12 +21,12 @@ def test_a_per_popcount_model_gains_where_the_spread_follows_the_popcount():
   rng = np.random.default_rng(0)
   params = []
   for r, n in fourier.param_shapes(6, 4, 1):  # Spread 0.2^popcount: one Laplace per layer misfits.
-    spread = (0.2 ** bits_audit._popcounts(r))[:, None] * np.ones((1, n))
+    spread = (0.2 ** bits_audit.popcounts(r))[:, None] * np.ones((1, n))
     params.append(tuple(rng.laplace(0, spread).astype(np.float32) for _ in range(2)))
-  ideal, _ = bits_audit.entropy_bytes(codec.encode(params, (30, 40, 1), 6, 4, bits=10))
+  ideal, _ = bits_audit.entropy_bytes(fileformat.encode(params, (30, 40, 1), 6, 4, bits=10))
   assert ideal["layer, popcount"] < 0.8 * ideal["layer"]
   assert ideal["layer, popcount, output"] <= ideal["layer, popcount"] * 1.01
-  even_file = codec.encode(laplace_params(6, 4, 1), (30, 40, 1), 6, 4, bits=10)
+  even_file = fileformat.encode(laplace_params(6, 4, 1), (30, 40, 1), 6, 4, bits=10)
   even = bits_audit.entropy_bytes(even_file)[0]
   assert even["layer, popcount"] > 0.97 * even["layer"]  # Nothing to gain: same spread.
 

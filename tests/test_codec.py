@@ -8,15 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfm_flax import codec, fourier, images
+from dfm_flax.codec import fileformat as codec
+from dfm_flax.nets import fourier
+from dfm_flax.data import images
 from dfm_flax.errors import UserError
-from tests.helpers import error_line, run_cli
-
-
-def laplace_params(width=6, depth=4, channels=3, seed=0):
-  rng = np.random.default_rng(seed)
-  return [(rng.laplace(0, 0.05, (r, n)).astype(np.float32), rng.laplace(0, 0.05, (r, n)).astype(np.float32))
-          for r, n in fourier.param_shapes(width, depth, channels)]
+from tests.helpers import error_line, laplace_params, run_cli
+from dfm_flax.loop import restore
 
 
 def expected_dequantised(params, bits):
@@ -175,12 +172,11 @@ def test_cli_bad_input_leaves_no_file(fitted, tmp_path):
 
 @pytest.mark.slow
 def test_a_start_is_read_once_per_state_of_its_checkpoints_and_config(fitted, tmp_path):
-  from dfm_flax import encoding
   _, wd, _ = fitted
   run = str(tmp_path / "start")
   shutil.copytree(wd, run)
-  config, params = encoding.load_start(run)
-  assert encoding.load_start(run + "/")[1] is params  # The same path: not read again.
+  config, params = restore.load_start(run)
+  assert restore.load_start(run + "/")[1] is params  # The same path: not read again.
   with pytest.raises(ValueError):  # Shared by later calls, so nobody may write into it.
     params[0][0][...] = 0
   with pytest.raises(AttributeError):
@@ -188,13 +184,13 @@ def test_a_start_is_read_once_per_state_of_its_checkpoints_and_config(fitted, tm
   # A new checkpoint changes checkpoints/'s mtime: read afresh, the same weights here.
   ckpts = os.path.join(run, "checkpoints")
   os.utime(ckpts, ns=(os.stat(ckpts).st_atime_ns, os.stat(ckpts).st_mtime_ns + 10**9))
-  again = encoding.load_start(run)[1]
+  again = restore.load_start(run)[1]
   assert again is not params
   np.testing.assert_array_equal(again[-1][1], params[-1][1])
   # So does a rewritten config.json, which sets the net's shape and evaluation.
   path = os.path.join(run, "config.json")
   os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
-  assert encoding.load_start(run)[1] is not again
+  assert restore.load_start(run)[1] is not again
 
 
 def test_fake_quantisation_matches_the_file_and_passes_gradients():
@@ -261,7 +257,7 @@ def test_quantisation_aware_fine_tune_improves_the_decoded_file(fitted, tmp_path
 def test_siren_parameter_count():
   import jax
   from flax import nnx
-  from dfm_flax import siren
+  from dfm_flax.nets import siren
   model = siren.Siren(64, 5, 3, rngs=nnx.Rngs(0))
   assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == siren.num_params(64, 5, 3)
   assert model(np.zeros((7, 2), np.float32)).shape == (7, 3)
@@ -288,7 +284,7 @@ def test_rate_distortion_tool(tmp_path):
 
 
 def test_bpp_target_picks_a_net_predicted_near_the_target():
-  from dfm_flax.encoding import predicted_bytes, size_for_bpp
+  from dfm_flax.codec.sizes import predicted_bytes, size_for_bpp
   for shape in ((512, 768, 3), (512, 512, 1), (400, 400, 3), (1411, 1411, 3)):
     h, w, c = shape
     for bpp in (0.1, 0.3, 0.6) if h < 1000 else (0.1, 0.3):
@@ -308,7 +304,7 @@ def test_bpp_target_picks_a_net_predicted_near_the_target():
 
 @pytest.mark.slow
 def test_encode_to_bpp_moves_the_bit_depth_to_hit_the_target(tmp_path):
-  from dfm_flax.encoding import encode_run, encode_to_bpp
+  from dfm_flax.codec.encoding import encode_run, encode_to_bpp
   wd = str(tmp_path / "run")
   assert run_cli("experiments.run", "--config", "experiments/compress.py:smoke",
                  "--workdir", wd).returncode == 0
@@ -338,7 +334,7 @@ def test_image_too_small_for_the_net(tmp_path):
 
 
 def test_rd_summary_pairs_each_file_with_its_competitors():
-  from dfm_flax.rate_distortion import summarize
+  from dfm_flax.codec.rate_distortion import summarize
   rows = [
       {"image": "a", "codec": "dfm", "setting": "4x6 8-bit", "bpp": "0.1", "psnr": "25", "encode_s": "10"},
       {"image": "a", "codec": "jpeg", "setting": "q=None", "bpp": "0.2", "psnr": "21", "encode_s": "0"},
@@ -355,7 +351,7 @@ def test_rd_summary_pairs_each_file_with_its_competitors():
 
 
 def test_rd_merge_replaces_a_refitted_file_with_its_comparisons():
-  from dfm_flax.rate_distortion import merge
+  from dfm_flax.codec.rate_distortion import merge
   first = [{"image": "a", "codec": "dfm", "setting": "8x6 8-bit", "psnr": "12"},
            {"image": "a", "codec": "jpeg", "setting": "q=40", "psnr": "30"},
            {"image": "b", "codec": "dfm", "setting": "8x6 8-bit", "psnr": "29"}]
@@ -367,14 +363,14 @@ def test_rd_merge_replaces_a_refitted_file_with_its_comparisons():
 
 
 def test_rd_pareto_front_keeps_only_undominated_settings():
-  from dfm_flax.rate_distortion import pareto
+  from dfm_flax.codec.rate_distortion import pareto
   # (0.44, 23.3) is beaten by (0.37, 28.5): fewer bits and more dB.
   points = [(0.06, 24.8), (0.44, 23.3), (0.37, 28.5), (0.04, 22.0), (0.82, 30.0)]
   assert pareto(points) == [(0.04, 22.0), (0.06, 24.8), (0.37, 28.5), (0.82, 30.0)]
 
 
 def test_bd_rate_on_curves_known_in_closed_form():
-  from dfm_flax.rate_distortion import bd_rate
+  from dfm_flax.codec.rate_distortion import bd_rate
   # log bytes linear in PSNR: log r = a + b p. The test curve is the same line shifted by
   # log(0.8), sampled at other PSNRs over a range that only partly overlaps: any
   # interpolation of straight lines is exact, so the answer is exactly 0.8 - 1.
@@ -391,7 +387,7 @@ def test_bd_rate_on_curves_known_in_closed_form():
 def test_bd_rate_matches_numerical_integration_and_says_when_undefined():
   from scipy.interpolate import PchipInterpolator
 
-  from dfm_flax.rate_distortion import bd_rate
+  from dfm_flax.codec.rate_distortion import bd_rate
   ref = [(1000.0, 20.0), (1500.0, 24.0), (2600.0, 27.0), (5200.0, 30.0)]
   test = [(900.0, 21.0), (1200.0, 23.5), (2500.0, 28.0), (4000.0, 31.0)]
   # Independently: the mean log-rate gap on a fine grid of the common PSNR range (21-30 dB).

@@ -6,31 +6,10 @@ import time
 
 import pytest
 
-from tests.helpers import error_line, popen_cli, run_cli
+from tests.helpers import checkpoint_steps, error_line, popen_cli, read_metrics, run_cli, wait_for_checkpoint
 
 SMOKE = "experiments/compress.py:smoke"
 KEYS = {"psnr", "ssim", "mse", "num_params", "bytes", "bpp", "percent_of_raw", "steps", "seconds", "jpeg"}
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, "metrics.json")) as f:
-    return json.load(f)
-
-
-def checkpoint_steps(workdir):
-  d = os.path.join(workdir, "checkpoints")
-  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
-
-
-def wait_for_checkpoint(proc, workdir, min_step, timeout=120):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    steps = checkpoint_steps(workdir)
-    if steps and steps[-1] >= min_step:
-      return steps[-1]
-    assert proc.poll() is None, proc.communicate()
-    time.sleep(0.02)
-  raise AssertionError("no checkpoint appeared")
 
 
 def test_smoke_run_writes_everything_and_is_not_redone(tmp_path):
@@ -54,7 +33,7 @@ def test_smoke_run_writes_everything_and_is_not_redone(tmp_path):
   # built-in image (an independent computation: numpy on the two PNG-level images).
   import numpy as np
   from PIL import Image
-  from dfm_flax import images
+  from dfm_flax.data import images
   rec = np.asarray(Image.open(os.path.join(wd, "reconstruction.png")), np.float64)
   ref = np.round(images.default_image() * 255).astype(np.float64)
   assert m["psnr"] == pytest.approx(10 * np.log10(255**2 / np.mean((rec - ref) ** 2)), abs=1e-6)
@@ -172,7 +151,7 @@ def test_gray_image_trains_with_one_channel(tmp_path):
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path):
   from dfm_flax.errors import UserError
-  from dfm_flax.train import train_and_evaluate
+  from dfm_flax.loop.train import train_and_evaluate
   from experiments.compress import get_config
   config = get_config("smoke")
   config.model.init_variance = float("nan")

@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfm_flax import codec, encoding, images
+from dfm_flax.codec import fileformat, encoding
+from dfm_flax.data import images
 from dfm_flax.errors import UserError
-from dfm_flax.train import train_and_evaluate
+from dfm_flax.loop.train import train_and_evaluate
 from experiments.compress import get_config
 
 pytestmark = pytest.mark.slow  # Whole-run end-to-end tests (python -m pytest -m 'not slow' skips them).
@@ -49,8 +50,8 @@ def test_a_stack_trains_each_image_exactly_as_alone(tmp_path):
   encoding.encode_runs(str(tmp_path / "both"), ims, outs, 8, "ans", 0)
   for i in range(2):
     encoding.encode_run(str(tmp_path / f"alone{i}"), ims[i], str(tmp_path / f"a{i}.dfm"), 8, "ans", 0)
-    _, stacked = codec.decode(open(outs[i], "rb").read())
-    _, single = codec.decode(open(tmp_path / f"a{i}.dfm", "rb").read())
+    _, stacked = fileformat.decode(open(outs[i], "rb").read())
+    _, single = fileformat.decode(open(tmp_path / f"a{i}.dfm", "rb").read())
     for (a1, b1), (a2, b2) in zip(stacked, single):
       w1, w2 = np.concatenate([a1.ravel(), b1.ravel()]), np.concatenate([a2.ravel(), b2.ravel()])
       step = np.max(np.abs(w2)) / 127

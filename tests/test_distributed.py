@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from dfm_flax import processes as launcher
+from dfm_flax.parallel import processes as launcher
 from tests.helpers import ROOT, run_cli
 
 pytestmark = pytest.mark.slow  # Whole-run end-to-end tests (python -m pytest -m 'not slow' skips them).

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dfm_flax import fourier, reference
+from dfm_flax.nets import fourier, reference
 from dfm_flax.errors import UserError
 
 
@@ -144,10 +144,10 @@ def test_every_contraction_is_full_precision_whatever_the_default(method, precis
 
 def test_phases_need_no_dot_product():
   x = jax.random.uniform(jax.random.key(2), (5, 7))
-  text = jax.jit(fourier._phases).lower(x).as_text()
+  text = jax.jit(fourier.phases).lower(x).as_text()
   assert "dot_general" not in text
   expect = np.asarray(x, np.float64) @ fourier.frequencies(7).astype(np.float64).T
-  np.testing.assert_allclose(fourier._phases(x), expect, atol=1e-6)
+  np.testing.assert_allclose(fourier.phases(x), expect, atol=1e-6)
 
 
 def test_too_wide_is_refused_before_allocating():

@@ -6,10 +6,14 @@ import pytest
 import scipy.linalg
 from flax import nnx
 
-from dfm_flax import data, evaluation, fourier, optim, reference
+from dfm_flax.data import datasets
+from dfm_flax.evaluation import generators
+from dfm_flax.nets import fourier, reference
+from dfm_flax.loop import optim
 from dfm_flax.tasks import generate
-from dfm_flax.train import make_train_step
+from dfm_flax.loop.train import make_train_step
 from experiments import mnist
+from dfm_flax.evaluation import batched
 
 
 def small_config():
@@ -22,13 +26,13 @@ def small_config():
 
 
 def test_batches_cover_each_image_once_per_epoch():
-  ds = data.Dataset(np.random.default_rng(0).random((20, 4, 4, 1), np.float32), np.zeros(20, int), "t")
-  batches = data.ImageBatches(ds, 6, seed=3)  # 3 steps per epoch, 2 images left out
+  ds = datasets.Dataset(np.random.default_rng(0).random((20, 4, 4, 1), np.float32), np.zeros(20, int), "t")
+  batches = datasets.ImageBatches(ds, 6, seed=3)  # 3 steps per epoch, 2 images left out
   epoch0 = np.concatenate([np.asarray(batches(s)["index"]) for s in range(3)])
   epoch1 = np.concatenate([np.asarray(batches(s)["index"]) for s in range(3, 6)])
   assert len(set(epoch0.tolist())) == 18 and len(set(epoch1.tolist())) == 18
   assert epoch0.tolist() != epoch1.tolist()
-  np.testing.assert_array_equal(batches(4)["index"], data.ImageBatches(ds, 6, seed=3)(4)["index"])
+  np.testing.assert_array_equal(batches(4)["index"], datasets.ImageBatches(ds, 6, seed=3)(4)["index"])
   b = batches(0)
   np.testing.assert_allclose(b["image"], np.round(ds.images[np.asarray(b["index"])] * 255) / 255, atol=1e-6)
 
@@ -53,10 +57,10 @@ def test_loss_is_eq_4_8():
 
 def test_decoder_outputs_the_true_parameter_count():
   config = small_config()
-  model = generate.model_from_meta(config, {"num_images": 3, "image_shape": [28, 28, 1]}, nnx.Rngs(0))
+  model = generate.model_from_info(config, {"num_images": 3, "image_shape": [28, 28, 1]}, nnx.Rngs(0))
   assert model.decoder(jnp.zeros((2, 5))).shape == (2, fourier.num_params(4, 6, 1)) == (2, 576)
   config.model.encoder_hidden = (12,)
-  model = generate.model_from_meta(config, {"num_images": 3, "image_shape": [8, 8, 3]}, nnx.Rngs(0))
+  model = generate.model_from_info(config, {"num_images": 3, "image_shape": [8, 8, 3]}, nnx.Rngs(0))
   assert model.encode({"image": jnp.zeros((2, 8, 8, 3))}).shape == (2, 5)
   assert model.images(jnp.zeros((2, 5)), jnp.zeros((64, 2))).shape == (2, 64, 3)
 
@@ -90,37 +94,38 @@ def test_frechet_distance_matches_scipy():
   s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
   covmean = scipy.linalg.sqrtm(s1 @ s2).real
   expect = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * covmean)
-  assert evaluation.frechet_distance(a, b) == pytest.approx(expect, rel=1e-6)
-  assert evaluation.frechet_distance(a, a) == pytest.approx(0, abs=1e-8)
+  assert generators.frechet_distance(a, b) == pytest.approx(expect, rel=1e-6)
+  assert generators.frechet_distance(a, a) == pytest.approx(0, abs=1e-8)
 
 
 def test_gmm_prior_samples_follow_the_latents():
   rng = np.random.default_rng(0)
   latents = np.concatenate([rng.normal(-3, 0.1, (300, 2)), rng.normal(3, 0.1, (300, 2))])
-  priors = evaluation.fit_priors(latents, gmm_components=2, seed=0)
-  z = evaluation.sample_latents(priors, "gmm", 2000, 2, seed=1)
+  priors = generators.fit_priors(latents, gmm_components=2, seed=0)
+  z = generators.sample_latents(priors, "gmm", 2000, 2, seed=1)
   assert np.mean(np.abs(np.abs(z) - 3) < 0.5) > 0.99  # two modes, nothing in between
-  g = evaluation.sample_latents(priors, "gaussian", 5000, 2, seed=1)
+  g = generators.sample_latents(priors, "gaussian", 5000, 2, seed=1)
   assert np.sqrt(np.mean(g**2)) == pytest.approx(np.sqrt(np.mean(latents**2)), rel=0.05)
-  assert float(evaluation.fit_priors(latents, 2, 0, gaussian_scale=1.0)["gaussian_scale"]) == 1.0
+  assert float(generators.fit_priors(latents, 2, 0, gaussian_scale=1.0)["gaussian_scale"]) == 1.0
 
 
 def test_warm_up_compiles_what_evaluation_then_renders():
   # The loop's warm-up thread compiles the renderer on a copy of the model; evaluation,
   # given the trained model placed as it places it, must find that compilation (a
   # different specialisation, e.g. another placement, would compile a second one).
-  from dfm_flax import sharding, train
+  from dfm_flax.parallel import sharding
+  from dfm_flax.loop import train
   c = small_config()
   task = generate.Task(c)
   model, optimizer = train.build(c, task)
   train.place_on_mesh(c, model, optimizer)
-  evaluation._jitted.cache_clear()
-  train._warm_up_evaluation(task, model).join()
-  renderer = evaluation._jitted(nnx.split(model)[0], "images")
+  batched.jitted_method.cache_clear()
+  train.warm_up_evaluation(task, model).join()
+  renderer = batched.jitted_method(nnx.split(model)[0], "images")
   assert renderer._cache_size() == 1
   state = sharding.to_host(nnx.state(model))
   nnx.update(model, jax.device_put(state, jax.local_devices()[0]))  # As train_and_evaluate.
-  images = evaluation.render_latents(model, np.zeros((3, c.model.latent_dim)), task.coords,
+  images = generators.render_latents(model, np.zeros((3, c.model.latent_dim)), task.coords,
                                      task.image_shape)
   assert images.shape == (3, *task.image_shape)
   assert renderer._cache_size() == 1

@@ -53,14 +53,15 @@ def test_reported_fid_is_recomputed_independently(runs):
   import numpy as np
   import scipy.linalg
   import jax.numpy as jnp
-  from dfm_flax import data, evaluation, features, images
-  from dfm_flax.restore import load_model
+  from dfm_flax.data import datasets, images
+  from dfm_flax.evaluation import generators, features
+  from dfm_flax.loop.restore import load_model
   m = metrics(runs["dfm"])
   config, meta, model = load_model(runs["dfm"])
   coords = jnp.asarray(images.pixel_grid(28, 28, tuple(config.model.coord_range)))
-  priors = evaluation.load_priors(runs["dfm"])
+  priors = generators.load_priors(runs["dfm"])
   extract = features.classifier_features(runs["classifier"])
-  with np.load(data.BUNDLED_MNIST) as f:
+  with np.load(datasets.BUNDLED_MNIST) as f:
     reference = f["images"][:500, ..., None].astype(np.float32) / 255
 
   def fid(a, b):
@@ -69,8 +70,8 @@ def test_reported_fid_is_recomputed_independently(runs):
 
   ref = extract(reference).astype(np.float64)
   for prior in ("gaussian", "gmm"):
-    z = evaluation.sample_latents(priors, prior, 500, priors["gmm_means"].shape[1], config.seed)
-    fake = extract(evaluation.render_latents(model, z, coords, (28, 28, 1))).astype(np.float64)
+    z = generators.sample_latents(priors, prior, 500, priors["gmm_means"].shape[1], config.seed)
+    fake = extract(generators.render_latents(model, z, coords, (28, 28, 1))).astype(np.float64)
     assert m["fid"][f"classifier/{prior}"] == pytest.approx(fid(ref, fake), rel=1e-3)
   assert fid(ref, ref) < 1e-3 * m["fid"]["classifier/gmm"]
 

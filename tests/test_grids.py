@@ -8,8 +8,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dfm_flax import codec, fourier, grids, images
-from tests.test_codec import laplace_params
+from dfm_flax.codec import fileformat, grids
+from dfm_flax.nets import fourier
+from dfm_flax.data import images
+from tests.helpers import laplace_params
+from dfm_flax.codec import sizes
 
 
 def _net(width=4, depth=3, method="direct"):
@@ -19,23 +22,23 @@ def _net(width=4, depth=3, method="direct"):
 
 def test_encoder_steps_are_the_files_grid_and_never_clip():
   params = laplace_params(4, 3, 1, seed=1)
-  flat = codec._flat_layers(params)
+  flat = fileformat.flat_layers(params)
   floors = [np.abs(x).max() / (2**7 - 1) for x in flat]
   # Layer 0 finer than its 8-bit floor (so raised to it), the others coarser.
   asked = [floors[0] / 10, floors[1] * 3, floors[2] * 7]
-  data = codec.encode(params, (8, 8, 1), 4, 3, (0.0, 0.5), "direct", 8, "ans", steps=asked)
-  _, back = codec.decode(data)
-  for x, y, step in zip(flat, codec._flat_layers(back), [floors[0], asked[1], asked[2]]):
+  data = fileformat.encode(params, (8, 8, 1), 4, 3, (0.0, 0.5), "direct", 8, "ans", steps=asked)
+  _, back = fileformat.decode(data)
+  for x, y, step in zip(flat, fileformat.flat_layers(back), [floors[0], asked[1], asked[2]]):
     step = np.float32(step)
     assert np.allclose(y / step, np.round(y / step), atol=1e-3)  # on the grid of that step
     assert np.max(np.abs(y - x)) <= step / 2 * (1 + 1e-5)  # rounded, not clipped
   # Coarser steps, fewer bytes; no steps is the default grid, byte for byte.
-  default = codec.encode(params, (8, 8, 1), 4, 3, (0.0, 0.5), "direct", 8, "ans")
+  default = fileformat.encode(params, (8, 8, 1), 4, 3, (0.0, 0.5), "direct", 8, "ans")
   assert len(data) < len(default)
-  assert codec.encode(params, (8, 8, 1), 4, 3, (0.0, 0.5), "direct", 8, "ans",
+  assert fileformat.encode(params, (8, 8, 1), 4, 3, (0.0, 0.5), "direct", 8, "ans",
                       steps=floors) == default
   with pytest.raises(ValueError, match="2 grid steps for 3 layers"):
-    codec.encode(params, (8, 8, 1), 4, 3, (0.0, 0.5), "direct", 8, "ans", steps=asked[:2])
+    fileformat.encode(params, (8, 8, 1), 4, 3, (0.0, 0.5), "direct", 8, "ans", steps=asked[:2])
 
 
 def _exact_sensitivity(params, coords, method):
@@ -64,23 +67,23 @@ def test_encode_at_bytes_hits_the_budget_with_steps_by_sensitivity():
   params = laplace_params(6, 4, 3, seed=3)
   net = _net(6, 4, "product")
   sens = np.array([400.0, 25.0, 4.0, 1.0])
-  target = len(codec.encode(params, (30, 40, 3), 6, 4, (0.0, 0.5), "product", 8, "ans"))
+  target = len(fileformat.encode(params, (30, 40, 3), 6, 4, (0.0, 0.5), "product", 8, "ans"))
   data, steps = grids.encode_at_bytes(params, (30, 40, 3), net, sens, target)
   assert target * 0.98 <= len(data) <= target
   # Steps in proportion to 1 / sqrt(sensitivity): 1 : 4 : 10 : 20.
   assert np.allclose(np.array(steps) / steps[0], [1, 4, 10, 20], rtol=1e-6)
-  header, back = codec.decode(data)
+  header, back = fileformat.decode(data)
   assert header["bits"] == 12  # the widest alphabet: the steps, not the depth, set the size
   # A budget below the smallest file gives the smallest (every weight 0).
   data, _ = grids.encode_at_bytes(params, (30, 40, 3), net, sens, 1)
-  _, back = codec.decode(data)
+  _, back = fileformat.decode(data)
   assert all(np.all(a == 0) and np.all(b == 0) for a, b in back)
 
 
 def test_fake_quantisation_with_steps_matches_the_file():
   params = laplace_params(4, 3, 1, seed=4)
   steps = [0.002, 0.01, 0.03]
-  _, decoded = codec.decode(codec.encode(params, (8, 8, 1), 4, 3, bits=12, coder="ans",
+  _, decoded = fileformat.decode(fileformat.encode(params, (8, 8, 1), 4, 3, bits=12, coder="ans",
                                          steps=steps))
   for (a, b), (da, db), step in zip(params, decoded, steps):
     qa, qb = fourier.fake_quantize(jnp.asarray(a), jnp.asarray(b), 12, step)
@@ -89,16 +92,15 @@ def test_fake_quantisation_with_steps_matches_the_file():
 
 
 def test_picker_plans_deeper_nets_on_the_sensitivity_grid():
-  from dfm_flax import encoding
   more = 0
   for shape in ((512, 512, 3), (300, 451, 3), (191, 384, 1), (427, 640, 3), (400, 400, 3)):
-    uniform = encoding.size_for_bpp(0.3, shape, encoding.BPP_BITS)
-    sens = encoding.size_for_bpp(0.3, shape, encoding.BPP_BITS, "sensitivity")
+    uniform = sizes.size_for_bpp(0.3, shape, sizes.BPP_BITS)
+    sens = sizes.size_for_bpp(0.3, shape, sizes.BPP_BITS, "sensitivity")
     h, w, c = shape
-    error = lambda s: encoding.predicted_bytes(*s, c, 12, "sensitivity") / (0.3 * h * w / 8) - 1  # noqa: E731
+    error = lambda s: sizes.predicted_bytes(*s, c, 12, "sensitivity") / (0.3 * h * w / 8) - 1  # noqa: E731
     assert abs(error(sens)) <= 0.2
     # The deepest shape within 20% of the budget, then the closest.
-    near = [(wd, d) for wd in encoding.WIDTHS for d in encoding.SENSITIVITY_DEPTHS
+    near = [(wd, d) for wd in sizes.WIDTHS for d in sizes.SENSITIVITY_DEPTHS
             if abs(error((wd, d))) <= 0.2]
     assert sens[1] == max(d for _, d in near)
     assert abs(error(sens)) == min(abs(error(s)) for s in near if s[1] == sens[1])
@@ -122,11 +124,11 @@ def test_codec_on_the_sensitivity_grid_hits_the_size_and_fine_tunes_on_its_grid(
   assert "sensitivity grid" in proc.stdout
   size = os.path.getsize(out)
   assert abs(8 * size / (400 * 400) / 0.02 - 1) <= 0.1 and "nearest" not in proc.stderr
-  header, back = codec.decode(open(out, "rb").read())
+  header, back = fileformat.decode(open(out, "rb").read())
   # The fine-tune rounded to the steps the file stores: its weights are the file's.
   with open(os.path.join(out + ".qat0.02bpp", "config.json")) as f:
     qat_steps = json.load(f)["model"]["quant_steps"]
-  from dfm_flax.restore import load_model
+  from dfm_flax.loop.restore import load_model
   _, _, tuned = load_model(out + ".qat0.02bpp")
   for (a, b), (da, db), step in zip(tuned.net_params(), back, qat_steps):
     np.testing.assert_allclose(np.asarray(a), da, rtol=0, atol=1e-6)
@@ -145,7 +147,7 @@ def test_codec_on_the_sensitivity_grid_hits_the_size_and_fine_tunes_on_its_grid(
                                              "8", "--grid", "sensitivity"))
   assert not (tmp_path / "e.dfm").exists()
   # The benchmark comparing the two grids on this fit: both curves at the same sizes.
-  proc = run_cli("benchmarks.grid", wd, "--out", str(tmp_path / "grid"))
+  proc = run_cli("studies.grid", wd, "--out", str(tmp_path / "grid"))
   assert proc.returncode == 0, proc.stderr
   with open(tmp_path / "grid" / "grid.json") as f:
     (row,) = json.load(f)
@@ -156,23 +158,21 @@ def test_codec_on_the_sensitivity_grid_hits_the_size_and_fine_tunes_on_its_grid(
 
 
 def test_wide_candidate_is_the_widest_near_the_budget():
-  from dfm_flax import encoding
   for shape, bpp in (((512, 512, 3), 0.3), ((300, 451, 3), 0.3), ((512, 512, 1), 0.6),
                      ((32, 32, 1), 3.0)):
     h, w, c = shape
-    err = lambda s: encoding.predicted_bytes(*s, c, 12, "sensitivity") / (bpp * h * w / 8) - 1  # noqa: E731
-    wide = encoding.wide_size_for_bpp(bpp, shape)
-    assert abs(err(wide)) <= 0.2 and wide[1] >= encoding.MIN_DEPTH
+    err = lambda s: sizes.predicted_bytes(*s, c, 12, "sensitivity") / (bpp * h * w / 8) - 1  # noqa: E731
+    wide = sizes.wide_size_for_bpp(bpp, shape)
+    assert abs(err(wide)) <= 0.2 and wide[1] >= sizes.MIN_DEPTH
     # No shape of depth >= MIN_DEPTH within 20% is wider.
-    assert not any(abs(err((wd, d))) <= 0.2 for wd in encoding.WIDTHS if wd > wide[0]
-                   for d in encoding.SENSITIVITY_DEPTHS if d >= encoding.MIN_DEPTH)
+    assert not any(abs(err((wd, d))) <= 0.2 for wd in sizes.WIDTHS if wd > wide[0]
+                   for d in sizes.SENSITIVITY_DEPTHS if d >= sizes.MIN_DEPTH)
   # At 0.3 bpp on a 512x512 colour photograph: 7x8 first, 8x5 if that stays flat.
-  assert encoding.size_for_bpp(0.3, (512, 512, 3), 12, "sensitivity") == (7, 8)
-  assert encoding.wide_size_for_bpp(0.3, (512, 512, 3)) == (8, 5)
+  assert sizes.size_for_bpp(0.3, (512, 512, 3), 12, "sensitivity") == (7, 8)
+  assert sizes.wide_size_for_bpp(0.3, (512, 512, 3)) == (8, 5)
 
 
 def test_flat_psnr_is_the_mean_colours():
-  from dfm_flax import encoding
   rng = np.random.default_rng(0)
   img = rng.uniform(0, 1, (20, 30, 3)).astype(np.float32)
   ref = np.round(img * 255)
@@ -183,7 +183,7 @@ def test_flat_psnr_is_the_mean_colours():
 
 @pytest.mark.slow
 def test_a_fit_that_stays_flat_gets_the_wider_net_too(tmp_path):
-  from dfm_flax import encoding
+  from dfm_flax.codec import encoding
   from experiments.compress import get_config
   img = np.linspace(0, 1, 32)[None, :, None] * np.linspace(0.2, 0.9, 32)[:, None, None]
   lines = []
@@ -212,11 +212,11 @@ def test_a_fit_that_stays_flat_gets_the_wider_net_too(tmp_path):
   assert metrics == json.loads((tmp_path / run / "metrics.json").read_text())
   # No wider net within reach (as grass's 6x7 net at 0.1 bpp): the same net, high frequency.
   lines.clear()
-  wide, encoding.wide_size_for_bpp = encoding.wide_size_for_bpp, lambda bpp, shape: (3, 8)
+  wide, sizes.wide_size_for_bpp = sizes.wide_size_for_bpp, lambda bpp, shape: (3, 8)
   try:
     (run, metrics), c = fit(0.0, tmp_path / "narrow")
   finally:
-    encoding.wide_size_for_bpp = wide
+    sizes.wide_size_for_bpp = wide
   assert len(lines) == 1 and lines[0].startswith("the 3x8 net ended at ")
   assert "near its flat image" in lines[0] and "fitting it again from a first layer" in lines[0]
   assert os.path.exists(tmp_path / "narrow.hf" / "metrics.json")

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from tests.helpers import popen_cli, run_cli
-from tests.test_compress import read_metrics, wait_for_checkpoint
+from tests.helpers import read_metrics, wait_for_checkpoint
 
 # Learns for ~100 steps (lr still small in a long warm-up), then the absurd peak lr
 # (8 / 2^m per layer) makes it collapse to the flat mean colour.
@@ -21,7 +21,7 @@ FORCED = ["--config", "experiments/compress.py:smoke", "--config.optim.scale_by_
 
 def flat_psnr():
   """PSNR of the built-in image's mean colour: where a collapsed net ends."""
-  from dfm_flax import images
+  from dfm_flax.data import images
   return images.flat_psnr(images.default_image())
 
 
@@ -106,17 +106,17 @@ def test_resume_with_the_guard_on_is_exact(tmp_path):
 
 
 def test_guard_decisions():
-  from dfm_flax import guard
+  from dfm_flax.loop import guard
   cfg = guard.defaults()
   g = guard.DivergenceGuard(cfg, reference_loss=1.0)
   g.keep = lambda step, model, optimizer: setattr(g.state, "good_step", step)  # No arrays.
-  g._good = "kept"
+  g.kept_state = "kept"
   acts = [g.observe(s, loss, None, None) for s, loss in
           [(10, 0.5), (20, 0.1), (30, 0.12), (40, 0.5), (50, 0.5), (60, 0.5)]]
   # 0.5 > sqrt(0.1 * 1.0): lost more than half of its 10 dB gain over flat, 3 times in a row.
   assert acts == ["ok"] * 5 + ["rollback"] and g.state.good_step == 30
   g2 = guard.DivergenceGuard(cfg)  # No reference: only the ratio counts.
-  g2._good = "kept"
+  g2.kept_state = "kept"
   g2.keep = g.keep
   assert [g2.observe(s, x, None, None) for s, x in [(1, 0.1), (2, 0.35), (3, 0.35), (4, 0.35)]] \
       == ["ok"] * 4
@@ -130,7 +130,7 @@ def test_guard_decisions():
   assert g3.state.collapsed
   # The last step: one unhealthy loss is a collapse (no patience left to wait out).
   g4 = guard.DivergenceGuard(cfg, reference_loss=1.0)
-  g4.keep, g4._good = g.keep, "kept"
+  g4.keep, g4.kept_state = g.keep, "kept"
   assert [g4.observe(s, x, None, None) for s, x in [(10, 0.1), (20, 0.5)]] == ["ok", "ok"]
   assert g4.observe(30, 0.5, None, None, final=True) == "rollback"
   g5 = guard.DivergenceGuard(guard.config_of({"guard": {"mode": "detect"}}), reference_loss=1.0)
@@ -141,7 +141,7 @@ def test_guard_decisions():
   # fell below flat: within 4x its best, but worse than its own mean colour by > 1 dB.
   g6 = guard.DivergenceGuard(cfg, reference_loss=0.0471)
   g6.keep = lambda step, model, optimizer: setattr(g6.state, "good_step", step)
-  g6._good = "kept"
+  g6.kept_state = "kept"
   losses = [(100, 0.159), (300, 0.0447), (600, 0.0484), (700, 0.0621), (800, 0.060),
             (900, 0.089)]
   assert [g6.observe(s, x, None, None) for s, x in losses] == ["ok"] * 5 + ["rollback"]
@@ -161,7 +161,7 @@ def test_guard_decisions():
 def test_each_rollback_lowers_the_lr_even_to_the_same_kept_step():
   from flax import nnx
 
-  from dfm_flax import guard, optim
+  from dfm_flax.loop import guard, optim
   from dfm_flax.tasks.compress import Task as CompressTask
   from experiments.compress import get_config
   config = get_config("smoke")
@@ -181,10 +181,10 @@ def test_each_rollback_lowers_the_lr_even_to_the_same_kept_step():
 def test_rollbacks_return_only_to_states_no_worse_than_flat():
   """Hubble's 9x6 cut fit: after a collapse at step 1,000 it was within 1 dB of flat, so
   healthy, at step 1,200, and each rollback to that copy collapsed again at step 1,300."""
-  from dfm_flax import guard
+  from dfm_flax.loop import guard
   g = guard.DivergenceGuard(guard.defaults(), reference_loss=0.0471)
   g.keep = lambda step, model, optimizer: setattr(g.state, "good_step", step)
-  g._good = "kept"
+  g.kept_state = "kept"
   losses = [(100, 0.1587), (200, 0.0512), (300, 0.0447), (400, 0.0464), (500, 0.0454),
             (700, 0.0397), (800, 0.0488), (900, 0.0502), (1000, 0.3644), (1100, 0.0679),
             (1200, 0.0560)]
@@ -193,5 +193,5 @@ def test_rollbacks_return_only_to_states_no_worse_than_flat():
   assert g.observe(1300, 0.0617, None, None, final=True) == "rollback"
   # Before the run beats flat, every healthy state is kept (a fit starts far below flat).
   g2 = guard.DivergenceGuard(guard.defaults(), reference_loss=0.0471)
-  g2.keep, g2._good = (lambda step, model, optimizer: setattr(g2.state, "good_step", step)), "kept"
+  g2.keep, g2.kept_state = (lambda step, model, optimizer: setattr(g2.state, "good_step", step)), "kept"
   assert g2.observe(100, 0.1587, None, None) == "ok" and g2.state.good_step == 100

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfm_flax import images
+from dfm_flax.data import images
 from dfm_flax.errors import UserError
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dfm_flax import inception
+from dfm_flax.evaluation import inception
 from dfm_flax.errors import UserError
 from tests import inception_reference
 
@@ -105,7 +105,7 @@ def model():
 
 def test_architecture_matches_pytorch_fid(model):
   # stem 5 + 3 InceptionA x 7 + InceptionB 4 + 4 InceptionC x 10 + InceptionD 6 + 2 InceptionE x 9
-  assert inception._count_basic_convs(model) == 5 + 21 + 4 + 40 + 6 + 18
+  assert inception.count_basic_convs(model) == 5 + 21 + 4 + 40 + 6 + 18
   assert model.Mixed_7c.pool == "max" and model.Mixed_7b.pool == "avg"
 
 

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dfm_flax import fourier, images, levenberg
+from dfm_flax.nets import fourier, levenberg
+from dfm_flax.data import images
 from dfm_flax.errors import UserError
-from dfm_flax.tasks import meta
+from dfm_flax.tasks import meta_learning
 from experiments import meta as meta_config
 
 
@@ -93,7 +94,7 @@ def test_lm_steps_match_a_numpy_implementation():
   expect, expect_lam = numpy_lm(start, coords, target, 4, 0.1, 1.5)
   np.testing.assert_allclose(np.asarray(fourier.flatten(params)), expect, rtol=2e-3, atol=2e-4)
   assert float(lam) == pytest.approx(expect_lam, rel=1e-5)
-  assert float(before) == pytest.approx(float(meta.mse(start, coords, target, "auto")), rel=1e-5)
+  assert float(before) == pytest.approx(float(meta_learning.mse(start, coords, target, "auto")), rel=1e-5)
   assert np.abs(expect - np.asarray(fourier.flatten(start))).max() > 1e-2  # it moved
 
 
@@ -105,8 +106,8 @@ def test_lm_search_steps_match_a_numpy_implementation_and_beat_plain_steps():
   np.testing.assert_allclose(np.asarray(fourier.flatten(params)), expect, rtol=2e-3, atol=2e-4)
   assert float(lam) == pytest.approx(expect_lam, rel=1e-5)
   plain, _, _ = levenberg.fit(start, coords, target, 4, "auto", 0.1, 1.5)
-  searched = float(meta.mse(params, coords, target, "auto"))
-  assert searched < 0.9 * float(meta.mse(plain, coords, target, "auto"))
+  searched = float(meta_learning.mse(params, coords, target, "auto"))
+  assert searched < 0.9 * float(meta_learning.mse(plain, coords, target, "auto"))
   # At an exact fit no point is lower: the step is dropped and the damping raised past the grid.
   exact = fourier.net_apply(start, coords, "auto")
   kept, lam, _ = levenberg.fit(start, coords, exact, 1, "auto", 0.1, 1.5, search=True)
@@ -124,8 +125,8 @@ def test_lm_steps_that_refit_the_last_layer_match_a_numpy_implementation(search)
   np.testing.assert_allclose(np.asarray(fourier.flatten(params)), expect, rtol=2e-3, atol=2e-4)
   assert float(lam) == pytest.approx(expect_lam, rel=1e-5)
   without, _, _ = levenberg.fit(start, coords, target, 3, "auto", 0.1, 1.5, search=search)
-  assert float(meta.mse(params, coords, target, "auto")) < 0.9 * float(
-      meta.mse(without, coords, target, "auto"))
+  assert float(meta_learning.mse(params, coords, target, "auto")) < 0.9 * float(
+      meta_learning.mse(without, coords, target, "auto"))
 
 
 @pytest.mark.parametrize("channels", [3, 1])
@@ -138,9 +139,9 @@ def test_the_refit_recovers_a_last_layer_from_the_layers_before_it(channels):
   net[-1] = tuple(w[:, :channels] for w in net[-1])
   target = fourier.net_apply(net, coords, "auto")
   wrong = net[:-1] + [(jnp.zeros_like(net[-1][0]), jnp.zeros_like(net[-1][1]))]
-  assert float(meta.mse(wrong, coords, target, "auto")) > 1e-3
+  assert float(meta_learning.mse(wrong, coords, target, "auto")) > 1e-3
   refitted, out = levenberg.refit_last(wrong, coords, target, "auto", 8)
-  assert float(meta.mse(refitted, coords, target, "auto")) < 1e-8
+  assert float(meta_learning.mse(refitted, coords, target, "auto")) < 1e-8
   # what it returns as the output is the net's own output with the refitted layer
   np.testing.assert_allclose(np.asarray(out), np.asarray(fourier.net_apply(refitted, coords, "auto")),
                              atol=1e-6)
@@ -154,16 +155,16 @@ def test_the_refit_recovers_a_last_layer_from_the_layers_before_it(channels):
 def test_lm_never_raises_the_loss_and_beats_as_many_gradient_steps():
   coords = jnp.asarray(images.pixel_grid(8, 8, (0.0, 0.5)))
   target, params = _crop(seed=3), _net(seed=4)
-  losses = [float(meta.mse(params, coords, target, "auto"))]
+  losses = [float(meta_learning.mse(params, coords, target, "auto"))]
   lam = 0.1
   for _ in range(6):
     params, lam, _ = levenberg.fit(params, coords, target, 1, "auto", lam, 1.5)
-    losses.append(float(meta.mse(params, coords, target, "auto")))
+    losses.append(float(meta_learning.mse(params, coords, target, "auto")))
   assert all(b <= a for a, b in zip(losses, losses[1:]))
   assert losses[-1] < 0.5 * losses[0]
   lrs = [1.0 / 2**m for m, _ in fourier.layer_dims(3, 3, 3)]
-  gd, _ = meta.adapt(_net(seed=4), coords, target, 6, lrs, "auto", False)
-  assert losses[-1] < float(meta.mse(gd, coords, target, "auto"))
+  gd, _ = meta_learning.adapt(_net(seed=4), coords, target, 6, lrs, "auto", False)
+  assert losses[-1] < float(meta_learning.mse(gd, coords, target, "auto"))
 
 
 def test_lm_refuses_a_whole_photograph_in_one_line():
@@ -174,11 +175,11 @@ def test_lm_refuses_a_whole_photograph_in_one_line():
   c.meta.inner_optimizer, c.meta.crop = "lm", 512
   c.model.width, c.model.depth = 7, 8
   with pytest.raises(UserError, match="Levenberg-Marquardt"):
-    meta.Task(c)
+    meta_learning.Task(c)
   c = meta_config.get_config("smoke")
   c.meta.inner_optimizer = "newton"
   with pytest.raises(UserError, match="unknown meta.inner_optimizer 'newton'"):
-    meta.Task(c)
+    meta_learning.Task(c)
 
 
 def _flat_grads(grads, layers):
@@ -192,7 +193,7 @@ def _lm_task(**changes):
   for k, v in changes.items():
     c.meta[k] = v
   c.model.init_variance = 0.05
-  return meta.Task(c), c
+  return meta_learning.Task(c), c
 
 
 @pytest.mark.parametrize("search,refit", [(False, 0), (True, 0), (True, 2)])
@@ -220,14 +221,14 @@ def test_first_order_maml_with_lm_is_the_gradient_at_the_adapted_weights():
     phi = fourier.unflatten(jnp.asarray(numpy_lm(theta, task.coords, t, c.meta.inner_steps,
                                                  c.meta.lm_damping, c.meta.lm_down)[0],
                                         jnp.float32), 3, 3, 3)
-    grads.append(np.asarray(fourier.flatten(jax.grad(meta.mse)(phi, task.coords, t, "auto"))))
+    grads.append(np.asarray(fourier.flatten(jax.grad(meta_learning.mse)(phi, task.coords, t, "auto"))))
   got = _flat_grads(nnx.grad(lambda m: task.loss(m, batch)[0])(model), len(theta))
   np.testing.assert_allclose(got, np.mean(grads, 0), rtol=5e-3, atol=1e-5)
 
 
 def test_lm_speed_benchmark_times_every_fit_against_1000_adam_steps():
   from tests.helpers import run_cli
-  proc = run_cli("benchmarks.lm_speed", "--nets", "2x2", "--crop", "8", "--repeats", "1")
+  proc = run_cli("studies.lm_speed", "--nets", "2x2", "--crop", "8", "--repeats", "1")
   assert proc.returncode == 0, proc.stderr
   lines = [line for line in proc.stdout.splitlines() if line.startswith("2x2 net")]
   assert [line.split(",")[1].split("steps")[0].strip() for line in lines] == [
@@ -241,12 +242,12 @@ def test_lm_settings_of_runs_saved_before_them_are_the_config_files():
   for key in ("lm_damping", "lm_down", "lm_search", "lm_refit"):
     del old[key]
   expect = {"damping": default.lm_damping, "down": default.lm_down, "search": False, "refit": 0}
-  assert meta.lm_settings(old) == expect
-  assert meta.lm_settings(None) == expect  # a start with no meta settings (a compress run)
-  assert meta.lm_settings(meta_config.get_config("lm_search").meta)["search"] is True
-  refit = meta.lm_settings(meta_config.get_config("lm_refit").meta)
+  assert meta_learning.lm_settings(old) == expect
+  assert meta_learning.lm_settings(None) == expect  # a start with no meta settings (a compress run)
+  assert meta_learning.lm_settings(meta_config.get_config("lm_search").meta)["search"] is True
+  refit = meta_learning.lm_settings(meta_config.get_config("lm_refit").meta)
   assert refit["search"] is True and refit["refit"] == levenberg.REFIT
   c = meta_config.get_config("smoke")
   c.meta.inner_optimizer, c.meta.lm_refit = "lm", -1
   with pytest.raises(UserError, match="meta.lm_refit counts Gauss-Newton iterations"):
-    meta.Task(c)
+    meta_learning.Task(c)

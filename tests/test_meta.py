@@ -10,11 +10,15 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from dfm_flax import codec, data, encoding, fourier, images, levenberg, restore
+from dfm_flax.codec import fileformat
+from dfm_flax.data import datasets, images
+from dfm_flax.nets import fourier, levenberg
+from dfm_flax.loop import restore
 from dfm_flax.errors import UserError
-from dfm_flax.tasks import meta
+from dfm_flax.tasks import meta_learning
 from experiments import meta as meta_config
 from tests.helpers import error_line, run_cli
+from dfm_flax.tasks import starts
 
 
 def _task(init_variance=0.05, **changes):
@@ -22,7 +26,7 @@ def _task(init_variance=0.05, **changes):
   for k, v in changes.items():
     c.meta[k] = v
   c.model.init_variance = init_variance  # large enough that adaptation changes every weight
-  return meta.Task(c), c
+  return meta_learning.Task(c), c
 
 
 def _grads(task, model, batch):
@@ -102,17 +106,17 @@ def test_held_out_photographs_must_not_be_trained_on():
   c = meta_config.get_config("smoke")
   c.meta.held_out = "astronaut"
   with pytest.raises(UserError, match="share"):
-    meta.Task(c)
+    meta_learning.Task(c)
   # The same pixels under another name: coffee is coffee_full's centre, cat is chelsea.
   c.meta.held_out, c.meta.photos = "coffee", "astronaut,coffee_full"
   with pytest.raises(UserError, match=r"share \['coffee'\]"):
-    meta.Task(c)
+    meta_learning.Task(c)
   c.meta.held_out, c.meta.photos = "cat", "chelsea"
   with pytest.raises(UserError, match="share"):
-    meta.Task(c)
+    meta_learning.Task(c)
   c.meta.held_out, c.meta.photos = "chelsea", "astronaut,kitten"
   with pytest.raises(UserError, match=r"unknown photograph\(s\) \['kitten'\]"):
-    meta.Task(c)
+    meta_learning.Task(c)
 
 
 def _folder(tmp_path, sizes):
@@ -130,21 +134,21 @@ def test_meta_from_a_folder_of_mixed_sizes_never_trains_on_its_held_out_images(t
   c.meta.source, c.meta.held_out_last = "data", 2
   c.data.source, c.data.dir = "folder", _folder(tmp_path, [(20, 30), (40, 17), (16, 16),
                                                            (33, 25), (18, 50)])
-  task = meta.Task(c)
+  task = meta_learning.Task(c)
   level = lambda crops: set(np.round((np.asarray(crops) + 1) * 127.5).astype(int).ravel())  # noqa: E731
   assert level(task.pool) == {40, 80, 120}  # every training image drawn, no held-out one
   assert level(task.held_out) == {160, 200}
   assert task.pool.shape == (c.meta.pool, 16 * 16, 3) and task.channels == 3
   c.meta.held_out_last = 5
   with pytest.raises(UserError, match="held_out_last=5 must be between 1 and 4"):
-    meta.Task(c)
+    meta_learning.Task(c)
 
 
 def test_meta_on_mnist_digits_learns_a_grey_net_and_holds_out_the_last_digits():
   c = meta_config.get_config("mnist")
   c.meta.pool, c.meta.eval_crops = 64, 16
-  task = meta.Task(c)
-  digits = data.load(c.data).images.reshape(1000, 28 * 28, 1) * 2 - 1
+  task = meta_learning.Task(c)
+  digits = datasets.load(c.data).images.reshape(1000, 28 * 28, 1) * 2 - 1
   held = np.asarray(task.held_out)
   # Crops of a digit's own size are the digits: each held-out crop is one of the last 100.
   dist = lambda a, b: np.abs(a[:, None] - b[None]).max(axis=(2, 3))  # noqa: E731
@@ -199,7 +203,7 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   assert "learned for Levenberg-Marquardt steps" not in proc.stdout + proc.stderr
   # The codec from the learned start: the file stores the difference and names the start.
   img, out = str(tmp_path / "img.png"), str(tmp_path / "img.dfm")
-  Image.fromarray(data.photo_crops(["astronaut"], 1, 24, 0)[0][0]).save(img)
+  Image.fromarray(datasets.photo_crops(["astronaut"], 1, 24, 0)[0][0]).save(img)
   proc = run_cli("experiments.codec", "encode", img, "--out", out, "--init", wd, "--bits", "8",
                  "--qat_steps", "0", "--config", "experiments/compress.py:smoke",
                  "--config.train.steps=5")
@@ -207,12 +211,12 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   assert f"difference from {wd}" in proc.stdout
   # The smoke start was learned on 16x16 crops: a 24x24 image gets the one-line note.
   assert f"note: {wd} was learned on 16x16 crops; on this 24x24 image" in proc.stdout + proc.stderr
-  assert restore.start_size_note(wd, [(16, 16, 3)]) == ""
+  assert starts.size_note(wd, [(16, 16, 3)]) == ""
   raw = open(out, "rb").read()
-  assert raw[4] == codec.VERSION_WITH_START
-  _, start = encoding.load_start(wd)
-  header, params = codec.decode(raw, start)
-  assert header["start"] == codec.start_digest(start, 3).hex()
+  assert raw[4] == fileformat.VERSION_WITH_START
+  _, start = restore.load_start(wd)
+  header, params = fileformat.decode(raw, start)
+  assert header["start"] == fileformat.start_digest(start, 3).hex()
   png = str(tmp_path / "back.png")
   proc = run_cli("experiments.codec", "decode", out, "--out", png, "--init", wd)
   assert proc.returncode == 0 and os.path.exists(png), proc.stderr
@@ -228,20 +232,20 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   assert proc.returncode == 0, proc.stderr
   qat_config, _, qat = restore.load_model(tuned + ".qat6")
   assert qat_config.model.quant_start == os.path.abspath(wd)
-  _, back = codec.decode(open(tuned, "rb").read(), start)
+  _, back = fileformat.decode(open(tuned, "rb").read(), start)
   for (qa, qb), (da, db) in zip(qat.net_params(), back):
     np.testing.assert_allclose(qa, da, rtol=0, atol=1e-6)
     np.testing.assert_allclose(qb, db, rtol=0, atol=1e-6)
   # Encoding in seconds: LM steps from the start, no training run; the file stores the
   # difference from the start and decodes to the PSNR it reports, well above the start's.
   small, lm_out = str(tmp_path / "small.png"), str(tmp_path / "small.dfm")
-  Image.fromarray(data.photo_crops(["astronaut"], 1, 16, 1)[0][0]).save(small)
+  Image.fromarray(datasets.photo_crops(["astronaut"], 1, 16, 1)[0][0]).save(small)
   proc = run_cli("experiments.codec", "encode", small, "--out", lm_out, "--init", wd,
                  "--lm_steps", "3")
   assert proc.returncode == 0, proc.stderr
   assert "3 LM steps" in proc.stdout and not os.path.exists(lm_out + ".run")
   reported = float(re.search(r"PSNR ([\d.]+) dB", proc.stdout).group(1))
-  header, back = codec.decode(open(lm_out, "rb").read(), start)
+  header, back = fileformat.decode(open(lm_out, "rb").read(), start)
   pixels = images.to_uint8(images.load_image(small)) / 255
   decoded = images.render_params(back, 16, 16, header["coord_range"], header["method"])
   assert images.psnr(pixels, images.to_uint8(decoded) / 255) == pytest.approx(reported, abs=0.01)
@@ -254,9 +258,9 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   for refit in (levenberg.REFIT, 0):
     p, _, _ = levenberg.fit(start, coords, jnp.asarray(pixels.reshape(-1, 3) * 2 - 1, jnp.float32),
                             3, header["method"], 0.1, 1.0, search=True, refit=refit)
-    raw = codec.encode([(np.asarray(a), np.asarray(b)) for a, b in p], (16, 16, 3), 3, 3,
+    raw = fileformat.encode([(np.asarray(a), np.asarray(b)) for a, b in p], (16, 16, 3), 3, 3,
                        header["coord_range"], header["method"], 8, "ans", start)
-    one = images.render_params(codec.decode(raw, start)[1], 16, 16, header["coord_range"],
+    one = images.render_params(fileformat.decode(raw, start)[1], 16, 16, header["coord_range"],
                                header["method"])
     candidates.append(images.psnr(pixels, images.to_uint8(one) / 255))
   assert reported == pytest.approx(max(candidates), abs=0.01)
@@ -270,13 +274,13 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
                                             lm_out + "2", "--init", wd, "--lm_steps", "3",
                                             "--bpp", "1"))
   tiny = str(tmp_path / "tiny.png")
-  Image.fromarray(data.photo_crops(["astronaut"], 1, 4, 1)[0][0]).save(tiny)
+  Image.fromarray(datasets.photo_crops(["astronaut"], 1, 4, 1)[0][0]).save(tiny)
   assert "too small for this net" in error_line(run_cli(
       "experiments.codec", "encode", tiny, "--out", lm_out + "2", "--init", wd, "--lm_steps", "3"))
   assert not os.path.exists(lm_out + "2")
-  # What the start buys (benchmarks.meta_start), with the recipe's own fits too.
+  # What the start buys (studies.meta_start), with the recipe's own fits too.
   bench = str(tmp_path / "bench")
-  proc = run_cli("benchmarks.meta_start", "--start", wd, "--out", bench, "--crops", "2",
+  proc = run_cli("studies.meta_start", "--start", wd, "--out", bench, "--crops", "2",
                  "--adam_lrs", "0.1", "--recipe_steps", "40", "--lm_search", "--lm_refit")
   assert proc.returncode == 0, proc.stderr
   with open(os.path.join(bench, "meta_start.json")) as f:
@@ -308,38 +312,38 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   assert "BD-rate" in open(os.path.join(bench, "meta_start.md")).read()
   # Other held-out photographs, never one the start was trained on (coffee is coffee_full's).
   assert "were in this run's training photographs" in error_line(run_cli(
-      "benchmarks.meta_start", "--start", wd, "--out", bench, "--held_out", "china,coffee"))
+      "studies.meta_start", "--start", wd, "--out", bench, "--held_out", "china,coffee"))
   # Ten steps against the bar, crop by crop: each crop's learned-start PSNR is that of
   # levenberg.fit's refitting search steps on it, and the summary is of those pairs.
   ten = str(tmp_path / "ten")
-  proc = run_cli("benchmarks.ten_steps", "--start", wd, "--out", ten, "--crops", "3",
+  proc = run_cli("studies.ten_steps", "--start", wd, "--out", ten, "--crops", "3",
                  "--seed", "5", "--steps", "2", "--adam_steps", "20", "--adam_lrs", "0.1,0.2")
   assert proc.returncode == 0, proc.stderr
   assert "learned start ahead on" in proc.stdout
   with open(os.path.join(ten, "ten_steps.json")) as f:
     r = json.load(f)
   cfg = restore.saved_config(wd)
-  targets = jnp.asarray(meta.meta_crops(cfg, 3, 5, held_out=True))
+  targets = jnp.asarray(meta_learning.meta_crops(cfg, 3, 5, held_out=True))
   coords = jnp.asarray(images.pixel_grid(16, 16, tuple(cfg.model.coord_range)))
-  _, learned = encoding.load_start(wd)
+  _, learned = restore.load_start(wd)
   for t, got in zip(targets, r["per_crop"]["learned"]):
     p, _, _ = levenberg.fit(learned, coords, t, 2, cfg.model.method, 0.1, 1.5, search=True,
                             refit=levenberg.REFIT)
-    assert float(meta.psnr(meta.mse(p, coords, t, cfg.model.method))) == pytest.approx(got, abs=0.02)
+    assert float(meta_learning.psnr(meta_learning.mse(p, coords, t, cfg.model.method))) == pytest.approx(got, abs=0.02)
   assert r["adam_lr"] in (0.1, 0.2) and len(r["per_crop"]["bar"]) == 3
   assert r["difference"] == pytest.approx(
       np.mean(np.subtract(r["per_crop"]["learned"], r["per_crop"]["bar"])), abs=1e-9)
   assert os.path.exists(os.path.join(ten, "ten_steps.png"))
   assert "--crops must be at least 2" in error_line(run_cli(
-      "benchmarks.ten_steps", "--start", wd, "--out", ten, "--crops", "1"))
+      "studies.ten_steps", "--start", wd, "--out", ten, "--crops", "1"))
 
 
 def test_ten_steps_paired_summary_agrees_with_scipy():
-  """benchmarks.ten_steps' standard error is the paired t-test's (mean / t), and a crop
+  """studies.ten_steps' standard error is the paired t-test's (mean / t), and a crop
   whose bar fit diverged is left out of every figure."""
   from scipy import stats
 
-  from benchmarks.ten_steps import compare
+  from studies.ten_steps import compare
   rng = np.random.default_rng(0)
   bar = rng.normal(33, 2, 40)
   learned = bar + rng.normal(0.3, 1.0, 40)
@@ -354,13 +358,13 @@ def test_ten_steps_paired_summary_agrees_with_scipy():
 
 
 def test_meta_start_recipe_is_compress_best_scaled_per_layer():
-  """benchmarks.meta_start fits with :best's optimiser at a peak of 1 and scales each layer
+  """studies.meta_start fits with :best's optimiser at a peak of 1 and scales each layer
   by its lr: the same updates as :best's own optimiser, to float rounding."""
-  from benchmarks.meta_start import _recipe
-  from dfm_flax import optim
+  from studies.crop_fits import recipe
+  from dfm_flax.loop import optim
   from experiments.compress import get_config
   steps = 3000
-  tx, peak = _recipe(steps)
+  tx, peak = recipe(steps)
   ref = optim.single(get_config("best").optim, steps)
   grads = 0.01 * (jnp.arange(steps)[:, None] % 7 - 3.0) * jnp.ones((1, 3))
 
@@ -377,24 +381,23 @@ def test_meta_start_recipe_is_compress_best_scaled_per_layer():
 def test_a_start_at_a_coarser_scale_trains_on_pooled_windows_and_says_so(tmp_path):
   c = meta_config.get_config("smoke")
   c.meta.scale = 4
-  crops = meta.meta_crops(c, 6, 5, held_out=True)
+  crops = meta_learning.meta_crops(c, 6, 5, held_out=True)
   names = c.meta.held_out.split(",")
-  pooled = data.photo_crops(names, 6, c.meta.crop, 5, 4, pool=True)[0] / 255.0
+  pooled = datasets.photo_crops(names, 6, c.meta.crop, 5, 4, pool=True)[0] / 255.0
   np.testing.assert_allclose(crops, pooled.reshape(6, -1, 3) * 2 - 1, atol=1e-6)
-  assert not np.allclose(crops, meta.meta_crops(meta_config.get_config("smoke"), 6, 5, True))
+  assert not np.allclose(crops, meta_learning.meta_crops(meta_config.get_config("smoke"), 6, 5, True))
   (tmp_path / "config.json").write_text(c.to_json_best_effort())
-  note = restore.start_size_note(str(tmp_path), [(300, 451, 3)])
+  note = starts.size_note(str(tmp_path), [(300, 451, 3)])
   assert note.startswith(f"note: {tmp_path} was learned on 16x16 crops of 64-pixel windows; "
                          "on this 451x300 image")
-  assert restore.start_size_note(str(tmp_path), [(16, 16, 3)]) == ""
+  assert starts.size_note(str(tmp_path), [(16, 16, 3)]) == ""
 
 
 @pytest.mark.parametrize("variant, says", [("lm_search", True), ("small", False), ("lm", True)])
 def test_a_start_learned_for_lm_steps_is_said_before_a_gradient_fit(tmp_path, variant, says):
-  # The :lm_search start ended 5 dB below random starts under the codec's gradient recipe
-  # (README); a start learned by gradient inner steps gets no such line.
+  # A start learned by gradient inner steps gets no such line.
   (tmp_path / "config.json").write_text(meta_config.get_config(variant).to_json_best_effort())
-  note = restore.lm_start_note(str(tmp_path))
+  note = starts.lm_note(str(tmp_path))
   assert (note != "") == says
   if says:
     assert note.startswith(f"note: {tmp_path} was learned for Levenberg-Marquardt steps")

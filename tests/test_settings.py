@@ -1,11 +1,12 @@
-"""--set KEY=VALUE (benchmarks/settings.py): read as Python values, checked before any fit,
+"""--set KEY=VALUE (experiments/settings.py): read as Python values, checked before any fit,
 applied to every fit of stability, panel and rd, and one recipe per output directory."""
 import json
 import os
 
 import pytest
 
-from benchmarks import panel, settings, stability
+from experiments import settings
+from studies import panel, stability
 from dfm_flax.errors import UserError
 from tests.helpers import error_line, run_cli
 
@@ -46,13 +47,13 @@ def captured(monkeypatch):
   def fake(config, workdir):
     configs.append(config)
     raise _Captured
-  monkeypatch.setattr("dfm_flax.train.train_and_evaluate", fake)
+  monkeypatch.setattr("dfm_flax.loop.train.train_and_evaluate", fake)
   return configs
 
 
 def test_every_benchmark_fit_gets_the_settings(tmp_path, captured):
-  from dfm_flax.rd_study import Study
-  from dfm_flax import photos
+  from experiments.rd_study import Study
+  from dfm_flax.data import photos
   over = {"optim.eps": 0.01, "optim.b1": 0.9}
   path = photos.path("coffee", str(tmp_path / "images"))
   calls = [
@@ -77,11 +78,11 @@ def test_every_benchmark_fit_gets_the_settings(tmp_path, captured):
 def test_panel_refuses_other_settings_in_one_line_before_any_fit(tmp_path):
   out = str(tmp_path / "panel")
   settings.recorded(out, ["optim.eps=1e-2"])
-  proc = run_cli("benchmarks.panel", "--out", out, "--images", "coffee", "--bpps", "0.3",
+  proc = run_cli("studies.panel", "--out", out, "--images", "coffee", "--bpps", "0.3",
                  "--seeds", "0", "--set", "optim.eps=1e-3")
   assert "holds fits made with --set optim.eps=0.01" in error_line(proc)
   assert proc.returncode == 2
-  proc = run_cli("benchmarks.stability", "--out", out, "--set", "optim.nope=1")
+  proc = run_cli("studies.stability", "--out", out, "--set", "optim.nope=1")
   assert "--set optim.nope=1" in error_line(proc)
   assert sorted(os.listdir(out)) == [settings.RECORD]  # No fit was started.
 

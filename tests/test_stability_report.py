@@ -1,9 +1,9 @@
-"""benchmarks/stability.py's report: cells judged collapsed, and two recipes paired cell by cell."""
+"""studies/stability.py's report: cells judged collapsed, and two recipes paired cell by cell."""
 import csv
 import json
 import os
 
-from benchmarks import stability
+from studies import stability
 
 
 def fake_cell(out, image, w, d, lr, seed, psnrs, collapsed=False):

@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dfm_flax import fourier, logs, optim
+from dfm_flax.nets import fourier
+from dfm_flax.loop import logs, optim
 from dfm_flax.tasks.compress import Task as CompressTask, init_variances
-from dfm_flax.train import make_train_step
+from dfm_flax.loop.train import make_train_step
 from experiments.compress import get_config
 
 
@@ -113,22 +114,39 @@ def test_wandb_mode_never_prompts(monkeypatch, tmp_path):
 def test_a_run_saved_before_a_setting_existed_resumes_under_its_old_value(tmp_path):
   import json
   from dfm_flax.errors import UserError
-  from dfm_flax.train import _check_config
+  from dfm_flax.loop.train import check_resumable
   from experiments import meta
   config = meta.get_config("smoke")
   saved = json.loads(config.to_json_best_effort())
   del saved["meta"]["scale"]  # As a meta run saved before meta.scale was added.
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  _check_config(config, str(tmp_path))  # scale 1 is what that run did: it resumes.
+  check_resumable(config, str(tmp_path))  # scale 1 is what that run did: it resumes.
   config.meta.scale = 8
-  with pytest.raises(UserError, match=r"meta.scale: None -> 8"):
-    _check_config(config, str(tmp_path))
+  with pytest.raises(UserError, match=r"meta.scale: 1 -> 8"):
+    check_resumable(config, str(tmp_path))
   # The same for a compress run saved before model.first_init_variance was a setting.
   config = get_config("best")
   saved = json.loads(config.to_json_best_effort())
   del saved["model"]["first_init_variance"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  _check_config(config, str(tmp_path))
+  check_resumable(config, str(tmp_path))
   config.model.first_init_variance = 1.0
-  with pytest.raises(UserError, match=r"model.first_init_variance: None -> 1.0"):
-    _check_config(config, str(tmp_path))
+  with pytest.raises(UserError, match=r"model.first_init_variance: 0.0 -> 1.0"):
+    check_resumable(config, str(tmp_path))
+
+
+def test_an_older_runs_config_reads_as_todays_in_one_place(tmp_path):
+  import json
+  from dfm_flax.loop import restore
+  from experiments import compress, meta
+  saved = json.loads(meta.get_config("lm").to_json_best_effort())
+  for key in ("scale", "source", "inner_optimizer", "lm_search", "lm_refit", "lm_damping"):
+    del saved["meta"][key]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  back = restore.saved_config(str(tmp_path)).meta
+  # What those runs did: full-resolution photographs, gradient inner steps, plain LM steps.
+  assert (back.scale, back.source, back.inner_optimizer) == (1, "photos", "sgd")
+  assert (back.lm_search, back.lm_refit, back.lm_damping) == (False, 0, 0.1)
+  assert json.loads((tmp_path / "config.json").read_text()) == saved  # the file is kept as is
+  plain = json.loads(compress.get_config("best").to_json_best_effort())
+  assert "meta" not in restore.upgrade(plain)  # a compress run gains no meta section

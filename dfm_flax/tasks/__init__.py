@@ -1,9 +1,9 @@
 """Tasks: what differs between experiments (model, batches, loss, evaluation).
 
-Each task module defines `Task(config)` and `model_from_meta(config, meta, rngs)`,
+Each task module defines `Task(config)` and `model_from_info(config, meta, rngs)`,
 which rebuilds the model from the config and the checkpoint metadata alone (no
 data), for sampling and feature extraction. A Task object has:
-  meta() -> dict saved with every checkpoint (what model_from_meta needs)
+  checkpoint_info() -> dict saved with every checkpoint (what model_from_info needs)
   build_model(rngs) -> nnx.Module
   param_labels(model) -> pytree (or function of the params) of optimizer-group names, or None
   lr_multiplier(model) -> function of a parameter's path giving its lr factor, or None
@@ -20,6 +20,8 @@ data), for sampling and feature extraction. A Task object has:
       (the loop runs it in a thread while training runs); optional
   result_warning(metrics) -> a line saying the final metrics are no result (e.g. a fit
       that never left its flat start), or "" (default)
+  start_notes(source) -> lines to print when the run starts from the weights of run
+      `source` (config.init_from) where that start may not serve it; [] (default)
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ _TASKS = {
     "generate": "dfm_flax.tasks.generate",
     "classify": "dfm_flax.tasks.classify",
     "vae": "dfm_flax.tasks.vae",
-    "meta": "dfm_flax.tasks.meta",
+    "meta": "dfm_flax.tasks.meta_learning",
 }
 
 
@@ -46,14 +48,14 @@ def make(config):
   return module(config.task).Task(config)
 
 
-def model_from_meta(config, meta: dict, rngs):
-  return module(config.task).model_from_meta(config, meta, rngs)
+def model_from_info(config, meta: dict, rngs):
+  return module(config.task).model_from_info(config, meta, rngs)
 
 
 class TaskBase:
   """Defaults for the optional parts of the task interface."""
 
-  def meta(self) -> dict:
+  def checkpoint_info(self) -> dict:
     return {}
 
   def param_labels(self, model):
@@ -75,5 +77,8 @@ class TaskBase:
 
   def result_warning(self, metrics: dict) -> str:
     return ""
+
+  def start_notes(self, source: str) -> list[str]:
+    return []
 
   warm_up = None  # A task that has one gets a copy of the model in a thread (train.py).

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dfm_flax import data
+from dfm_flax.data import datasets
 from dfm_flax.errors import UserError
 from dfm_flax.tasks import TaskBase
 
@@ -36,38 +36,38 @@ class CNN(nnx.Module):
     return self.head(self.features(x))
 
 
-def model_from_meta(config, meta: dict, rngs: nnx.Rngs) -> CNN:
+def model_from_info(config, meta: dict, rngs: nnx.Rngs) -> CNN:
   h, w, c = meta["image_shape"]
   return CNN(c, h, w, meta["num_classes"], config.model.features, rngs)
 
 
-def split(ds: data.Dataset, test_fraction: float, seed: int):
+def split(ds: datasets.Dataset, test_fraction: float, seed: int):
   order = np.random.default_rng(seed).permutation(len(ds))
   n_test = int(round(len(ds) * test_fraction))
   if n_test < 1 or n_test >= len(ds):
     raise UserError(f"data.test_fraction={test_fraction} leaves no train or no test images "
                     f"of {len(ds)}")
   train, test = order[:-n_test], order[-n_test:]
-  return (data.Dataset(ds.images[train], ds.labels[train], ds.description + " (train part)"),
-          data.Dataset(ds.images[test], ds.labels[test], ds.description + " (held-out part)"))
+  return (datasets.Dataset(ds.images[train], ds.labels[train], ds.description + " (train part)"),
+          datasets.Dataset(ds.images[test], ds.labels[test], ds.description + " (held-out part)"))
 
 
 class Task(TaskBase):
   def __init__(self, config):
     self.config = config
-    full = data.load(config.data)
+    full = datasets.load(config.data)
     if (full.labels < 0).any():
       raise UserError(f"{full.description} has unlabeled images; a classifier needs labels")
     self.train, self.test = split(full, config.data.test_fraction, config.seed)
     self.num_classes = int(full.labels.max()) + 1
     self.labels = jnp.asarray(self.train.labels)
-    self.batches = data.ImageBatches(self.train, config.train.batch_size, config.seed)
+    self.batches = datasets.ImageBatches(self.train, config.train.batch_size, config.seed)
 
-  def meta(self) -> dict:
+  def checkpoint_info(self) -> dict:
     return {"image_shape": list(self.train.images.shape[1:]), "num_classes": self.num_classes}
 
   def build_model(self, rngs: nnx.Rngs) -> CNN:
-    return model_from_meta(self.config, self.meta(), rngs)
+    return model_from_info(self.config, self.checkpoint_info(), rngs)
 
 
   def batch(self, step: int, rows=None):
@@ -81,7 +81,7 @@ class Task(TaskBase):
     return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
   def evaluate(self, model, workdir: str) -> dict:
-    from dfm_flax.evaluation import compiled, in_batches
+    from dfm_flax.evaluation.generators import compiled, in_batches
     logits = compiled(model, "__call__")
 
     def accuracy(ds):

@@ -14,9 +14,13 @@ import numpy as np
 import psutil
 from flax import nnx
 
-from dfm_flax import compress_report, figures, fourier, images, logs
+from dfm_flax.evaluation import compress_report, figures
+from dfm_flax.nets import fourier
+from dfm_flax.data import images
+from dfm_flax.loop import logs
 from dfm_flax.errors import UserError
-from dfm_flax.tasks import TaskBase
+from dfm_flax.loop import restore
+from dfm_flax.tasks import TaskBase, starts
 
 
 def init_variances(model_cfg, channels: int) -> list[float]:
@@ -47,7 +51,7 @@ def image_paths(config) -> list[str]:
   return [p.strip() for p in config.image.split(",") if p.strip()] if config.image else []
 
 
-def model_from_meta(config, meta: dict, rngs: nnx.Rngs):
+def model_from_info(config, meta: dict, rngs: nnx.Rngs):
   """One net, or (meta["image_shapes"] of several images) a stack of nets, net i seeded
   seed + i: each trains exactly as it would alone with --config.seed=seed+i."""
   m, shapes = config.model, meta.get("image_shapes") or [meta["image_shape"]]
@@ -62,7 +66,7 @@ def model_from_meta(config, meta: dict, rngs: nnx.Rngs):
 def one_net(m, channels: int, rngs: nnx.Rngs):
   """The net of model config m (Fourier Net or SIREN); the meta task learns its start."""
   if m.get("kind", "fourier") == "siren":
-    from dfm_flax.siren import Siren
+    from dfm_flax.nets.siren import Siren
     return Siren(m.siren_hidden, m.siren_layers, channels, w0=m.siren_w0, rngs=rngs)
   return fourier.FourierNet(m.width, m.depth, channels, init_variance=init_variances(m, channels),
                             method=m.method, quant_bits=m.get("quant_bits", 0),
@@ -114,17 +118,19 @@ class Task(TaskBase):
     self._batch = jax.jit(self._make_batch, static_argnums=(3,))
 
   # --- the task interface -------------------------------------------------
-  def meta(self) -> dict:
+  def checkpoint_info(self) -> dict:
     if len(self.images) == 1:
       return {"image_shape": self.shapes[0]}
     return {"image_shape": self.shapes[0], "image_shapes": self.shapes}
 
   def build_model(self, rngs: nnx.Rngs) -> fourier.FourierNet:
-    model = model_from_meta(self.config, self.meta(), rngs)
+    model = model_from_info(self.config, self.checkpoint_info(), rngs)
     if self.config.model.get("quant_start", ""):  # A checkpoint holds it too; a new run reads it.
-      from dfm_flax.encoding import load_start
-      model.set_start(load_start(self.config.model.quant_start)[1])
+      model.set_start(restore.load_start(self.config.model.quant_start)[1])
     return model
+
+  def start_notes(self, source: str) -> list[str]:
+    return starts.notes(source, self.shapes)
 
   def lr_multiplier(self, model):
     """With optim.scale_by_terms (Fourier nets only), layer l learns at optim.lr / 2^m_l.

@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dfm_flax import data, evaluation, fourier, generative, images
+from dfm_flax.data import datasets, images
+from dfm_flax.evaluation import generators
+from dfm_flax.nets import fourier, generative
 from dfm_flax.tasks import TaskBase
 
 
@@ -21,7 +23,7 @@ def latent_group(path) -> str:
   return "latent" if names & {"latents", "encoder"} else "default"
 
 
-def model_from_meta(config, meta: dict, rngs: nnx.Rngs):
+def model_from_info(config, meta: dict, rngs: nnx.Rngs):
   """The generative model described by config.model and the data's shape."""
   m = config.model
   h, w, c = meta["image_shape"]
@@ -40,20 +42,20 @@ def model_from_meta(config, meta: dict, rngs: nnx.Rngs):
 class Task(TaskBase):
   def __init__(self, config):
     self.config = config
-    self.dataset = data.load(config.data)
+    self.dataset = datasets.load(config.data)
     self.image_shape = self.dataset.images.shape[1:]
     h, w, c = self.image_shape
     self.coords = jnp.asarray(images.pixel_grid(h, w, tuple(config.model.coord_range)))
-    self.batches = data.ImageBatches(self.dataset, config.train.batch_size, config.seed)
+    self.batches = datasets.ImageBatches(self.dataset, config.train.batch_size, config.seed)
     print(f"data: {self.dataset.description}: {len(self.dataset)} images of {w}x{h}x{c}; "
           f"Fourier Net {config.model.width}x{config.model.depth} has "
           f"{fourier.num_params(config.model.width, config.model.depth, c)} weights")
 
-  def meta(self) -> dict:
+  def checkpoint_info(self) -> dict:
     return {"num_images": len(self.dataset), "image_shape": list(self.image_shape)}
 
   def build_model(self, rngs: nnx.Rngs):
-    return model_from_meta(self.config, self.meta(), rngs)
+    return model_from_info(self.config, self.checkpoint_info(), rngs)
 
   def param_labels(self, model):
     return lambda params: jax.tree_util.tree_map_with_path(lambda p, _: latent_group(p), params)
@@ -71,8 +73,8 @@ class Task(TaskBase):
         "rec_mse": rec, "psnr": -10 * jnp.log10(rec / 4), "z_sq": reg}
 
   def warm_up(self, model) -> None:
-    evaluation.warm_up_generator(model, self.coords, self.image_shape,
+    generators.warm_up_generator(model, self.coords, self.image_shape,
                                  self.config.model.latent_dim)
 
   def evaluate(self, model, workdir: str) -> dict:
-    return evaluation.evaluate_generator(model, self.dataset, self.coords, self.config, workdir)
+    return generators.evaluate_generator(model, self.dataset, self.coords, self.config, workdir)

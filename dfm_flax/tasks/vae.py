@@ -12,7 +12,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dfm_flax import data, evaluation, generative, images
+from dfm_flax.data import datasets, images
+from dfm_flax.evaluation import generators
+from dfm_flax.nets import generative
 from dfm_flax.tasks import TaskBase
 
 
@@ -43,7 +45,7 @@ class VAE(nnx.Module):
     return (2 * probs - 1).reshape(z.shape[0], -1, self.channels)
 
 
-def model_from_meta(config, meta: dict, rngs: nnx.Rngs) -> VAE:
+def model_from_info(config, meta: dict, rngs: nnx.Rngs) -> VAE:
   return VAE(tuple(meta["image_shape"]), list(config.model.hidden), config.model.latent_dim,
              config.model.activation, rngs)
 
@@ -51,18 +53,18 @@ def model_from_meta(config, meta: dict, rngs: nnx.Rngs) -> VAE:
 class Task(TaskBase):
   def __init__(self, config):
     self.config = config
-    self.dataset = data.load(config.data)
+    self.dataset = datasets.load(config.data)
     self.image_shape = self.dataset.images.shape[1:]
     h, w, _ = self.image_shape
     self.coords = jnp.asarray(images.pixel_grid(h, w))  # Where evaluation renders the images.
-    self.batches = data.ImageBatches(self.dataset, config.train.batch_size, config.seed)
+    self.batches = datasets.ImageBatches(self.dataset, config.train.batch_size, config.seed)
     self.key = jax.random.key(config.seed + 3)
 
-  def meta(self) -> dict:
+  def checkpoint_info(self) -> dict:
     return {"num_images": len(self.dataset), "image_shape": list(self.image_shape)}
 
   def build_model(self, rngs: nnx.Rngs) -> VAE:
-    return model_from_meta(self.config, self.meta(), rngs)
+    return model_from_info(self.config, self.checkpoint_info(), rngs)
 
 
   def batch(self, step: int, rows=None):
@@ -80,9 +82,9 @@ class Task(TaskBase):
     return rec + kl, {"rec_nll": rec, "kl": kl, "psnr": -10 * jnp.log10(mse)}
 
   def warm_up(self, model) -> None:
-    evaluation.warm_up_generator(model, self.coords, self.image_shape,
+    generators.warm_up_generator(model, self.coords, self.image_shape,
                                  self.config.model.latent_dim)
 
   def evaluate(self, model, workdir: str) -> dict:
-    return evaluation.evaluate_generator(model, self.dataset, self.coords, self.config, workdir,
+    return generators.evaluate_generator(model, self.dataset, self.coords, self.config, workdir,
                                          gaussian_scale=1.0)

@@ -1,0 +1,145 @@
+"""Orbax checkpoints of (model, optimizer state, metadata) in WORKDIR/checkpoints.
+
+Metadata holds the step, the accumulated training seconds and the data seed; the
+batch RNG is derived from (seed, step) so the step fixes it. Saves are
+synchronous: a checkpoint that exists on disk is complete (orbax writes to a
+temporary directory and renames it), so SIGKILL can lose progress but never
+corrupts what was saved.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from dfm_flax.errors import UserError
+
+
+def _abstract(state):
+  """Restore targets: each array's own sharding, or the first device for abstract ones
+  (a checkpoint saved on 4 devices then restores onto 1, and the other way round)."""
+  default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+  def target(x):
+    sharding = getattr(x, "sharding", None) or default
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  return jax.tree.map(target, state)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  """'a/b/0/kernel' -> shape, for any pytree of arrays or array metadata."""
+  def name(path):
+    keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    return "/".join(k for k in keys if k != "value")
+  return {name(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+          if hasattr(leaf, "shape")}
+
+
+def check_shapes(item_dir: str, abstract_state) -> None:
+  """Refuse, before reading arrays, a checkpoint saved for a differently shaped model."""
+  try:
+    saved = _shapes(ocp.StandardCheckpointer().metadata(item_dir).item_metadata)
+  except Exception as e:
+    raise UserError(f"checkpoint {item_dir} is corrupt: cannot read its metadata "
+                    f"({type(e).__name__}); move it away or use another --workdir") from e
+  wanted = _shapes(abstract_state)
+  for key in sorted(set(saved) | set(wanted)):
+    if saved.get(key) != wanted.get(key):
+      raise UserError(f"checkpoint {item_dir} does not match the model of this config: "
+                      f"{key} is {saved.get(key)} there but {wanted.get(key)} here")
+
+
+class Checkpointer:
+  """Saves and restores a model and (optionally) its optimizer."""
+
+  def __init__(self, directory: str, max_to_keep: int = 2, read_only: bool = False):
+    self.directory = os.path.abspath(directory)
+    if read_only and not os.path.isdir(self.directory):
+      raise UserError(f"no checkpoint directory at {self.directory}")
+    # read_only: never create or delete anything (orbax's own read_only flag only warns).
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None if read_only else max_to_keep, create=not read_only,
+        enable_async_checkpointing=False)
+    try:
+      self.manager = ocp.CheckpointManager(self.directory, options=options)
+    except Exception as e:  # orbax raises various types for unreadable directories.
+      raise UserError(f"cannot open checkpoint directory {self.directory}: {e}") from e
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None,
+           meta: dict[str, Any], good=None) -> None:
+    """good: (model state, optimizer state) of the divergence guard's last good step,
+    when it is not this step; saved beside, so that a resumed run can still roll back."""
+    items = {"model": ocp.args.StandardSave(nnx.state(model)),
+             "meta": ocp.args.JsonSave(dict(meta, step=step))}
+    if optimizer is not None:
+      items["optimizer"] = ocp.args.StandardSave(nnx.state(optimizer))
+    if good is not None:
+      items["good_model"] = ocp.args.StandardSave(good[0])
+      items["good_optimizer"] = ocp.args.StandardSave(good[1])
+    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self.manager.wait_until_finished()
+
+  def restore(self, model: nnx.Module, optimizer: nnx.Optimizer | None = None,
+              step: int | None = None, only=...) -> dict[str, Any]:
+    """Restore into `model` (and `optimizer`) in place; returns the metadata.
+
+    `model` may be abstract (from `nnx.eval_shape`): its state is replaced. `only` (an
+    nnx filter) restores those variables alone, e.g. a start's weights into a net that
+    also holds variables the start's run did not have.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f"no checkpoint found in {self.directory}")
+    check_shapes(os.path.join(self.directory, str(step), "model"), nnx.state(model, only))
+    items = {"model": ocp.args.StandardRestore(_abstract(nnx.state(model, only))),
+             "meta": ocp.args.JsonRestore()}
+    if optimizer is not None:
+      items["optimizer"] = ocp.args.StandardRestore(_abstract(nnx.state(optimizer)))
+    restored = self._restore_items(step, items, "is corrupt or does not match this model")
+    nnx.update(model, restored["model"])
+    if optimizer is not None:
+      nnx.update(optimizer, restored["optimizer"])
+    return dict(restored["meta"])
+
+  def delete_after(self, step: int) -> None:
+    """Drop checkpoints later than `step` (the guard rolled back past them: they were
+    taken on the way into a collapse, and the replay saves those steps again)."""
+    for s in self.manager.all_steps():
+      if s > step:
+        self.manager.delete(s)
+
+  def restore_good(self, model: nnx.Module, optimizer: nnx.Optimizer, step: int | None = None):
+    """The guard's good (model state, optimizer state) saved with a checkpoint."""
+    step = self.latest_step() if step is None else step
+    items = {"good_model": ocp.args.StandardRestore(_abstract(nnx.state(model))),
+             "good_optimizer": ocp.args.StandardRestore(_abstract(nnx.state(optimizer)))}
+    restored = self._restore_items(step, items, "is corrupt: its guard state cannot be read")
+    return restored["good_model"], restored["good_optimizer"]
+
+  def read_info(self, step: int | None = None) -> dict[str, Any]:
+    """The metadata of a checkpoint (latest by default), without touching its arrays."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f"no checkpoint found in {self.directory}")
+    restored = self._restore_items(step, {"meta": ocp.args.JsonRestore()},
+                                   "is corrupt: cannot read its metadata")
+    return dict(restored["meta"])
+
+  def _restore_items(self, step: int, items: dict, problem: str):
+    """Orbax's restore of `items`; any failure (a truncated or foreign directory fails in
+    many ways) becomes one line saying what is wrong."""
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:
+      msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise UserError(f"checkpoint {self.directory}/{step} {problem} ({type(e).__name__}: "
+                      f"{msg[:300]}); move it away or use another --workdir") from e
+
+  def close(self) -> None:
+    self.manager.close()

@@ -1,6 +1,8 @@
 """Shared command-line plumbing: one clear stderr line and a non-zero exit for bad input."""
 from __future__ import annotations
 
+import ast
+import glob
 import os
 import re
 import sys
@@ -55,3 +57,36 @@ def config_value(holder):
   except OSError as e:  # config_flags defers a missing-file error to first use.
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     fail(f"cannot load config: {lines[-1] if lines else e}", 2)
+
+
+EXPERIMENTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def config_variants(path: str) -> dict[str, str] | None:
+  """A config file's VARIANTS (variant -> what it is), read without running the file;
+  None for a file that is not an experiment config."""
+  with open(path) as f:
+    tree = ast.parse(f.read(), path)
+  for node in tree.body:
+    if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "VARIANTS" for t in node.targets):
+      return ast.literal_eval(node.value)
+  return None
+
+
+def experiment_configs(directory: str = EXPERIMENTS_DIR) -> dict[str, dict[str, str]]:
+  """Every experiment config file in `directory` (by file name) and its variants."""
+  found = {}
+  for path in sorted(glob.glob(os.path.join(directory, "*.py"))):
+    variants = config_variants(path)
+    if variants is not None:
+      found[os.path.basename(path)] = variants
+  return found
+
+
+def variants_help() -> str:
+  """The experiments and their variants, for --help."""
+  lines = []
+  for name, variants in experiment_configs().items():
+    named = [v for v in variants if v]
+    lines.append(f"experiments/{name}" + (f" ({', '.join(named)})" if named else ""))
+  return "; ".join(lines)

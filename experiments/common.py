@@ -72,3 +72,10 @@ def dist() -> ml_collections.ConfigDict:
       "process_id": -1,
       "timeout_s": 120,     # To join the run and to find every other process started.
       "heartbeat_s": 30})   # A process silent this long is taken for dead: the others exit.
+
+
+def check_variant(config_file: str, variant: str, variants: dict) -> None:
+  """Refuse a variant that the config file's VARIANTS does not list."""
+  if variant not in variants:
+    known = ", ".join(v or "(none)" for v in variants)
+    raise ValueError(f"unknown variant {variant!r} of {config_file}; known: {known}")

@@ -1,4 +1,4 @@
-"""Meta-learning a starting point for Fourier nets (Reptile or MAML; dfm_flax/tasks/meta.py).
+"""Meta-learning a starting point for Fourier nets (Reptile or MAML; dfm_flax/tasks/meta_learning.py).
 
   python -m experiments.run --config experiments/meta.py --workdir runs/meta
   python -m experiments.run --config experiments/meta.py:smoke --workdir /tmp/meta_smoke
@@ -17,28 +17,13 @@ never drawn in training and score it:
 The net is the compress task's (init, coordinates, method), so a compress run of the same
 width and depth can start from it.
 
-Variants: (none) Reptile (outer SGD 0.1), 5 inner steps, 32x32 crops, a 6x5 net; `small`
-the same for a 4x3 net (256 weights) and 10 inner steps, 1,000 outer steps; `lm` goes on
-from a `small` start with 10 Levenberg-Marquardt inner steps (dfm_flax/levenberg.py), 200
-outer steps: the start from which 10 LM steps fit a held-out crop (README, "Ten steps");
-`lm_search` the same with LM steps that each try several dampings and lengths;
-`lm_refit` goes on from an `lm_search` start for 100 outer steps with steps that also
-refit the last layer at every point they try (it learned nothing those steps use: README,
-"Ten steps"):
+The variants (VARIANTS below); `lm`, `lm_search` and `lm_refit` go on from another start:
   python -m experiments.run --config experiments/meta.py:small --workdir runs/meta_small
-  python -m experiments.run --config experiments/meta.py:lm --workdir runs/meta_lm \
-      --config.init_from=runs/meta_small
   python -m experiments.run --config experiments/meta.py:lm_search \
       --workdir runs/meta_lm_search --config.init_from=runs/meta_small
-  python -m experiments.run --config experiments/meta.py:lm_refit \
-      --workdir runs/meta_lm_refit --config.init_from=runs/meta_lm_search
-`mnist`
-the same on the 1,000 MNIST digits that ship with the project (28x28 grey, a 5x4 net, inner
-step 0.3, the last 100 held out; `--config.data.source=idx --config.data.dir=DIR` for all 70,000); `maml`
-second-order MAML through 3 inner steps (Adam 1e-4, not tuned); `smoke` a tiny run for tests (it checks the pipeline only).
-`python -m experiments.codec encode IMAGE --out F.dfm --init RUN` fits from the learned start
+`python -m experiments.codec encode IMAGE --out F.dfm --init RUN` fits from a learned start
 and stores the difference from it; `python -m studies.meta_start --start RUN --out DIR`
-measures both (README).
+measures what the start buys (docs/meta_learning.md).
 """
 import ml_collections
 
@@ -46,8 +31,23 @@ from dfm_flax.nets import levenberg
 from dfm_flax.tasks import meta_learning
 from experiments import common, compress
 
+VARIANTS = {
+    "": "Reptile (outer SGD 0.1), 5 inner gradient steps, 32x32 crops, a 6x5 net",
+    "small": "the same for a 4x3 net (256 weights) and 10 inner steps, 1,000 outer steps",
+    "lm": "goes on from a `small` start with 10 Levenberg-Marquardt inner steps, 200 outer "
+          "steps: a start for `codec encode --lm_steps`",
+    "lm_search": "`lm` with steps that each try several dampings and lengths",
+    "lm_refit": "goes on from an `lm_search` start for 100 outer steps with steps that also "
+                "refit the last layer at every point they try",
+    "mnist": "the 1,000 bundled MNIST digits (28x28 grey, a 5x4 net, inner step 0.3, the "
+             "last 100 held out)",
+    "maml": "second-order MAML through 3 inner steps (Adam 1e-4, not tuned)",
+    "smoke": "a tiny run that checks the pipeline (< 60 s on 2 cores)",
+}
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  common.check_variant("meta.py", variant, VARIANTS)
   c = ml_collections.ConfigDict()
   c.task = "meta"
   c.seed = 0
@@ -75,7 +75,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       "crop": 32,
       # Crops are the mean of scale x scale pixels of a (crop * scale)-pixel window. 1:
       # the photographs' own pixels; a start meant for whole photographs needs their scale,
-      # e.g. 8 (256-pixel windows seen at 32x32; README, "Meta-learned starting points").
+      # e.g. 8 (256-pixel windows seen at 32x32).
       "scale": 1,
       "pool": 4096,             # crops drawn once from meta.photos, sampled each step
       "source": "photos",       # photos: the built-in ones below; data: config.data
@@ -87,8 +87,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data = common.bundled_mnist()  # read only with meta.source=data
   c.train = common.train(steps=3000, batch_size=8, log_every=50, checkpoint_every=500)
   # Reptile's outer step: theta moves 0.1 of the way to the crops' mean adapted weights
-  # (SGD on its loss). Adam moved these tiny weights by its lr every step and did worse
-  # than a random start (README, "Meta-learned starting points").
+  # (SGD on its loss). Adam moves these tiny weights by its lr every step, far too much.
   c.optim = common.adam(0.1, "constant")  # the optim keys every config has...
   c.optim.name = "sgd"                    # ...with optax's sgd (momentum 0.9)
   c.optim.scale_by_terms = False
@@ -102,10 +101,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.optim = common.adam(1e-4, "constant")  # not tuned: worse than a random start so far
     c.optim.scale_by_terms = False
   elif variant in ("small", "lm", "lm_search", "lm_refit"):
-    # A net of a codec's size for 32x32 crops (256 weights: 2 bpp at 8 bits), adapted for
-    # the 10 steps the issue asks about. `small` learns a start for gradient steps; `lm`
-    # goes on from it (--config.init_from) with Levenberg-Marquardt steps, which the start
-    # then serves (README, "Ten steps").
+    # A net of a codec's size for 32x32 crops (256 weights: 2 bpp at 8 bits), adapted in
+    # 10 steps. `small` learns a start for gradient steps; `lm` goes on from it
+    # (--config.init_from) with Levenberg-Marquardt steps, which the start then serves.
     c.model.width, c.model.depth = 4, 3
     c.meta.inner_steps = 10
     c.train.steps = 1000
@@ -120,9 +118,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.meta.source = "data"
     c.meta.crop = 28
     c.meta.held_out_last = 100
-    # At inner_lr 1 the start's first layer grew to weights of RMS 3.6 (the photographs'
-    # start: 0.6), the collapsed state whose phases wrap: it drew the mean digit and its
-    # inner steps did not lower the loss. 0.3 adapts (README).
+    # At inner_lr 1 the start's first layer grew until its phases wrapped (a collapse that
+    # draws the mean digit); 0.3 adapts.
     c.meta.inner_lr = 0.3
     c.model.width, c.model.depth = 5, 4
   elif variant == "smoke":
@@ -134,6 +131,4 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.width, c.model.depth = 3, 3
     c.train = common.train(steps=20, batch_size=4, log_every=5, checkpoint_every=10)
     c.wandb.mode = "disabled"
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} of meta.py; use small, lm, lm_search, lm_refit, mnist, maml or smoke")
   return c

@@ -13,17 +13,15 @@ import re
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments.cli import config_value, parse_flags, run_main
+from experiments.cli import config_value, parse_flags, run_main, variants_help
 
 _CONFIG_HELP = (
-    "Experiment config file[:variant]. Experiments and variants (no variant: the best "
-    "settings measured): experiments/compress.py (thesis, smoke, siren), mnist.py (thesis, "
-    "smoke), cifar10.py (the thesis settings; smoke), vae_mnist.py (smoke), "
-    "classifier_mnist.py (smoke), meta.py (maml, smoke). Main "
-    "keys (--config.KEY=VALUE): seed, image (compress: a path, or several joined by commas), "
-    "model.width, model.depth, train.steps, train.stop_at, train.batch_size, optim.lr, "
-    "data.source (tfds|idx|cifar_pickle|folder|npz), data.dir, data.classes, guard.mode "
-    "(recover|detect|off), wandb.mode. Smoke variants only check the pipeline.")
+    "Experiment config file[:variant] (no variant: the default settings). " + variants_help()
+    + ". Each variant is described in its file's VARIANTS. Main keys (--config.KEY=VALUE): "
+    "seed, image (compress: a path, or several joined by commas), model.width, model.depth, "
+    "train.steps, train.stop_at, train.batch_size, optim.lr, data.source "
+    "(tfds|idx|cifar_pickle|folder|npz|photos), data.dir, data.classes, guard.mode "
+    "(recover|detect|off), wandb.mode.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, _CONFIG_HELP, lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
 flags.mark_flags_as_required(["config", "workdir"])

@@ -4,14 +4,19 @@
       --config.data.source=idx --config.data.dir=../shared/data/mnist \\
       --config.eval.classifier_dir=runs/classifier
 
-Variants: `smoke` (1000 bundled digits).
 """
 import ml_collections
 
 from experiments import common
 
+VARIANTS = {
+    "": "the full run",
+    "smoke": "the 1,000 bundled digits, a few steps: checks the pipeline (< 60 s)",
+}
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  common.check_variant("vae_mnist.py", variant, VARIANTS)
   c = ml_collections.ConfigDict()
   c.task = "vae"
   c.seed = 0
@@ -29,6 +34,4 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.dist = common.dist()  # Multi-process runs: SLURM or experiments.launch.
   if variant == "smoke":
     common.mnist_smoke(c)
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r} of vae_mnist.py; use smoke")
   return c

@@ -1,5 +1,4 @@
 import os
-import sys
 import tempfile
 
 # Tests run on the CPU, offline, without W&B, before jax is imported anywhere.
@@ -7,17 +6,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # One on-disk cache of compiled XLA programs for the suite and every process it starts:
-# dozens of runs compile the same small programs, and a smoke run spends ~40% of its time
-# compiling (12.6 s -> 7.8 s per compress smoke run with the cache warm). The cache key
-# holds the program, the jax version and the devices, so a hit is the same executable.
+# dozens of runs compile the same small programs. The cache key holds the program, the
+# jax version and the devices, so a hit is the same executable.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "dfm-tests-jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 
 
 def pytest_configure(config):

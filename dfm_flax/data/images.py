@@ -113,11 +113,14 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
   return float(dm_pix.ssim(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
 
 
-def jpeg_bytes(img01: np.ndarray, quality: int, fmt: str = "JPEG") -> bytes:
+def jpeg_bytes(img01: np.ndarray, quality: int, fmt: str = "JPEG", optimize: bool = True) -> bytes:
+  """A JPEG (or WebP) file of the image at `quality`. JPEG's optimize=True (Huffman tables
+  fitted to the image: smaller files, the same pixels) is the anchor at its best ordinary
+  settings; optimize=False gives Pillow's default file."""
   arr = to_uint8(img01)
   pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
   buf = io.BytesIO()
-  pil.save(buf, format=fmt, quality=quality)
+  pil.save(buf, format=fmt, quality=quality, **({"optimize": optimize} if fmt == "JPEG" else {}))
   return buf.getvalue()
 
 
@@ -127,8 +130,10 @@ def decode_image_bytes(data: bytes, channels: int) -> np.ndarray:
   return arr[..., None] if arr.ndim == 2 else arr[..., :channels]
 
 
-def jpeg_at_size(img01: np.ndarray, max_bytes: int, fmt: str = "JPEG") -> dict:
-  """The largest-quality JPEG (or WebP) file (Pillow, quality 1..100) of <= max_bytes.
+def jpeg_at_size(img01: np.ndarray, max_bytes: int, fmt: str = "JPEG",
+                 optimize: bool = True) -> dict:
+  """The largest-quality JPEG (or WebP) file (Pillow, quality 1..100) of <= max_bytes;
+  JPEG with optimised Huffman tables unless optimize=False (`jpeg_bytes`).
 
   Returns {quality, bytes, bpp, psnr, ssim, image}; quality is None (and the
   figures describe quality 1) when even quality 1 is larger than max_bytes.
@@ -140,12 +145,12 @@ def jpeg_at_size(img01: np.ndarray, max_bytes: int, fmt: str = "JPEG") -> dict:
   lo, hi = 0, 100  # Invariant: quality lo fits (0: none known), hi+1.. do not.
   while lo < hi:
     mid = (lo + hi + 1) // 2
-    if len(jpeg_bytes(img01, mid, fmt)) <= max_bytes:
+    if len(jpeg_bytes(img01, mid, fmt, optimize)) <= max_bytes:
       lo = mid
     else:
       hi = mid - 1
   quality = lo or None
-  data = jpeg_bytes(img01, quality or 1, fmt)
+  data = jpeg_bytes(img01, quality or 1, fmt, optimize)
   decoded = decode_image_bytes(data, img01.shape[-1])
   return {
       "quality": quality,
@@ -158,8 +163,7 @@ def jpeg_at_size(img01: np.ndarray, max_bytes: int, fmt: str = "JPEG") -> dict:
 
 
 # Pixels rendered at once: few enough that a layer's intermediate values stay in cache
-# (a 10x8 net: 127,000 pixels a second at 2,048, 32,000 at 65,536; 7x8: 443,000 and
-# 306,000; python -m benchmarks.render_speed).
+# (python -m benchmarks.render_speed; docs/performance.md).
 RENDER_CHUNK = 2**11
 # Renders of at least this many pixels (a megapixel) show progress: on a CPU they take
 # minutes (a 12-megapixel photograph and a 10x8 net: about 2.5).

@@ -18,7 +18,8 @@ def report(original, recon, config, workdir: str, image_name: str,
   ref8 = images.to_uint8(original) / 255.0
   rec8 = images.to_uint8(recon) / 255.0
   nbytes = 4 * n
-  jpeg = images.jpeg_at_size(original, nbytes)
+  jpeg = images.jpeg_at_size(original, nbytes)  # optimised Huffman tables
+  plain = images.jpeg_at_size(original, nbytes, optimize=False)  # Pillow's default file
   metrics = {
       "image": image_name, "height": h, "width": w, "channels": c,
       "model_width": config.model.width, "model_depth": config.model.depth,
@@ -32,6 +33,7 @@ def report(original, recon, config, workdir: str, image_name: str,
       "bpp": 8 * nbytes / (h * w),
       "percent_of_raw": 100 * nbytes / (h * w * c),
       "jpeg": {k: v for k, v in jpeg.items() if k != "image"},
+      "jpeg_pillow_default": {k: v for k, v in plain.items() if k != "image"},
   }
   images.save_png(recon, os.path.join(workdir, "reconstruction.png"))
   quality = jpeg["quality"] or "1 (no JPEG is this small)"

@@ -3,7 +3,7 @@
 
   python -m benchmarks.multiprocess [--config experiments/compress.py:best] [--steps 30] [--repeats 5]
 
-Each layout is started afresh (dfm_flax/processes.py's environment, gloo collectives
+Each layout is started afresh (dfm_flax/parallel/processes.py's environment, gloo collectives
 between processes); process 0 prints the median steps/s of `repeats` timings of
 `steps` train steps (compile excluded). On one machine the processes share its cores,
 so this measures the overhead of the multi-process step (collectives through gloo and

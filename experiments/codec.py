@@ -5,33 +5,25 @@
                                   [--init META_RUN] [--bpp B [--grid sensitivity|uniform]]
   python -m experiments.codec decode FILE.dfm --out IMAGE.png [--size WxH] [--init META_RUN]
 
-encode trains a net on IMAGE with the compress config (`:codec` by default: `:best` for
-30,000 steps; its run directory is --workdir, default FILE.dfm.run, so rerunning resumes)
-or takes the net of a finished compress run (--from DIR), fine-tunes it for --qat-steps
-with the weights rounded as the file stores them (straight-through gradients; run
-directory FILE.dfm.qatBITS), quantises and codes it, writes FILE.dfm and prints bytes,
-bpp and the PSNR of what the file decodes to. With --bpp the net size comes from a model of coded
-bits per weight (sizes.size_for_bpp), and the bit depth is then moved (from --bits)
-until the file is within 10% of the target, or the nearest is said in one line. That is
---grid uniform; the default for --bpp, --grid sensitivity, gives each layer its own step
-instead, from how much its weights move the picture, all scaled together to the target
-size (dfm_flax/grids.py), and plans a larger net for it (depth up to 8); if that net's
-fit ends collapsed or within 1 dB of the image's flat mean colour, the widest net of the
-size is fitted too (FILE.dfm.run.WxD), then that net again from a first layer at high
-frequency (FILE.dfm.run.WxD.hf: what fine texture such as brick and grass needs), and the
-best one coded (encoding.fit_for_bpp).
-decode needs no training code; --size renders the continuous image at any resolution.
-The 30,000 steps are three times `:best`'s: at 0.3 bpp the files beat JPEG at equal bytes
-by 1.25 dB on average over the fourteen panel photographs, where 10,000 steps give +0.20
-dB in a third of the time (README, "Three times the steps"). --config.train.steps=10000
-for the faster encode.
-Output files appear whole or not at all.
+encode trains a net on IMAGE with the compress config (`:codec` by default: the recipe for
+30,000 steps; --config.train.steps=10000 encodes in a third of the time, about 1 dB lower),
+or takes the net of a finished compress run (--from DIR). It fine-tunes the net with its
+weights rounded as the file stores them (--qat_steps), codes it and prints bytes, bpp and
+the PSNR of what the file decodes to. Run directories sit beside the file (FILE.dfm.run,
+FILE.dfm.qatBITS), so rerunning an interrupted encode resumes.
 
---init META_RUN (a meta-learning run, experiments/meta.py, or any run of one Fourier net):
-encode fits from that start (the net's size, coordinates and method are the start's) and
-the file stores the weights as their difference from it, named by a content hash; decode
-needs the same --init and refuses, in one line, a file coded from another start. The
-quantisation-aware fine-tune then rounds the difference, as the file stores it.
+--bpp B picks the net for the size. On the default sensitivity grid each layer gets its own
+quantisation step, scaled together to the size; when the picked net ends near its flat
+image, a wider net and then a first layer at high frequency are tried too and the best kept.
+--grid uniform (or any --bits with --bpp) moves one bit depth until the file is within 10%.
+
+--init RUN fits from a learned start (experiments/meta.py) and stores the difference from
+it; decode needs the same --init. --lm_steps N fits small images from such a start in N
+Levenberg-Marquardt steps, without a training run.
+
+decode needs no training code; --size renders the continuous image at any resolution.
+Output files appear whole or not at all. The format and the choices behind it:
+docs/codec.md.
 """
 import os
 import re
@@ -66,7 +58,7 @@ flags.DEFINE_alias("qat-steps", "qat_steps")
 _GRID = flags.DEFINE_enum("grid", None, ["uniform", "sensitivity"],
                           "encode --bpp: the quantisation grid (default sensitivity). uniform: "
                           "the bit depth's; sensitivity: a step per layer from how much its "
-                          "weights move the picture, scaled to the size (dfm_flax/grids.py).")
+                          "weights move the picture, scaled to the size (dfm_flax/codec/grids.py).")
 _INIT = flags.DEFINE_string("init", None, "A run whose net is the start: encode fits from it and "
                             "codes the difference; decode adds it back.")
 _LM_STEPS = flags.DEFINE_integer("lm_steps", 0, "encode --init: fit with this many Levenberg-"
@@ -107,9 +99,7 @@ def _encode(image_path: str):
   image = images.load_image(image_path)
   bits = _BITS.value
   if _BPP.value is not None and not bits_given:
-    # At a size budget, more bits on a smaller net win: 8-bit files decoded 1.1-4.3 dB
-    # below their float nets, a 9-bit one 0.3 dB (README: the panel and the
-    # rate-distortion study), so --bpp starts from BPP_BITS.
+    # At a size budget, more bits on a smaller net win (docs/codec.md#choosing-the-net).
     bits = sizes.BPP_BITS
   start = os.path.abspath(_INIT.value) if _INIT.value else None
   if _LM_STEPS.value:

@@ -16,7 +16,7 @@ def train(steps: int, batch_size: int, log_every: int = 100, checkpoint_every: i
 
 
 def guard(mode: str = "recover") -> ml_collections.ConfigDict:
-  """The divergence guard (dfm_flax/guard.py): recover | detect | off."""
+  """The divergence guard (dfm_flax/loop/guard.py): recover | detect | off."""
   from dfm_flax.loop import guard as guard_lib
   c = guard_lib.defaults()
   c.mode = mode
@@ -63,7 +63,7 @@ def mnist_smoke(c: ml_collections.ConfigDict) -> None:
 
 
 def dist() -> ml_collections.ConfigDict:
-  """Multi-process runs (dfm_flax/distributed.py). Under SLURM (srun) nothing need be set;
+  """Multi-process runs (dfm_flax/parallel/distributed.py). Under SLURM (srun) nothing need be set;
   by hand, every process gets the same coordinator and num_processes and its own
   process_id (python -m experiments.launch does this on one machine)."""
   return ml_collections.ConfigDict({

@@ -113,11 +113,11 @@ def thesis() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.eps = 1e-8  # Adam's epsilon (optax's default).
   c.optim.grad_clip = 0.0
-  c.optim.update_clip = 0.0  # > 0 (adam): clip the RMS of each array's Adam direction (dfm_flax/optim.py).
+  c.optim.update_clip = 0.0  # > 0 (adam): clip the RMS of each array's Adam direction (dfm_flax/loop/optim.py).
   c.optim.scale_by_terms = False  # True: layer lr = optim.lr / 2^m (see tasks/compress.py).
   c.optim.depth_ref = 0  # > 0 (with scale_by_terms): nets deeper than this learn at lr * depth_ref / depth.
 
-  # Thesis recipe: the guard reports a collapse but never intervenes (dfm_flax/guard.py).
+  # Thesis recipe: the guard reports a collapse but never intervenes (dfm_flax/loop/guard.py).
   c.guard = common.guard("detect")
   c.wandb = common.wandb()  # mode auto: online if logged in, else offline.
   c.mesh = common.mesh()  # Pixels of each batch split over all devices.

@@ -7,7 +7,7 @@ Each process runs `python -m experiments.run ARGS --config.dist.coordinator=127.
 --config.dist.num_processes=N --config.dist.process_id=I` (port 0: a free one), with
 --devices CPU devices each when --cpu (XLA's host-platform device count). Output
 lines are prefixed [p0], [p1], ... If one process fails, the others get
---grace seconds to exit on their own (they detect it: dfm_flax/distributed.py), then
+--grace seconds to exit on their own (they detect it: dfm_flax/parallel/distributed.py), then
 are killed; the exit code is the first failure's.
 """
 import argparse

@@ -59,7 +59,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       "algorithm": "reptile",   # reptile | maml
       "first_order": False,     # maml: drop the inner steps' second derivatives
       "inner_steps": 5,
-      "inner_optimizer": "sgd",  # sgd | lm (Levenberg-Marquardt, dfm_flax/levenberg.py)
+      "inner_optimizer": "sgd",  # sgd | lm (Levenberg-Marquardt, dfm_flax/nets/levenberg.py)
       "inner_lr": 1.0,          # sgd: layer l steps by inner_lr / 2^m_l
       # lm: the first step's damping (times each weight's own curvature), divided by lm_down
       # after each step that lowers the loss.

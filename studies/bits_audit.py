@@ -4,7 +4,7 @@
 
 For each image's file at --bpp (seed 0, the sensitivity grid; the panel's `file.dfm` and
 its fine-tuned net `file.dfm.qatBPPbpp`), three measurements:
-  * steps: the sensitivity grid gives each layer one quantisation step (dfm_flax/grids.py).
+  * steps: the sensitivity grid gives each layer one quantisation step (dfm_flax/codec/grids.py).
     Would a step per group of weights in a layer do better? Per group (the popcount of k,
     or popcount and output), the mean output sensitivity; the bits per weight a per-group
     step saves at equal error are 0.5 log2(arithmetic / geometric mean), weighted by size.

@@ -58,7 +58,7 @@ def adam_runner(tx, coords, method):
 
 
 def lm_runner(coords, method, search: bool = False, refit: int = 0):
-  """As adam_runner, for Levenberg-Marquardt steps (dfm_flax/levenberg.py): the state is each
+  """As adam_runner, for Levenberg-Marquardt steps (dfm_flax/nets/levenberg.py): the state is each
   crop's (damping, divisor), `lm_state`, so every damping compiles once and a fit goes on
   where the last segment stopped. The lrs are unused. One crop at a time (lax.map), not
   vmapped: each holds its own Jacobian. search, refit: levenberg.fit's."""

@@ -1,5 +1,5 @@
 """The codec's two quantisation grids on finished fits: per-layer steps from output
-sensitivity (dfm_flax/grids.py) against the uniform grid of each bit depth, at equal bytes.
+sensitivity (dfm_flax/codec/grids.py) against the uniform grid of each bit depth, at equal bytes.
 
   python -m studies.grid RUN [RUN ...] [--out DIR]
   python -m studies.grid runs/panel/runs/*/run --out runs/grid      # every panel fit

@@ -1,4 +1,4 @@
-"""The scale of each layer's hidden values in finished compression runs (dfm_flax/anatomy.py).
+"""The scale of each layer's hidden values in finished compression runs (dfm_flax/nets/anatomy.py).
 
   python -m studies.hidden_scale runs/stability/runs/clock_7x8_lr0.1_s0 \
       runs/stability/runs/clock_7x6_lr0.1_s0

@@ -12,7 +12,7 @@ start and from a random start (the compress net's initialisation, one seed per c
 two optimisers, both per layer lr / 2^m as the recipe:
   * sgd: plain gradient descent at the run's inner-loop step (what the start was learned for);
   * adam: Adam at a constant lr, the best of --adam_lrs for the random start at the last step.
-  * lm (with --lm): Levenberg-Marquardt steps (dfm_flax/levenberg.py) at the run's
+  * lm (with --lm): Levenberg-Marquardt steps (dfm_flax/nets/levenberg.py) at the run's
     meta.lm_damping and meta.lm_down, or at the best of a small grid on *training* crops
     (--lm_tune; never on the held-out ones), up to 100 steps;
   * lm_search (with --lm_search): LM steps that each keep the best of 7 dampings x 4 step

@@ -176,7 +176,7 @@ def main():
   p.add_argument("--net", default="", help="WxD: this net size instead of the codec's pick")
   p.add_argument("--bits", type=int, default=10, help="bit depth the codec starts from")
   p.add_argument("--grid", default="sensitivity", choices=("uniform", "sensitivity"),
-                 help="the codec's quantisation grid for --bpp (dfm_flax/encoding.py, GRIDS); "
+                 help="the codec's quantisation grid for --bpp (dfm_flax/codec/encoding.py, GRIDS); "
                       "the codec's default, sensitivity")
   p.add_argument("--set", action="append", default=[],
                  help="KEY=VALUE: a setting of compress.py:best for every fit (repeatable)")

@@ -1,4 +1,4 @@
-"""Hidden-value scales (dfm_flax/anatomy.py) against the float64 numpy loop and finite
+"""Hidden-value scales (dfm_flax/nets/anatomy.py) against the float64 numpy loop and finite
 differences, and the benchmark's command line on a smoke run."""
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""The sensitivity grid (dfm_flax/grids.py) and the codec's per-layer steps."""
+"""The sensitivity grid (dfm_flax/codec/grids.py) and the codec's per-layer steps."""
 import json
 import os
 

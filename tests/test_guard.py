@@ -1,4 +1,4 @@
-"""The divergence guard (dfm_flax/guard.py) in the shared loop: a forced collapse is
+"""The divergence guard (dfm_flax/loop/guard.py) in the shared loop: a forced collapse is
 recovered, a healthy run is unchanged by it, and resume stays exact with it on."""
 import json
 import math

@@ -1,4 +1,4 @@
-"""Levenberg-Marquardt fits (dfm_flax/levenberg.py) against a plain numpy implementation."""
+"""Levenberg-Marquardt fits (dfm_flax/nets/levenberg.py) against a plain numpy implementation."""
 import jax
 import jax.numpy as jnp
 import numpy as np

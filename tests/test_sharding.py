@@ -19,8 +19,9 @@ STEP_SCRIPT = r"""
 import json, sys
 import jax, numpy as np
 from flax import nnx
-from dfm_flax import sharding, tasks
-from dfm_flax.train import build, make_train_step, place_on_mesh
+from dfm_flax import tasks
+from dfm_flax.parallel import sharding
+from dfm_flax.loop.train import build, make_train_step, place_on_mesh
 from experiments import compress, mnist
 
 def train(config, devices, steps=3):

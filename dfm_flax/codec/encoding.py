@@ -132,7 +132,7 @@ def encode_to_bpp(source: str, image, out: str, bpp: float, bits: int, coder: st
 
 def encode_sensitive(source: str, image, out: str, bpp: float, coder: str, qat_steps: int,
                      tolerance: float = 0.1, start: str | None = None) -> tuple[dict, int, str]:
-  """Code the run's net into `out` on the sensitivity grid (dfm_flax/grids.py) at the
+  """Code the run's net into `out` on the sensitivity grid (dfm_flax/codec/grids.py) at the
   largest size not above `bpp`: the steps are set on the fitted net, the fine-tune (run
   directory OUT.qatBPPbpp: one per size, since its steps are the size's) rounds to those
   same steps, and the file keeps them unless the fine-tune moved its size out of

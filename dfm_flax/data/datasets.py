@@ -5,7 +5,7 @@ and int labels (-1 where a source has none). Sources (config.data.source):
 
   tfds          tfds.data_source(name, data_dir=dir) read without TensorFlow; when the
                 dataset is not prepared and download=True (the default) and the network
-                is there, it is fetched first (dfm_flax/downloads.py)
+                is there, it is fetched first (dfm_flax/data/downloads.py)
   idx           a directory of MNIST-style IDX files (*-images-idx3-ubyte[.gz] and
                 matching *-labels-idx1-ubyte[.gz]), e.g. ../shared/data/mnist
   cifar_pickle  a directory of CIFAR-10 python batches (data_batch_1..5, test_batch)
@@ -185,7 +185,7 @@ def load_photos(count: int, size: int, seed: int) -> Dataset:
 
 
 def photo_crops(names, count: int, size: int, seed: int, stride: int = 1, pool: bool = False):
-  """count size x size crops of scikit-image photographs (dfm_flax/photos.py), uint8 RGB
+  """count size x size crops of scikit-image photographs (dfm_flax/data/photos.py), uint8 RGB
   (grey repeated), of a random window (random_crops): crop i comes from photograph
   i mod len(names), which is its label. Deterministic in seed."""
   from dfm_flax.data import photos
@@ -227,7 +227,7 @@ def random_crops(pics, count: int, size: int, seed: int, stride: int = 1, names=
 
 # --- TFDS ---------------------------------------------------------------------
 def load_tfds(name: str, split: str, data_dir: str | None, download: bool) -> Dataset:
-  """A TFDS dataset, prepared first when it is not and `download` allows (dfm_flax/downloads.py)."""
+  """A TFDS dataset, prepared first when it is not and `download` allows (dfm_flax/data/downloads.py)."""
   import tensorflow_datasets as tfds
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)

@@ -50,7 +50,7 @@ def training_curves(history: list[dict], keys: list[str], path: str, log_keys=("
   for ax, key in zip(np.atleast_1d(axes), keys):
     rows = [r for r in history if r.get(key) is not None]
     ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1.2)
-    for r in history:  # Divergence-guard rollbacks (dfm_flax/guard.py).
+    for r in history:  # Divergence-guard rollbacks (dfm_flax/loop/guard.py).
       if r.get("event") == "rollback":
         ax.axvline(r["step"], color="tab:red", lw=0.8, ls="--")
     ax.set_xlabel("step")

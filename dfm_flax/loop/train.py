@@ -184,7 +184,7 @@ def place_on_mesh(config, model, optimizer):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Train the task named by `config.task` in `workdir` (resuming), then evaluate it.
 
-  In a multi-process run (dfm_flax/distributed.py) every process calls this; each
+  In a multi-process run (dfm_flax/parallel/distributed.py) every process calls this; each
   feeds its own rows of every batch, all write their shards of each checkpoint, and
   process 0 alone writes config.json, logs, figures and metrics.json (the others
   return {}).
@@ -231,7 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    recoveries=watch.state.recoveries, collapsed=watch.state.collapsed)
     if metrics["collapsed"]:
       _say(f"warning: this run ended collapsed (its loss stayed far above its best for the "
-           f"last {watch.state.bad} log steps; see dfm_flax/guard.py): its figures are not a "
+           f"last {watch.state.bad} log steps; see dfm_flax/loop/guard.py): its figures are not a "
            f"result; rerun with another seed or a lower optim.lr")
     elif warning := task.result_warning(metrics):
       _say(warning)

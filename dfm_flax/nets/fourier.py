@@ -232,7 +232,7 @@ def render(weights: jax.Array, coords: jax.Array, width: int, depth: int, channe
 
 def fake_quantize(a: jax.Array, b: jax.Array, bits: int, step: float | None = None,
                   start: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
-  """A layer's (a, b) rounded to the codec's per-layer uniform grid (dfm_flax/codec.py,
+  """A layer's (a, b) rounded to the codec's per-layer uniform grid (dfm_flax/codec/fileformat.py,
   `quantize`: its own `step` if given, raised to the floor that holds the peak), with a
   straight-through gradient: quantisation-aware fine-tuning. With `start` (the layer's
   (a0, b0)), the difference from it is rounded, as a difference-coded file stores it."""
@@ -288,7 +288,7 @@ class FourierNet(nnx.Module):
       raise UserError(f"model.init_variance has {len(variances)} entries for {len(dims)} layers")
     self.width, self.depth, self.channels, self.method = width, depth, channels, method
     self.quant_bits = quant_bits  # > 0: forward pass sees the weights as the codec stores them.
-    # Empty: each layer's grid is the bit depth's; else one step per layer (dfm_flax/grids.py).
+    # Empty: each layer's grid is the bit depth's; else one step per layer (dfm_flax/codec/grids.py).
     self.quant_steps = tuple(float(s) for s in quant_steps)
     if self.quant_steps and len(self.quant_steps) != len(dims):
       raise UserError(f"model.quant_steps has {len(self.quant_steps)} entries for {len(dims)} layers")

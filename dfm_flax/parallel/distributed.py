@@ -12,7 +12,7 @@ A run is one process of many when SLURM says so (SLURM_NTASKS > 1, e.g. under
     coordination service's key-value store, and a process whose peer has been
     silent for dist.heartbeat_s prints one line naming it and exits, instead of
     hanging in a collective that will never complete.
-The mesh then spans all processes' devices (dfm_flax/sharding.py); process 0
+The mesh then spans all processes' devices (dfm_flax/parallel/sharding.py); process 0
 alone writes logs, figures and metrics (`is_main`).
 """
 from __future__ import annotations

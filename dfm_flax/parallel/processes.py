@@ -1,7 +1,7 @@
 """N processes of one run on this machine: a local stand-in for `srun`.
 
 `launch` starts `python -m experiments.run ARGS` N times with the coordinator, process
-count and process id of each (dfm_flax/distributed.py joins them), relays their output
+count and process id of each (dfm_flax/parallel/distributed.py joins them), relays their output
 prefixed [p0], [p1], ..., and, if one fails, gives the others `grace` seconds to exit on
 their own before killing them. experiments.launch is its command line; the tests and
 benchmarks.multiprocess use `free_port`, `environment` and `commands` directly.

@@ -71,7 +71,7 @@ class TaskBase:
     return None
 
   def guarded_loss(self, loss: float, aux: dict, model) -> float:
-    """The number the divergence guard judges at a log step (dfm_flax/guard.py): the
+    """The number the divergence guard judges at a log step (dfm_flax/loop/guard.py): the
     training loss, unless that swings far more between batches than a healthy run's."""
     return loss
 

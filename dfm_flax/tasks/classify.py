@@ -1,5 +1,5 @@
 """A small CNN classifier trained by the shared loop; its penultimate layer gives the
-features of the offline classifier-FID (dfm_flax/features.py).
+features of the offline classifier-FID (dfm_flax/evaluation/features.py).
 
 The dataset is split deterministically: the last `data.test_fraction` of a
 seeded permutation is held out and only scored in `evaluate`.
@@ -81,7 +81,7 @@ class Task(TaskBase):
     return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
   def evaluate(self, model, workdir: str) -> dict:
-    from dfm_flax.evaluation.generators import compiled, in_batches
+    from dfm_flax.evaluation.batched import compiled, in_batches
     logits = compiled(model, "__call__")
 
     def accuracy(ds):

@@ -3,7 +3,7 @@
 Loss (eq. 4.8): mean pixel squared error + lambda * mean_i ||z_i||^2.
 After training, evaluation measures reconstructions, fits the priors on the
 training latents (an isotropic Gaussian and a GMM), samples from each and
-scores the samples with a Frechet distance (dfm_flax/evaluation.py).
+scores the samples with a Frechet distance (dfm_flax/evaluation/generators.py).
 """
 from __future__ import annotations
 

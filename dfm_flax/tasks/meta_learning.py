@@ -4,7 +4,7 @@ The model is one Fourier Net, the compress task's net. Each step draws `meta.tas
 square crops (`meta.crop` px) of the training images and adapts the net to each one with
 `meta.inner_steps` steps on its pixels' MSE, vmapped over the crops: gradient descent
 (`meta.inner_optimizer=sgd`; per-layer step `meta.inner_lr / 2^m`, as
-`optim.scale_by_terms`) or Levenberg-Marquardt (`lm`; dfm_flax/levenberg.py, damping
+`optim.scale_by_terms`) or Levenberg-Marquardt (`lm`; dfm_flax/nets/levenberg.py, damping
 `meta.lm_damping` divided by `meta.lm_down` after each step that lowers the loss; with
 `meta.lm_search` each step keeps the best of several dampings and lengths, with
 `meta.lm_refit` n each point it tries has its last layer refitted by n Gauss-Newton
@@ -130,7 +130,7 @@ def lm_settings(meta_cfg) -> dict:
 
 def adapt_lm(params, coords, target, steps: int, damping: float, down: float, method: str,
              first_order: bool, search: bool = False, refit: int = 0):
-  """`steps` Levenberg-Marquardt steps (dfm_flax/levenberg.py; search, refit: its options)
+  """`steps` Levenberg-Marquardt steps (dfm_flax/nets/levenberg.py; search, refit: its options)
   from params on one crop; returns the adapted params and the loss at params. first_order:
   the adapted params depend on params as params plus a constant (no derivative through the
   solves)."""

@@ -17,10 +17,18 @@ def fail(message: str, code: int = 1):
   sys.exit(code)
 
 
+HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+
+
 def parse_flags(argv):
-  """absl flag parsing whose errors (unknown config key, bad value) are one line."""
+  """absl flag parsing whose errors (unknown config key, bad value) are one line, and whose
+  --help exits 0 (absl's exits 1, which scripts read as a failure)."""
   try:
     return flags.FLAGS(argv)
+  except SystemExit:
+    if any(a in HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    raise
   except (AttributeError, KeyError) as e:  # ml_collections: a key the config lacks.
     text = str(e).replace("\\", "")
     found = re.search(r"'([A-Za-z_]\w*)'", text)

@@ -1,4 +1,4 @@
-"""Ten steps from a learned start against 1,000 from random starts, crop by crop (issue 13).
+"""Ten steps from a learned start against 1,000 from random starts, crop by crop.
 
   python -m studies.ten_steps --start runs/meta_lm_search --out runs/ten_steps \\
       [--crops 128] [--held_out china,flower,hopper,motorcycle]

@@ -135,7 +135,7 @@ def test_a_run_saved_before_a_setting_existed_resumes_under_its_old_value(tmp_pa
     check_resumable(config, str(tmp_path))
 
 
-def test_an_older_runs_config_reads_as_todays_in_one_place(tmp_path):
+def test_an_older_runs_config_reads_as_a_current_one_in_one_place(tmp_path):
   import json
   from dfm_flax.loop import restore
   from experiments import compress, meta

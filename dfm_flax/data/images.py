@@ -73,9 +73,9 @@ def pixel_grid(height: int, width: int, coord_range=(0.0, 1.0)) -> np.ndarray:
   return grid.reshape(-1, 2).astype(np.float32)
 
 
-# A fit ending less than this above its flat image (the mean colour: 0.0 dB for the 7x8
-# nets of gravel and grass, at least 5.4 dB for every other full-length fit at 0.3 bpp;
-# README, "Depth 8") learned nothing: the codec fits another net, a compress run warns.
+# A fit ending less than this above its flat image (its mean colour) learned nothing: the
+# codec fits another net, a compress run warns. A round figure inside a wide gap: fits
+# that learn end several dB above it.
 FLAT_MARGIN_DB = 1.0
 
 

@@ -1,6 +1,6 @@
 """Photographs that ship with scikit-image (offline), by name, saved as PNG on demand.
 
-The first four are the built-in photographs of the README's studies; the rest make up
+The first four are the photographs of the rate-distortion study; the rest make up
 the robustness panel (studies/panel.py) and the stability map
 (studies/stability.py), colour and grey, several larger than 512 px.
 """
@@ -31,7 +31,7 @@ _CROPS = {
     "clock": lambda d: d.clock(),
     "gravel": lambda d: d.gravel(),
     "colorwheel": lambda d: d.colorwheel(),
-    # Held out of every study that set a default (README, "held-out photographs").
+    # Held out of every study that set a default.
     "motorcycle": lambda d: d.stereo_motorcycle()[0][:, 70:670],
 }
 
@@ -49,8 +49,7 @@ def _matplotlib(name: str):
 
 
 # Ordinary colour photographs from other installed packages (offline), held out of every
-# study before the session that added them: 640x427 and 512x600, the sizes of issue 10's
-# photographs.
+# study that set a default: 640x427 and 512x600, the sizes of ordinary photographs.
 _OTHERS = {
     "china": lambda: _sklearn(0),    # scikit-learn's sample images
     "flower": lambda: _sklearn(1),

@@ -19,9 +19,8 @@ extra host sync, and the same rule for every task):
     of a healthy run (a few percent at 4,096 pixels per batch), and the flat-image test
     catches the collapses of nets that had not yet got far above flat (a 20 dB fit on an
     image whose mean colour gives 12 dB falls only 6x when it collapses). The below-flat
-    test catches nets that never got far above flat: a 9x6 fit of the hubble photograph,
-    0.2 dB above its mean colour at step 600, fell 8 dB below it at step 700 and ended
-    3.3 dB below it at step 1,300 without tripping either rule.
+    test catches nets that never got far above flat and then fell below it, which
+    neither other rule sees (docs/recipe.md).
 Hidden-value norms would see it coming earlier, but need a task-specific probe inside
 the jitted step; the loss is enough because nothing is lost: we roll back.
 
@@ -125,9 +124,8 @@ class DivergenceGuard:
 
   def worth_keeping(self, loss: float) -> bool:
     """A state to roll back to: once the run has beaten its flat image, not one worse
-    than flat. Healthy (within 1 dB of flat) is not enough there: hubble's 9x6 fit, kept
-    at step 1,200 at 0.8 dB below flat after a collapse at step 1,000, collapsed again
-    from that copy at every lr the guard tried."""
+    than flat. Healthy (within 1 dB of flat) is not enough there: a fit rolled back to
+    such a state collapsed again from it at every lr the guard tried."""
     return not (self.beat_flat and loss > self.reference)
 
   @property

@@ -21,7 +21,7 @@ from dfm_flax.errors import UserError
 
 
 # Settings added to the config files after runs were saved, each with the value that does
-# what those runs did. The one place that reads an older run's config.json as today's: a
+# what those runs did. The one place that reads an older run's config.json as a current one: a
 # run saved without a key resumes, restores and serves as a start under that value.
 ADDED_LATER = {
     "model.first_init_variance": 0.0,
@@ -42,7 +42,7 @@ def upgrade(saved: dict) -> dict:
 
 
 def saved_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run was saved with, upgraded to today's keys."""
+  """The config a run was saved with, upgraded to the current keys."""
   if not os.path.isdir(workdir):
     raise UserError(f"workdir does not exist: {workdir}")
   saved = logs.read_json(os.path.join(workdir, "config.json"))

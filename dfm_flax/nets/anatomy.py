@@ -1,6 +1,6 @@
 """What a fitted Fourier net does inside: the scale of each layer's hidden values.
 
-A collapse (README, "Fits that never collapse") is visible here before and after it
+A collapse (docs/recipe.md) is visible here before and after it
 shows in the loss: hidden values grow until they vary by whole periods across a few
 pixels, the next layer's cos/sin features become noise over the image, and the net can
 only draw the mean colour. `layer_scales` measures, per layer:

@@ -1,9 +1,7 @@
-"""Levenberg-Marquardt fits of a whole Fourier net to one small image (issue 13).
+"""Levenberg-Marquardt fits of a whole Fourier net to one small image.
 
-Gradient steps from a meta-learned start stall a few dB above each crop's mean colour:
-ten of them reach 23-24 dB on 32x32 crops whatever the net size, where 1,000 Adam steps
-from a random start reach 33-40 dB (README, "Meta-learned starting points"). A crop's fit
-is a small least-squares problem (3,072 residuals; a 4x3 net has 256 weights), so each step
+Ten gradient steps from a meta-learned start stall a few dB above each crop's mean colour
+(docs/meta_learning.md). A crop's fit is a small least-squares problem (3,072 residuals; a 4x3 net has 256 weights), so each step
 here solves the Gauss-Newton system of the whole net instead:
 
     (J^T J + lam (diag(J^T J) + eps)) dw = J^T r,      r = net(w)(x) - target,
@@ -17,8 +15,7 @@ With `search`, a step tries more than one damping from its one Jacobian: the dam
 solved at lam times each of SEARCH_DAMPINGS, each solution taken at each of SEARCH_LENGTHS,
 and keeps whichever of those 28 points has the lowest loss (its damping becomes lam). A
 point costs one solve of the weights x weights system and one forward pass, far less than the
-Jacobian's one forward-mode pass per weight, so a step costs about 1.5x a plain one (README,
-"Ten steps"). If none lowers the loss, the step is dropped and lam multiplied by
+Jacobian's one forward-mode pass per weight, so a step costs about 1.5x a plain one. If none lowers the loss, the step is dropped and lam multiplied by
 SEARCH_UP.
 
 With `refit` (n > 0), every point a step tries first has its last layer refitted to the
@@ -26,8 +23,7 @@ image: n Gauss-Newton iterations on that layer's weights alone, the layers befor
 (variable projection, Golub and Pereyra 1973: the net's output is tanh of a linear map of
 the last layer's weights, so that sub-problem is nearly linear and small: per channel, as
 many unknowns as the layer has terms). A point's cost grows by a pass of the last layer
-and a few small solves per iteration; the Jacobian does not change. Chosen on training
-crops (README, "Ten steps").
+and a few small solves per iteration; the Jacobian does not change.
 
 The Jacobian is (pixels * channels) x weights, built by forward-mode differentiation in
 chunks of jacobian_chunk() weights (so memory is the Jacobian's, not every weight's tangent
@@ -49,22 +45,19 @@ EPS = 1e-6  # floor of the damping: weights whose curvature is ~0 (a random star
 # is for: the solve grows as weights^3.
 MAX_BYTES = 2**30
 # The search's dampings (times the current one) and step lengths, chosen on training crops
-# (10 steps: a factor-2 damping grid 36.00 dB, this factor-4 one 35.99, lengths 1.0 and
-# 2.0 only 35.35, the plain step 34.34).
+# (a finer damping grid was no better; fewer lengths were worse).
 SEARCH_DAMPINGS = tuple(4.0**k for k in range(-3, 4))
 SEARCH_LENGTHS = (0.5, 1.0, 1.5, 2.0)
 SEARCH_UP = 4 * SEARCH_DAMPINGS[-1]
-# The refit's Gauss-Newton iterations and their damping (times each weight's curvature).
-# 16 training crops, 10 searching steps from the :lm_search start: 36.72 dB without it,
-# 1 iteration 37.74 (from the :small start), 2 38.44, 4 38.76, 8 no better than 4.
+# The refit's Gauss-Newton iterations and their damping (times each weight's curvature),
+# chosen on training crops: each iteration up to 4 gained, 8 did not.
 REFIT = 4
 REFIT_DAMPING = 1e-3
 
 
 def jacobian_chunk() -> int:
-  """Tangents per forward-mode pass. On a CPU small chunks run fastest (10 steps of a 4x3
-  net on a 32x32 crop, one core: 572 ms at 16, 586 at 4, 1,195 at 32, 2,760 at 128);
-  elsewhere 128 (not measured: no GPU was lent)."""
+  """Tangents per forward-mode pass. On a CPU small chunks run fastest (16 was the best of
+  4-128 for a 4x3 net on a 32x32 crop); on an accelerator larger ones (128, not yet tuned)."""
   return 16 if jax.default_backend() == "cpu" else 128
 
 

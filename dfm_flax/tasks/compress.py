@@ -145,7 +145,7 @@ class Task(TaskBase):
     With optim.depth_ref > 0, a net deeper than depth_ref also learns at
     depth_ref / depth of that: each layer's step moves the output, so a net's step in
     function space grows with its depth, and deep nets collapsed where shallower ones
-    did not (README, "Fits that never collapse").
+    did not (docs/recipe.md: not in the recipe).
     """
     if (not self.config.optim.get("scale_by_terms", False)
         or self.config.model.get("kind", "fourier") != "fourier"):

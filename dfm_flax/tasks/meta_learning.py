@@ -1,4 +1,4 @@
-"""Meta-learning a starting point for Fourier nets (issue 13; first part).
+"""Meta-learning a starting point for Fourier nets (docs/meta_learning.md).
 
 The model is one Fourier Net, the compress task's net. Each step draws `meta.tasks_per_step`
 square crops (`meta.crop` px) of the training images and adapts the net to each one with
@@ -226,15 +226,9 @@ class Task(TaskBase):
                   "psnr_after": jnp.mean(psnr(after))}
 
   # The guard judges the start on the same crops every time (the pool's first PROBE_CROPS):
-  # Reptile's loss (half the squared distance the inner steps move) and the adapted MSE
-  # swing 16-17x between the batches of one healthy start (runs/rv_r01_1000, 60 batches),
-  # past the guard's 4x, and rolled healthy runs back; a batch of smooth crops far from the
-  # start's colour did so four times in a row in the smoke run. The task has no
-  # reference_loss (TaskBase's None), so only the ratio rule applies: the probe crops' own
-  # mean colours are a strong baseline for a few inner steps, not a broken net's level (the
-  # default start's adapted MSE was at best 1.05 dB below them, 0.0335 against 0.0427 at
-  # 3,000 outer steps, and its healthy wanderings 1 dB above them tripped the below-flat
-  # rule once); those wanderings reached 3.1x the best, the ratio rule's limit is 4x.
+  # Reptile's loss and the adapted MSE swing far more than the guard's 4x between the
+  # batches of one healthy start. Only the ratio rule applies (no reference_loss): the probe
+  # crops' mean colours are a strong baseline for a few inner steps, not a broken net's level.
   PROBE_CROPS = 16
 
   def guarded_loss(self, loss: float, aux: dict, model) -> float:

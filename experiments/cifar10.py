@@ -32,18 +32,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.seed = 0
   c.data = common.data("tfds", "cifar10", split="train")
 
-  c.model = ml_collections.ConfigDict()
-  c.model.width = 6
-  c.model.depth = 10
-  c.model.method = "auto"
-  c.model.coord_range = (0.0, 1.0)
-  c.model.latent_dim = 110
-  c.model.decoder_hidden = (500, 1000)
-  c.model.encoder_hidden = (1200, 600)
-  c.model.activation = "relu"
-  c.model.init_variance = 3e-2
-  c.model.latent_init_variance = 3e-2  # Unused with an encoder.
-  c.model.lam = 200.0
+  c.model = common.generative_model(width=6, depth=10, latent_dim=110, decoder_hidden=(500, 1000),
+                                    encoder_hidden=(1200, 600), init_variance=3e-2, lam=200.0)
 
   c.train = common.train(steps=50_000, batch_size=512)
   c.optim = common.adam(1e-3, "linear", end_lr=1e-7)

@@ -48,6 +48,18 @@ def evaluation(fid_samples: int, classifier_dir: str = "") -> ml_collections.Con
       "classifier_dir": classifier_dir, "inception_weights": ""})
 
 
+def generative_model(width: int, depth: int, latent_dim: int, decoder_hidden: tuple,
+                     encoder_hidden: tuple, init_variance: float, lam: float):
+  """The generative DFM (dfm_flax/nets/generative.py): a decoder MLP from a latent to all
+  weights of a width x depth Fourier net; an encoder MLP, or (encoder_hidden empty) a
+  latent table. The latents start at init_variance too; lam weighs the prior (eq. 4.8)."""
+  return ml_collections.ConfigDict({
+      "width": width, "depth": depth, "method": "auto", "coord_range": (0.0, 1.0),
+      "latent_dim": latent_dim, "decoder_hidden": decoder_hidden,
+      "encoder_hidden": encoder_hidden, "activation": "relu", "init_variance": init_variance,
+      "latent_init_variance": init_variance, "lam": lam})
+
+
 def mesh(data: int = -1, shard_latents: bool = False) -> ml_collections.ConfigDict:
   """The device mesh: a `data` axis of `data` devices (-1: all) that splits each batch."""
   return ml_collections.ConfigDict({"data": data, "shard_latents": shard_latents})

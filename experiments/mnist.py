@@ -42,18 +42,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.seed = 0
   c.data = common.data("tfds", "mnist", split="train+test")
 
-  c.model = ml_collections.ConfigDict()
-  c.model.width = 4
-  c.model.depth = 6
-  c.model.method = "auto"
-  c.model.coord_range = (0.0, 1.0)
-  c.model.latent_dim = 55
-  c.model.decoder_hidden = (170, 220)
-  c.model.encoder_hidden = ()  # Empty: auto-decoder (latent table).
-  c.model.activation = "relu"
-  c.model.init_variance = 2e-2
-  c.model.latent_init_variance = 2e-2
-  c.model.lam = 0.5
+  c.model = common.generative_model(width=4, depth=6, latent_dim=55, decoder_hidden=(170, 220),
+                                    encoder_hidden=(), init_variance=2e-2, lam=0.5)
 
   c.train = common.train(steps=20_000, batch_size=64)
   c.optim = common.adam(1e-3, "linear", end_lr=1e-7)

@@ -3,6 +3,9 @@ starts: the gradient and Levenberg-Marquardt runners, the Adam bar, the codec's 
 an optimiser, and what the fits code to. Shared by the meta-learning studies."""
 from __future__ import annotations
 
+import argparse
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +18,7 @@ from dfm_flax.errors import UserError
 from dfm_flax.loop import optim, progress
 from dfm_flax.nets import levenberg
 from dfm_flax.tasks import compress, meta_learning
+from experiments import cli
 from experiments.compress import get_config
 
 
@@ -137,3 +141,17 @@ def rd_points(params, target, coords, net, shape, start):
 def bytes_at(points, goal):
   """Smallest file among `points` decoding within 0.1 dB of `goal`; None if none does."""
   return next((size for size, psnr in points if psnr >= goal - 0.1), None)
+
+
+def start_parser(doc: str, crops: int) -> argparse.ArgumentParser:
+  """The flags every study of a learned start takes: --start, --out, --crops."""
+  p = argparse.ArgumentParser(description=doc.splitlines()[0])
+  p.add_argument("--start", required=True, help="a finished meta-learning run (experiments/meta.py)")
+  p.add_argument("--out", required=True)
+  p.add_argument("--crops", type=int, default=crops)
+  return p
+
+
+def run(main) -> None:
+  """A study's main, with bad input as one `error:` line (experiments.cli)."""
+  cli.run_main(lambda argv: main(), sys.argv)

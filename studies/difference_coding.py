@@ -17,9 +17,9 @@ pixels, and the codec refuses.)
 Writes OUT/difference_coding.json and .md and prints the table. Resumes: a crop's fit and
 fine-tunes are run directories under OUT.
 """
-import argparse
 import os
 from dfm_flax.loop import restore
+from studies import crop_fits
 
 KINDS = (("weights", False), ("difference", False), ("weights", True), ("difference", True))
 
@@ -29,10 +29,7 @@ def _label(kind: str, tuned: bool) -> str:
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--start", required=True, help="a finished meta-learning run (experiments/meta.py)")
-  p.add_argument("--out", required=True)
-  p.add_argument("--crops", type=int, default=8)
+  p = crop_fits.start_parser(__doc__, crops=8)
   p.add_argument("--bits", default="4,5,6,7,8")
   p.add_argument("--qat_steps", type=int, default=2000)
   p.add_argument("--steps", type=int, default=10000, help="the fit's steps (compress.py:best)")

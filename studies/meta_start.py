@@ -31,10 +31,10 @@ rate between the two 4-12-bit curves (`rate_distortion.bd_rate`) gives the bytes
 equal PSNR over the range both curves cover, for any fit.
 Writes OUT/meta_start.json, OUT/meta_start.md and OUT/meta_start.png and prints the table.
 """
-import argparse
 import os
 from dfm_flax.loop import restore
 from studies import crop_fits
+from dfm_flax.evaluation import figures
 
 CHECKPOINTS = (0, 1, 3, 10, 100, 1000)
 CODED_AT = (10, 100, 1000)
@@ -63,10 +63,7 @@ def _tune_lm(cfg, start, lm_runner, crops):
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--start", required=True, help="a finished meta-learning run (experiments/meta.py)")
-  p.add_argument("--out", required=True)
-  p.add_argument("--crops", type=int, default=16)
+  p = crop_fits.start_parser(__doc__, crops=16)
   p.add_argument("--adam_lrs", default="0.003,0.01,0.03,0.1")
   p.add_argument("--recipe_steps", type=int, default=0,
                  help="also fit with compress.py:best's optimiser and schedule for this many steps")
@@ -241,13 +238,8 @@ def _plot(r, path: str) -> None:
   ax.set_ylabel("PSNR on held-out crops (dB)")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  figures.save(fig, path)
 
 
 if __name__ == "__main__":
-  import sys
-
-  from experiments import cli
-  cli.run_main(lambda argv: main(), sys.argv)
+  crop_fits.run(main)

@@ -30,6 +30,7 @@ import itertools
 import os
 
 from experiments import settings
+from dfm_flax.evaluation import figures
 
 DEFAULT_IMAGES = ("astronaut,chelsea,coffee,camera,rocket,retina,hubble,ihc,brick,grass,moon,"
                   "page,text,coins")
@@ -141,9 +142,7 @@ def plot(rows, path: str) -> None:
   ax.set_ylim(bottom=min(float(r["psnr"]) for r in rows) - 3)
   ax.grid(axis="y", alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  figures.save(fig, path)
 
 
 def summary(rows) -> str:

@@ -24,6 +24,7 @@ import json
 import os
 
 from experiments import settings
+from dfm_flax.evaluation import figures
 
 FIELDS = ["image", "width", "depth", "lr", "seed", "psnr", "best_logged_psnr", "flat_psnr",
           "collapsed", "seconds"]
@@ -104,9 +105,7 @@ def plot(rows, path):
   axes[0][0].set_ylabel("PSNR after warm-up + peak (dB)")
   axes[0][-1].legend(title="width x depth", fontsize=8)
   fig.suptitle("Stability map of compress.py:best (red x: collapsed)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  figures.save(fig, path)
 
 
 def plot_against(pairs, labels, path):
@@ -130,9 +129,7 @@ def plot_against(pairs, labels, path):
   ax.grid(alpha=0.3, axis="y")
   ax.legend(fontsize=8)
   ax.set_title(f"The same cells, {labels[0]} (grey) and {labels[1]} (blue)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  figures.save(fig, path)
 
 
 def done_rows(out, cells):

@@ -23,6 +23,8 @@ diagonal, and the sorted differences).
 import argparse
 import os
 from dfm_flax.loop import restore
+from studies import crop_fits
+from dfm_flax.evaluation import figures
 
 LM_KINDS = ("plain", "search", "refit")
 
@@ -74,7 +76,6 @@ def main():
   import numpy as np
   import optax
 
-  from studies import crop_fits
   from dfm_flax.nets import fourier, levenberg
   from dfm_flax.data import images
   from dfm_flax.loop import logs
@@ -146,13 +147,8 @@ def _plot(r, path: str) -> None:
   right.legend(fontsize=8)
   for ax in (left, right):
     ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  figures.save(fig, path)
 
 
 if __name__ == "__main__":
-  import sys
-
-  from experiments import cli
-  cli.run_main(lambda argv: main(), sys.argv)
+  crop_fits.run(main)

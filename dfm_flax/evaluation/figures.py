@@ -20,6 +20,13 @@ def _show(ax, img01, title):
   ax.axis("off")
 
 
+def save(fig, path: str, dpi: int = 110) -> None:
+  """Lay out, write and close a figure (a study or report figure, no display needed)."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+
+
 def image_row(panels: list[tuple[np.ndarray, str]], path: str, suptitle: str = "") -> None:
   """Images side by side, each with its title (e.g. original | DFM | JPEG)."""
   fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.8 if suptitle else 4.4))

@@ -20,8 +20,18 @@ Prints both means, the paired difference (learned - bar) with its standard error
 OUT/ten_steps.json (every crop's pair) and OUT/ten_steps.png (each crop's pair against the
 diagonal, and the sorted differences).
 """
-import argparse
 import os
+
+import jax
+import numpy as np
+import optax
+
+from dfm_flax.data import images
+from dfm_flax.errors import UserError
+from dfm_flax.loop import logs
+from dfm_flax.loop.restore import saved_config
+from dfm_flax.nets import fourier, levenberg
+from dfm_flax.tasks import meta_learning
 from dfm_flax.loop import restore
 from studies import crop_fits
 from dfm_flax.evaluation import figures
@@ -32,7 +42,6 @@ LM_KINDS = ("plain", "search", "refit")
 def compare(lm_psnr, bar_psnr) -> dict:
   """Paired summary of per-crop PSNRs: means, the mean difference, its standard error
   and 95% interval, and the crops ahead. A crop whose bar fit diverged (NaN) is left out."""
-  import numpy as np
   lm_psnr, bar_psnr = np.asarray(lm_psnr, np.float64), np.asarray(bar_psnr, np.float64)
   keep = np.isfinite(lm_psnr) & np.isfinite(bar_psnr)
   d = lm_psnr[keep] - bar_psnr[keep]
@@ -47,17 +56,15 @@ def compare(lm_psnr, bar_psnr) -> dict:
 def summary_line(r: dict) -> str:
   lo, hi = r["interval_95"]
   return (f"{r['steps']} {r['lm']} LM steps, learned start: {r['learned']:.2f} dB; "
-          f"{r['adam_steps']:,} Adam steps (lr {r['adam_lr']:g} / 2^m), random start: "
+          f"{r['adam_steps']:,} Adam steps ({'peak ' if r.get('adam_schedule') == 'recipe' else ''}"
+          f"lr {r['adam_lr']:g} / 2^m, {r.get('adam_schedule', 'constant')} schedule), random start: "
           f"{r['bar']:.2f} dB; difference {r['difference']:+.2f} dB (standard error "
           f"{r['standard_error']:.2f}, 95% interval {lo:+.2f} to {hi:+.2f}); learned start "
           f"ahead on {r['ahead']} of {r['crops']} crops ({r['held_out']}, seed {r['seed']})")
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--start", required=True, help="a finished meta-learning run (experiments/meta.py)")
-  p.add_argument("--out", required=True)
-  p.add_argument("--crops", type=int, default=128)
+  p = crop_fits.start_parser(__doc__, crops=128)
   p.add_argument("--seed", type=int, default=None,
                  help="crop seed (default: the run's seed + 13; meta_start uses + 2)")
   p.add_argument("--held_out", default="",
@@ -67,21 +74,14 @@ def main():
   p.add_argument("--lm", choices=LM_KINDS, default="refit")
   p.add_argument("--adam_steps", type=int, default=1000)
   p.add_argument("--adam_lrs", default="0.03,0.1,0.2,0.4")
+  p.add_argument("--adam_schedule", choices=("constant", "recipe"), default="constant",
+                 help="the bar's lr over its steps: constant, or the codec recipe's optimiser "
+                      "and schedule (compress.py:best: b1 0.95, eps 1e-3, warm-up then cosine "
+                      "decay) peaking at each of --adam_lrs")
   a = p.parse_args()
-  from dfm_flax.errors import UserError
   if a.crops < 2 or a.steps < 1 or a.adam_steps < 1:
     raise UserError(f"--crops must be at least 2 and --steps, --adam_steps at least 1; got "
                     f"{a.crops}, {a.steps}, {a.adam_steps}")
-  import jax
-  import numpy as np
-  import optax
-
-  from dfm_flax.nets import fourier, levenberg
-  from dfm_flax.data import images
-  from dfm_flax.loop import logs
-  from dfm_flax.loop.restore import saved_config
-  from dfm_flax.tasks import meta_learning
-
   cfg = saved_config(a.start)
   model_cfg, learned = restore.load_start(a.start)
   mc = cfg.meta
@@ -103,7 +103,8 @@ def main():
                                  crop_fits.lm_state(a.crops, lm["damping"], lm["down"]),
                                  f"{a.lm} LM fits, learned start")
   lm_psnr = fit[a.steps][1]
-  adam = crop_fits.adam_runner(optax.adam(1.0), coords, method)
+  tx = optax.adam(1.0) if a.adam_schedule == "constant" else crop_fits.recipe(a.adam_steps)[0]
+  adam = crop_fits.adam_runner(tx, coords, method)
   adam_lr, bar = crop_fits.adam_bar(adam, crop_fits.random_starts(model_cfg, channels, a.crops),
                                      targets, dims, a.adam_lrs, [a.adam_steps])
   bar_psnr = bar[a.adam_steps][1]
@@ -111,6 +112,7 @@ def main():
   report = {"start": a.start, "held_out": mc.held_out, "seed": seed, "crop": mc.crop,
             "net": f"{model_cfg.width}x{model_cfg.depth}", "steps": a.steps, "lm": a.lm,
             "lm_damping": lm["damping"], "adam_steps": a.adam_steps, "adam_lr": adam_lr,
+            "adam_schedule": a.adam_schedule,
             **compare(lm_psnr, bar_psnr),
             "per_crop": {"learned": [float(x) for x in lm_psnr],
                          "bar": [float(x) for x in bar_psnr]}}

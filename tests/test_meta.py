@@ -161,9 +161,11 @@ def test_meta_on_mnist_digits_learns_a_grey_net_and_holds_out_the_last_digits():
   assert np.isfinite(float(loss)) and float(aux["mse_after"]) < float(aux["mse_before"])
 
 
-@pytest.mark.slow
-def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
-  wd, fit = str(tmp_path / "meta"), str(tmp_path / "fit")
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+  """A smoke meta run (gradient inner steps) and an LM meta run going on from it."""
+  tmp_path = tmp_path_factory.mktemp("meta")
+  wd = str(tmp_path / "meta")
   proc = run_cli("experiments.run", "--config", "experiments/meta.py:smoke", "--workdir", wd)
   assert proc.returncode == 0, proc.stderr
   with open(os.path.join(wd, "metrics.json")) as f:
@@ -180,6 +182,13 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
     lm = json.load(f)
   assert lm["psnr_learned_2_steps"] > lm["psnr_random_2_steps"] + 3
   assert lm["psnr_random_2_steps"] == pytest.approx(lm["psnr_random_0_steps"], abs=0.5)
+  return wd, lm_wd
+
+
+@pytest.mark.slow
+def test_a_fit_from_a_learned_start_says_what_the_start_may_not_suit(learned, tmp_path):
+  wd, lm_wd = learned
+  fit = str(tmp_path / "fit")
   proc = run_cli("experiments.run", "--config", "experiments/compress.py:smoke", "--workdir", fit,
                  f"--config.init_from={wd}", "--config.model.width=3", "--config.model.depth=3",
                  "--config.train.steps=1")
@@ -201,6 +210,15 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert "initialised from the weights in" in proc.stdout + proc.stderr
   assert "learned for Levenberg-Marquardt steps" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_the_codec_stores_the_difference_from_a_learned_start(learned, tmp_path):
+  wd, _ = learned
+  fit = str(tmp_path / "fit")
+  proc = run_cli("experiments.run", "--config", "experiments/compress.py:smoke", "--workdir", fit,
+                 "--config.model.width=3", "--config.model.depth=3", "--config.train.steps=1")
+  assert proc.returncode == 0, proc.stderr
   # The codec from the learned start: the file stores the difference and names the start.
   img, out = str(tmp_path / "img.png"), str(tmp_path / "img.dfm")
   Image.fromarray(datasets.photo_crops(["astronaut"], 1, 24, 0)[0][0]).save(img)
@@ -236,6 +254,12 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   for (qa, qb), (da, db) in zip(qat.net_params(), back):
     np.testing.assert_allclose(qa, da, rtol=0, atol=1e-6)
     np.testing.assert_allclose(qb, db, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_codec_encodes_a_small_image_in_lm_steps_from_a_learned_start(learned, tmp_path):
+  wd, _ = learned
+  _, start = restore.load_start(wd)
   # Encoding in seconds: LM steps from the start, no training run; the file stores the
   # difference from the start and decodes to the PSNR it reports, well above the start's.
   small, lm_out = str(tmp_path / "small.png"), str(tmp_path / "small.dfm")
@@ -278,6 +302,11 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   assert "too small for this net" in error_line(run_cli(
       "experiments.codec", "encode", tiny, "--out", lm_out + "2", "--init", wd, "--lm_steps", "3"))
   assert not os.path.exists(lm_out + "2")
+
+
+@pytest.mark.slow
+def test_meta_start_study_fits_codes_and_refuses_trained_photographs(learned, tmp_path):
+  wd, _ = learned
   # What the start buys (studies.meta_start), with the recipe's own fits too.
   bench = str(tmp_path / "bench")
   proc = run_cli("studies.meta_start", "--start", wd, "--out", bench, "--crops", "2",
@@ -313,6 +342,11 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   # Other held-out photographs, never one the start was trained on (coffee is coffee_full's).
   assert "were in this run's training photographs" in error_line(run_cli(
       "studies.meta_start", "--start", wd, "--out", bench, "--held_out", "china,coffee"))
+
+
+@pytest.mark.slow
+def test_ten_steps_study_pairs_each_crops_lm_fit_with_its_bar(learned, tmp_path):
+  wd, _ = learned
   # Ten steps against the bar, crop by crop: each crop's learned-start PSNR is that of
   # levenberg.fit's refitting search steps on it, and the summary is of those pairs.
   ten = str(tmp_path / "ten")
@@ -336,6 +370,16 @@ def test_meta_run_then_a_compress_fit_starts_from_it(tmp_path):
   assert os.path.exists(os.path.join(ten, "ten_steps.png"))
   assert "--crops must be at least 2" in error_line(run_cli(
       "studies.ten_steps", "--start", wd, "--out", ten, "--crops", "1"))
+
+
+  # The bar with the codec recipe's schedule: said in the summary and the report.
+  proc = run_cli("studies.ten_steps", "--start", wd, "--out", ten + "_recipe", "--crops", "2",
+                 "--steps", "1", "--adam_steps", "20", "--adam_lrs", "0.1",
+                 "--adam_schedule", "recipe")
+  assert proc.returncode == 0, proc.stderr
+  assert "recipe schedule" in proc.stdout
+  with open(os.path.join(ten + "_recipe", "ten_steps.json")) as f:
+    assert json.load(f)["adam_schedule"] == "recipe"
 
 
 def test_ten_steps_paired_summary_agrees_with_scipy():

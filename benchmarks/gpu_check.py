@@ -26,14 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.batch_compress import crops
 from benchmarks.fourier_layer import step_fn, time_once
 from benchmarks.scaling import measure
-from dfm_flax.nets import fourier
+from dfm_flax.nets import fourier, reference
+from experiments import compress, mnist
 
 
 def precision_errors(seed: int = 0) -> dict:
   """Phase and pixel errors of float32 on this device against a float64 reference."""
-  from dfm_flax.nets import reference
   rng = np.random.default_rng(seed)
   x = rng.uniform(-2, 2, (4096, 8)).astype(np.float32)
   got = np.asarray(jax.jit(fourier.phases)(jnp.asarray(x)), np.float64)
@@ -57,8 +58,6 @@ def precision_errors(seed: int = 0) -> dict:
 
 
 def compress_rates(stacks, steps: int, repeats: int) -> dict:
-  from benchmarks.batch_compress import crops
-  from experiments import compress
   out = {}
   with tempfile.TemporaryDirectory() as tmp:
     paths = crops(max(stacks), 256, tmp)
@@ -71,7 +70,6 @@ def compress_rates(stacks, steps: int, repeats: int) -> dict:
 
 
 def mnist_rate(steps: int, repeats: int) -> float:
-  from experiments import mnist
   config = mnist.get_config("best")
   config.data = mnist.get_config("smoke").data
   return measure(config, 1, steps, repeats) * config.train.batch_size

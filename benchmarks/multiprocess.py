@@ -14,14 +14,14 @@ import json
 import subprocess
 import sys
 
+from benchmarks.scaling import load_config, measure
+from dfm_flax.parallel import distributed
 from dfm_flax.parallel import processes as launcher
 
 LAYOUTS = ((1, 4), (2, 2), (4, 1))
 
 
 def worker(args) -> None:
-  from dfm_flax.parallel import distributed
-  from benchmarks.scaling import load_config, measure
   config = load_config(args.config)
   if args.processes > 1:
     config.dist.coordinator = f"127.0.0.1:{args.port}"

@@ -16,8 +16,8 @@ import time
 import jax
 import numpy as np
 
-from dfm_flax.nets import fourier
 from dfm_flax.data import images
+from dfm_flax.nets import fourier
 
 
 def _apply(params, keep: bool):

@@ -11,10 +11,11 @@ import statistics
 import time
 
 import jax
-from dfm_flax.parallel import sharding
+
 from dfm_flax import tasks
 from dfm_flax.files import load_config
 from dfm_flax.loop.train import TrainStep, build, place_on_mesh
+from dfm_flax.parallel import sharding
 
 
 def measure(config, devices: int, steps: int, repeats: int):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import importlib.util
 import os
 import uuid
@@ -33,7 +34,6 @@ def write_bytes(path: str, data: bytes) -> None:
 
 
 def write_csv(path: str, fields: list[str], rows: list[dict]) -> None:
-  import csv
   with atomic_path(path, ".tmp") as tmp, open(tmp, "w", newline="") as f:
     writer = csv.DictWriter(f, fields)
     writer.writeheader()

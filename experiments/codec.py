@@ -32,12 +32,15 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from dfm_flax import files
+from dfm_flax.codec import encoding, fileformat, lm_encoding, sizes
 from dfm_flax.codec.encoding import QAT_STEPS
-from experiments.cli import config_value, fail, parse_flags, run_main
-from dfm_flax.loop import restore
-from dfm_flax.codec import sizes
-from dfm_flax.codec import lm_encoding
+from dfm_flax.codec.fileformat import MAX_PIXELS
+from dfm_flax.data import images
+from dfm_flax.errors import UserError
+from dfm_flax.loop import restore, train
 from dfm_flax.tasks import starts
+from experiments.cli import config_value, fail, parse_flags, run_main
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compress.py") + ":codec"
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Compress config for training.",
@@ -69,8 +72,6 @@ _LM_STEPS = flags.DEFINE_integer("lm_steps", 0, "encode --init: fit with this ma
 flags.mark_flags_as_required(["out"])
 
 def parse_size(text: str):
-  from dfm_flax.codec.fileformat import MAX_PIXELS  # imports jax: not at start-up
-  from dfm_flax.errors import UserError
   m = re.fullmatch(r"(\d+)x(\d+)", text or "")
   if not m:
     raise UserError(f"--size must look like 800x600, got {text!r}")
@@ -81,10 +82,6 @@ def parse_size(text: str):
 
 
 def _encode(image_path: str):
-  from dfm_flax.codec import encoding
-  from dfm_flax.data import images
-  from dfm_flax.errors import UserError
-  from dfm_flax.loop.train import train_and_evaluate
   out = _OUT.value
   if _BITS.value != 16 and not 4 <= _BITS.value <= 12:
     raise UserError(f"--bits must be 16 (fp16) or 4..12, got {_BITS.value}")
@@ -118,7 +115,7 @@ def _encode(image_path: str):
     if _BPP.value is not None and start_model is None:
       source, _ = encoding.fit_for_bpp(config, source, image, _BPP.value, bits, grid)
     else:
-      train_and_evaluate(config, source)
+      train.train_and_evaluate(config, source)
   if _BPP.value is not None:
     r, bits, note = encoding.encode_to_bpp(source, image, out, _BPP.value, bits, _CODER.value,
                                            _QAT.value, start=start, grid=grid)
@@ -133,7 +130,6 @@ def _encode(image_path: str):
 
 
 def _encode_lm(image, out: str, start, bits: int):
-  from dfm_flax.errors import UserError
   if not start:
     raise UserError("--lm_steps fits from a learned start: give --init META_RUN")
   for name in ("from", "bpp", "workdir", "qat_steps", "grid"):
@@ -150,9 +146,6 @@ def _encode_lm(image, out: str, start, bits: int):
 
 
 def _decode(path: str):
-  from dfm_flax.codec import fileformat
-  from dfm_flax.data import images
-  from dfm_flax.errors import UserError
   out = _OUT.value
   if not out.lower().endswith(".png"):
     raise UserError(f"--out must name a .png file, got {out}")
@@ -168,7 +161,6 @@ def _decode(path: str):
   header, params = fileformat.decode(data, start)
   w, h = size or (header["width"], header["height"])
   img = images.render_params(params, h, w, header["coord_range"], header["method"])
-  from dfm_flax import files
   with files.atomic_path(out) as tmp:
     images.save_png(img, tmp)
   print(f"wrote {out}: {w}x{h} from a {header['width']}x{header['height']} "

@@ -2,6 +2,7 @@
 import ml_collections
 
 from dfm_flax.data.datasets import BUNDLED_MNIST
+from dfm_flax.loop import guard as guard_lib
 
 
 def wandb(mode: str = "auto") -> ml_collections.ConfigDict:
@@ -17,7 +18,6 @@ def train(steps: int, batch_size: int, log_every: int = 100, checkpoint_every: i
 
 def guard(mode: str = "recover") -> ml_collections.ConfigDict:
   """The divergence guard (dfm_flax/loop/guard.py): recover | detect | off."""
-  from dfm_flax.loop import guard as guard_lib
   c = guard_lib.defaults()
   c.mode = mode
   return c

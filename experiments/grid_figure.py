@@ -15,6 +15,7 @@ from collections import defaultdict
 import numpy as np
 from absl import app, flags
 
+from dfm_flax.errors import UserError
 from experiments.cli import parse_flags, run_main
 
 _OUT = flags.DEFINE_string("out", None, "Output PNG.")
@@ -22,7 +23,6 @@ flags.mark_flags_as_required(["out"])
 
 
 def collect(directory: str) -> dict:
-  from dfm_flax.errors import UserError
   cells = defaultdict(list)
   for path in glob.glob(os.path.join(directory, "**", "metrics.json"), recursive=True):
     with open(path) as f:
@@ -51,8 +51,7 @@ def table(cells: dict) -> str:
 
 
 def draw(cells: dict, out: str) -> None:
-  from dfm_flax.evaluation import figures  # noqa: F401  (selects the Agg backend)
-  import matplotlib.pyplot as plt
+  from dfm_flax.evaluation.figures import plt  # pyplot with the Agg backend, when plotting
   widths = sorted({w for w, _ in cells})
   depths = sorted({d for _, d in cells})
   loss = np.full((len(depths), len(widths)), np.nan)
@@ -82,7 +81,6 @@ def draw(cells: dict, out: str) -> None:
 
 
 def _figure(argv):
-  from dfm_flax.errors import UserError
   if len(argv) != 2:
     raise UserError("usage: python -m experiments.grid_figure DIR --out FILE.png")
   cells = collect(argv[1])

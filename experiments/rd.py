@@ -25,6 +25,9 @@ import os
 
 from absl import app, flags
 
+from dfm_flax.codec.rate_distortion import merge
+from dfm_flax.errors import UserError
+from experiments import rd_study, settings
 from experiments.cli import parse_flags, run_main
 
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
@@ -52,13 +55,10 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _rd(argv):
-  from experiments import rd_study
-  from dfm_flax.errors import UserError
   csv_path = os.path.join(_OUT.value, "rd.csv")
   if _REPLOT.value:
     if not os.path.exists(csv_path):
       raise UserError(f"--replot: no {csv_path} to read")
-    from dfm_flax.codec.rate_distortion import merge
     tables = []
     for path in [csv_path, *_ALSO.value]:
       try:
@@ -77,7 +77,6 @@ def _rd(argv):
                     f"{_SIZES.value!r}, {_BITS.value!r}, {_SIREN_BITS.value!r}") from None
   if any(len(s) != 2 for s in sizes):
     raise UserError(f"--sizes takes WIDTHxDEPTH,...; got {_SIZES.value!r}")
-  from experiments import settings
   overrides = settings.recorded(_OUT.value, _SET.value)
   rd_study.Study(_OUT.value, sizes=sizes, bits=bits, steps=_STEPS.value, qat_steps=_QAT.value,
                  siren=_SIREN.value, siren_bits=siren_bits, siren_steps=_SIREN_STEPS.value,

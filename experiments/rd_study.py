@@ -8,6 +8,17 @@ import dataclasses
 import os
 import time
 
+import jax
+from flax import nnx
+
+from dfm_flax.codec import rate_distortion
+from dfm_flax.codec.encoding import encode_runs
+from dfm_flax.data import images, photos
+from dfm_flax.loop import train
+from dfm_flax.loop.restore import load_model
+from dfm_flax.nets import siren
+from experiments.compress import get_config
+
 FIELDS = ["image", "codec", "setting", "bytes", "bpp", "psnr", "ssim", "encode_s", "decode_s"]
 
 
@@ -26,8 +37,6 @@ class Study:
 
   def fit(self, image: str, run_dir: str, overrides: dict) -> dict:
     """One `compress:best` (or `:siren`) run of `steps`; resumes a run already in run_dir."""
-    from dfm_flax.loop.train import train_and_evaluate
-    from experiments.compress import get_config
     siren = overrides.get("model.kind") == "siren"
     config = get_config("siren" if siren else "best")
     config.image = image
@@ -36,14 +45,10 @@ class Study:
     config.train.quiet = True
     config.wandb.mode = "disabled"
     config.update_from_flattened_dict({**({} if siren else dict(self.settings)), **overrides})
-    return train_and_evaluate(config, run_dir)
+    return train.train_and_evaluate(config, run_dir)
 
   def siren_row(self, name, path, image, nbytes) -> dict:
     """Train a SIREN of about nbytes in fp16; score its fp16-rounded weights."""
-    import jax
-    from flax import nnx
-    from dfm_flax.data import images
-    from dfm_flax.loop.restore import load_model
     hidden = siren_hidden_for(nbytes, image.shape[2])
     steps = self.siren_steps or self.steps
     run_dir = os.path.join(self.out_dir, "runs", f"{name}_siren{hidden}_{steps}steps")
@@ -64,8 +69,6 @@ class Study:
   def rows_for(self, group: list):
     """Rows for a group of (label, path, image) with one channel count: at each size
     one stack of nets fits all of them at once (vmap), then each is coded and compared."""
-    from dfm_flax.data import images
-    from dfm_flax.codec.encoding import encode_runs
     labels = [label for label, _, _ in group]
     for width, depth in self.sizes:
       size = f"{width}x{depth}"
@@ -115,7 +118,6 @@ class Study:
 
 def siren_hidden_for(nbytes: int, channels: int, layers: int = 5) -> int:
   """Largest hidden width whose fp16 SIREN fits in nbytes."""
-  from dfm_flax.nets import siren
   hidden = 4
   while 2 * siren.num_params(hidden + 1, layers, channels) <= nbytes:
     hidden += 1
@@ -124,7 +126,6 @@ def siren_hidden_for(nbytes: int, channels: int, layers: int = 5) -> int:
 
 def groups(names: list[str], out_dir: str) -> list[list]:
   """(label, path, image) per image, grouped by channel count (fitted together)."""
-  from dfm_flax.data import images, photos
   by_channels = {}
   for name in names:
     path = photos.path(name, out_dir)
@@ -138,7 +139,6 @@ def report(rows, out_dir: str) -> None:
   """rd.png and summary.md (the per-setting means, printed too) from the rows."""
   if not rows:
     return
-  from dfm_flax.codec import rate_distortion
   rate_distortion.plot(rows, os.path.join(out_dir, "rd.png"))
   table = rate_distortion.summarize(rows)
   with open(os.path.join(out_dir, "summary.md"), "w") as f:

@@ -13,6 +13,8 @@ import re
 from absl import app, flags
 from ml_collections import config_flags
 
+from dfm_flax.errors import UserError
+from dfm_flax.parallel import distributed
 from experiments.cli import config_value, parse_flags, run_main, variants_help
 
 _CONFIG_HELP = (
@@ -33,7 +35,6 @@ def expand_workdir(template: str, config) -> str:
   W&B sweep agents append the swept flags to one command line, so the workdir of
   each run is named from its own settings.
   """
-  from dfm_flax.errors import UserError
 
   def value(match):
     node = config
@@ -46,7 +47,6 @@ def expand_workdir(template: str, config) -> str:
 
 
 def _train(_):
-  from dfm_flax.parallel import distributed
   config = config_value(_CONFIG)
   distributed.initialize(config)  # Before jax touches a device; no-op for one process.
   from dfm_flax.loop.train import train_and_evaluate  # heavy imports after flag parsing

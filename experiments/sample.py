@@ -10,9 +10,14 @@ code runs: the model is rebuilt from DIR/config.json and the checkpoint.
 """
 import os
 
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from dfm_flax.data import images
+from dfm_flax.errors import UserError
+from dfm_flax.evaluation import generators
+from dfm_flax.loop.restore import load_model
 from experiments.cli import parse_flags, run_main
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run of a generator (mnist, cifar10, vae_mnist).")
@@ -26,11 +31,6 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 
 def _sample(_):
-  import jax.numpy as jnp
-  from dfm_flax.evaluation import generators
-  from dfm_flax.data import images
-  from dfm_flax.errors import UserError
-  from dfm_flax.loop.restore import load_model
 
   out = _OUT.value
   if not out.lower().endswith(".png"):
@@ -63,7 +63,6 @@ def _sample(_):
 
 
 def _originals(workdir):
-  from dfm_flax.errors import UserError
   path = os.path.join(workdir, "originals.npz")
   if not os.path.exists(path):
     raise UserError(f"no originals.npz in {workdir}: the run has not finished its evaluation")

@@ -14,7 +14,11 @@ import ast
 import json
 import os
 
+import ml_collections
+
 from dfm_flax.errors import UserError
+from experiments.cli import fail
+from experiments.compress import get_config
 
 RECORD = "settings.json"
 
@@ -22,8 +26,6 @@ RECORD = "settings.json"
 def parse(pairs: list[str]) -> dict:
   """KEY=VALUE pairs -> {KEY: value}, KEY a SECTION.NAME of compress.py:best, VALUE as
   Python reads it unless that setting is a string (bool("False") would be True)."""
-  import ml_collections
-  from experiments.compress import get_config
   c, overrides = get_config("best"), {}
   for pair in pairs:
     key, sep, value = pair.partition("=")
@@ -72,7 +74,6 @@ def for_command(out: str, pairs: list[str], report_only: bool) -> dict:
   try:
     return recorded(out, pairs)
   except UserError as e:
-    from experiments.cli import fail
     fail(str(e), 2)
 
 

@@ -20,8 +20,12 @@ import sys
 import time
 import warnings
 
+import yaml
 from absl import app, flags
 
+import sweeps
+from dfm_flax import files
+from dfm_flax.errors import UserError
 from experiments.cli import parse_flags, run_main
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep (one subdirectory per run).")
@@ -33,8 +37,6 @@ flags.DEFINE_alias("max-runs", "max_runs")
 
 
 def load_sweep(path: str) -> dict:
-  import yaml
-  from dfm_flax.errors import UserError
   try:
     with open(path) as f:
       spec = yaml.safe_load(f)
@@ -52,7 +54,6 @@ def load_sweep(path: str) -> dict:
 
 
 def config_file(spec: dict, path: str) -> str:
-  from dfm_flax.errors import UserError
   command = [str(c) for c in spec.get("command", [])]
   if "--config" in command and command.index("--config") + 1 < len(command):
     return command[command.index("--config") + 1]
@@ -61,7 +62,6 @@ def config_file(spec: dict, path: str) -> str:
 
 def check_keys(config, keys, where: str) -> None:
   """Every swept or overridden key must exist in the experiment's config."""
-  from dfm_flax.errors import UserError
   for key in keys:
     if not key.startswith("config."):
       raise UserError(f"{where}: parameter {key!r} must be named config.KEY")
@@ -85,7 +85,6 @@ class SweepState:
   """DIR/sweep_state.json: every run's parameters, status and metric."""
 
   def __init__(self, directory: str, identity: dict):
-    from dfm_flax.errors import UserError
     self.path = os.path.join(directory, "sweep_state.json")
     self.runs = []
     if os.path.exists(self.path):
@@ -98,7 +97,6 @@ class SweepState:
     self.identity = identity
 
   def save(self) -> None:
-    from dfm_flax import files
     with files.atomic_path(self.path, ".tmp") as tmp, open(tmp, "w") as f:
       json.dump({"identity": self.identity, "runs": self.runs}, f, indent=1, default=float)
 
@@ -106,7 +104,6 @@ class SweepState:
 def propose(spec: dict, runs: list[dict]):
   with warnings.catch_warnings():  # sweeps' pydantic-v1-style models warn on import.
     warnings.simplefilter("ignore")
-    import sweeps
   done = []
   for r in runs:
     state = {"finished": sweeps.RunState.finished, "failed": sweeps.RunState.failed}.get(
@@ -144,14 +141,12 @@ def append_csv(path: str, row: dict) -> None:
 
 
 def _sweep(argv):
-  from dfm_flax.errors import UserError
   if len(argv) != 2:
     raise UserError("usage: python -m experiments.sweep SWEEP.yaml --workdir DIR "
                     "[--max-runs N] [--override config.KEY=VALUE ...]")
   path = argv[1]
   spec = load_sweep(path)
   cfg_spec = config_file(spec, path)
-  from dfm_flax import files
   config = files.load_config(cfg_spec)
   check_keys(config, spec["parameters"], path)
   overrides = [o.split("=", 1)[0] for o in _OVERRIDE.value]

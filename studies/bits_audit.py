@@ -20,13 +20,18 @@ import json
 import os
 
 import numpy as np
+from scipy.stats import laplace
+
+from dfm_flax.codec import fileformat, grids, sizes
+from dfm_flax.data import images
+from dfm_flax.errors import UserError
 from dfm_flax.loop import restore
-from dfm_flax.codec import sizes
+from dfm_flax.loop.restore import load_model
+from dfm_flax.nets import fourier
 
 
 def popcounts(rows: int) -> np.ndarray:
   """Popcount of k for each row of a layer (fourier.frequencies' order)."""
-  from dfm_flax.nets import fourier
   return fourier.frequencies(int(np.log2(rows))).sum(1).astype(int)
 
 
@@ -41,9 +46,7 @@ def _groups(a: np.ndarray) -> dict:
 
 def _laplace_bits(q: np.ndarray) -> float:
   """Bits of q under the quantised Laplace the codec would fit to it (codec._laplace)."""
-  from scipy.stats import laplace
 
-  from dfm_flax.codec import fileformat
   loc, spread = fileformat._laplace(q)
   p = laplace.cdf(q + 0.5, loc, spread) - laplace.cdf(q - 0.5, loc, spread)
   return float(-np.log2(np.maximum(p, 1e-300)).sum())
@@ -51,7 +54,6 @@ def _laplace_bits(q: np.ndarray) -> float:
 
 def entropy_bytes(data: bytes) -> tuple[dict, dict]:
   """(payload bytes per grouping, number of groups) for a .dfm file's own integers."""
-  from dfm_flax.codec import fileformat
   header, params = fileformat.decode(data)
   bits, count = {}, {}
   for (a, b), (step, _, _) in zip(params, fileformat.layer_stats(data, header)):
@@ -80,8 +82,6 @@ def step_savings(sensitivity, params) -> dict:
 def rate_cost(params, image, net, sensitivity, nbytes: int, fractions=(0.9, 0.8, 0.7)) -> dict:
   """PSNR of the net coded on the sensitivity grid (per-layer `sensitivity`) at each
   fraction of `nbytes`."""
-  from dfm_flax.codec import fileformat, grids
-  from dfm_flax.data import images
   h, w, _ = image.shape
   ref = images.to_uint8(image) / 255
   out = {}
@@ -100,10 +100,6 @@ def main():
   p.add_argument("--images", required=True)
   p.add_argument("--bpp", type=float, default=0.3)
   a = p.parse_args()
-  from dfm_flax.codec import grids
-  from dfm_flax.data import images
-  from dfm_flax.errors import UserError
-  from dfm_flax.loop.restore import load_model
   totals, groups_total, file_total = {}, {}, 0
   for name in a.images.split(","):
     cell = os.path.join(a.panel, "runs", f"{name}_{a.bpp:g}bpp_s0_sensitivity")

@@ -18,7 +18,16 @@ Writes OUT/difference_coding.json and .md and prints the table. Resumes: a crop'
 fine-tunes are run directories under OUT.
 """
 import os
-from dfm_flax.loop import restore
+
+import numpy as np
+
+from dfm_flax import files
+from dfm_flax.codec import encoding, rate_distortion
+from dfm_flax.data import images
+from dfm_flax.loop import logs, restore, train
+from dfm_flax.loop.restore import saved_config
+from dfm_flax.tasks import meta_learning
+from experiments.compress import get_config
 from studies import crop_fits
 
 KINDS = (("weights", False), ("difference", False), ("weights", True), ("difference", True))
@@ -35,16 +44,6 @@ def main():
   p.add_argument("--steps", type=int, default=10000, help="the fit's steps (compress.py:best)")
   p.add_argument("--config", default="best", help="the compress.py variant of the fit")
   a = p.parse_args()
-  import numpy as np
-
-  from dfm_flax.codec import encoding, rate_distortion
-  from dfm_flax import files
-  from dfm_flax.data import images
-  from dfm_flax.loop import logs
-  from dfm_flax.loop.restore import saved_config
-  from dfm_flax.tasks import meta_learning
-  from dfm_flax.loop.train import train_and_evaluate
-  from experiments.compress import get_config
 
   start = os.path.abspath(a.start)
   cfg = saved_config(start)
@@ -67,7 +66,7 @@ def main():
     for key in ("width", "depth", "coord_range", "method"):
       config.model[key] = net[key]
     fit = os.path.join(a.out, f"crop{i}.fit")
-    float_psnr = train_and_evaluate(config, fit)["psnr"]
+    float_psnr = train.train_and_evaluate(config, fit)["psnr"]
     row = {"crop": i, "fit_psnr": float_psnr, "points": {}}
     for kind, tuned in KINDS:
       points = []
@@ -96,7 +95,6 @@ def _pct(x) -> str:
 
 
 def _table(r) -> str:
-  import numpy as np
   rows = r["rows"]
   lines = [f"{len(rows)} held-out {r['crop']}x{r['crop']} crops, each fitted once from the start "
            f"({r['steps']} steps; mean {np.mean([x['fit_psnr'] for x in rows]):.2f} dB), coded "

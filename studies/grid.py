@@ -13,16 +13,19 @@ PSNR), then the median. With --out: grid.json and grid.md.
 import argparse
 import os
 
+import numpy as np
+
+from dfm_flax import files
+from dfm_flax.codec import fileformat, grids, rate_distortion
+from dfm_flax.data import images
+from dfm_flax.loop import logs
+from dfm_flax.loop.restore import load_model
+
 BITS = range(5, 13)
 SHOWN = (8, 9, 10)
 
 
 def _curves(run: str) -> dict:
-  import numpy as np
-
-  from dfm_flax.codec import fileformat, grids, rate_distortion
-  from dfm_flax.data import images
-  from dfm_flax.loop.restore import load_model
   config, _, model = load_model(run, expect_task="compress")
   if getattr(model, "count", 0):
     raise SystemExit(f"error: {run} fits several images at once; give one-image runs")
@@ -52,7 +55,6 @@ def _curves(run: str) -> dict:
 
 
 def _table(rows) -> str:
-  import numpy as np
   head = " | ".join(f"{b}-bit size: uniform / sensitivity" for b in SHOWN)
   lines = [f"| run | image | net | {head} | BD-rate |",
            "|---|---|---|" + "---|" * len(SHOWN) + "---|"]
@@ -81,8 +83,6 @@ def main():
   p.add_argument("runs", nargs="+", help="finished compress runs (one image each)")
   p.add_argument("--out", default="", help="write grid.json and grid.md here")
   a = p.parse_args()
-  from dfm_flax import files
-  from dfm_flax.loop import logs
   rows = []
   for run in a.runs:
     rows.append(_curves(run))

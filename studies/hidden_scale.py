@@ -16,11 +16,13 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
-from dfm_flax.nets import anatomy
 from dfm_flax.data import images
-from dfm_flax.loop import restore
 from dfm_flax.errors import UserError
+from dfm_flax.loop import restore
+from dfm_flax.loop.checkpoint import Checkpointer
+from dfm_flax.nets import anatomy
 
 
 def report(workdir: str) -> str:
@@ -43,8 +45,7 @@ def report(workdir: str) -> str:
 def adam_sqrt_v(workdir: str, depth: int) -> list[float]:
   """Per layer, the median sqrt(v) of Adam's second moment in the latest checkpoint (nan
   for an optimizer without one). Read as saved, whatever the optimizer chain around it."""
-  import orbax.checkpoint as ocp
-  from dfm_flax.loop.checkpoint import Checkpointer
+
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
   try:
     step = ckpt.latest_step()

@@ -16,9 +16,9 @@ import jax
 import numpy as np
 import optax
 
-from studies.crop_fits import adam_runner, lm_runner, lm_state
-from dfm_flax.nets import fourier, levenberg
 from dfm_flax.data import images
+from dfm_flax.nets import fourier, levenberg
+from studies.crop_fits import adam_runner, lm_runner, lm_state
 
 FITS = (("adam", 10), ("adam", 1000), ("lm", 10), ("lm_search", 10), ("lm_refit", 10))
 

@@ -32,9 +32,20 @@ equal PSNR over the range both curves cover, for any fit.
 Writes OUT/meta_start.json, OUT/meta_start.md and OUT/meta_start.png and prints the table.
 """
 import os
-from dfm_flax.loop import restore
-from studies import crop_fits
+
+import jax
+import numpy as np
+import optax
+
+from dfm_flax import files
+from dfm_flax.codec import rate_distortion
+from dfm_flax.data import images
 from dfm_flax.evaluation import figures
+from dfm_flax.loop import logs, restore
+from dfm_flax.loop.restore import saved_config
+from dfm_flax.nets import fourier, levenberg
+from dfm_flax.tasks import meta_learning
+from studies import crop_fits
 
 CHECKPOINTS = (0, 1, 3, 10, 100, 1000)
 CODED_AT = (10, 100, 1000)
@@ -46,10 +57,6 @@ LM_DOWNS = (1.5, 2.0, 3.0)
 def _tune_lm(cfg, start, lm_runner, crops):
   """(damping, down) of a small grid whose 10 LM steps from the learned start fit
   `crops` training crops best (fresh crops of the training images, never held-out ones)."""
-  import jax
-  import numpy as np
-
-  from dfm_flax.tasks import meta_learning
   train = meta_learning.meta_crops(cfg, crops, cfg.seed + 7, held_out=False)
   starts = jax.tree.map(lambda x: np.broadcast_to(x, (crops, *x.shape)), start)
   scores = {}
@@ -80,17 +87,6 @@ def main():
                  help="also fit with searching LM steps that refit the last layer at each "
                       "point they try (levenberg.fit's refit; implies --lm)")
   a = p.parse_args()
-  import jax
-  import numpy as np
-  import optax
-
-  from dfm_flax.codec import rate_distortion
-  from dfm_flax import files
-  from dfm_flax.nets import fourier
-  from dfm_flax.data import images
-  from dfm_flax.loop import logs
-  from dfm_flax.loop.restore import saved_config
-  from dfm_flax.tasks import meta_learning
 
   cfg = saved_config(a.start)
   model_cfg, learned = restore.load_start(a.start)
@@ -116,7 +112,6 @@ def main():
   coded_at = [(opt, k) for opt in ("sgd", "adam") for k in CODED_AT]
   lm = None
   if a.lm or a.lm_search or a.lm_refit:
-    from dfm_flax.nets import levenberg
     levenberg.check_size(model_cfg.width, model_cfg.depth, channels, mc.crop**2)
     lm = meta_learning.lm_settings(mc)
     lm_runner = crop_fits.lm_runner(coords, method)

@@ -29,8 +29,16 @@ import argparse
 import itertools
 import os
 
-from experiments import settings
+from absl import logging
+
+from dfm_flax import files
+from dfm_flax.codec import encoding
+from dfm_flax.codec.encoding import QAT_STEPS
+from dfm_flax.data import images, photos
 from dfm_flax.evaluation import figures
+from dfm_flax.loop import logs, train
+from experiments import settings
+from experiments.compress import get_config
 
 DEFAULT_IMAGES = ("astronaut,chelsea,coffee,camera,rocket,retina,hubble,ihc,brick,grass,moon,"
                   "page,text,coins")
@@ -46,11 +54,6 @@ def cell_name(name: str, bpp: float, seed: int, grid: str = "uniform") -> str:
 
 def fit_and_code(out, name, bpp, seed, stop_at, qat_steps, net="", bits=10, overrides=None,
                  grid="uniform"):
-  from dfm_flax.codec import encoding
-  from dfm_flax.data import images, photos
-  from dfm_flax.loop import logs
-  from dfm_flax.loop.train import train_and_evaluate
-  from experiments.compress import get_config
   path = photos.path(name, os.path.join(out, "images"))
   image = images.load_image(path)
   h, w, _ = image.shape
@@ -62,7 +65,7 @@ def fit_and_code(out, name, bpp, seed, stop_at, qat_steps, net="", bits=10, over
   run = os.path.join(cell, "run")
   if net:
     c.model.width, c.model.depth = (int(v) for v in net.split("x"))
-    m = train_and_evaluate(c, run)
+    m = train.train_and_evaluate(c, run)
   else:  # As the codec: its pick, and on the sensitivity grid a wider net if that one stayed flat.
     run, m = encoding.fit_for_bpp(c, run, image, bpp, bits, grid,
                                   log=lambda line: print(f"{name} {bpp:g} bpp seed {seed}: {line}",
@@ -183,12 +186,8 @@ def main():
   a = p.parse_args()
   overrides = settings.for_command(a.out, a.set, a.report)  # Checked before any cell.
   if a.qat_steps is None:
-    from dfm_flax.codec.encoding import QAT_STEPS
     a.qat_steps = 100 if a.stop_at else QAT_STEPS
-  from absl import logging
   logging.set_verbosity(logging.ERROR)  # orbax logs every checkpoint it writes.
-  from dfm_flax import files
-  from dfm_flax.loop import logs
   cells = list(itertools.product(a.images.split(","), [float(b) for b in a.bpps.split(",")],
                                  [int(s) for s in a.seeds.split(",")]))
   index, count = (int(v) for v in a.shard.split("/"))

@@ -23,8 +23,12 @@ import itertools
 import json
 import os
 
-from experiments import settings
+from dfm_flax import files
+from dfm_flax.data import images, photos
 from dfm_flax.evaluation import figures
+from dfm_flax.loop import guard, logs, train
+from experiments import settings
+from experiments.compress import get_config
 
 FIELDS = ["image", "width", "depth", "lr", "seed", "psnr", "best_logged_psnr", "flat_psnr",
           "collapsed", "seconds"]
@@ -35,9 +39,6 @@ def cell_dir(out, image, w, d, lr, seed):
 
 
 def run_cell(out, image, w, d, lr, seed, stop_at, overrides):
-  from dfm_flax.data import photos
-  from dfm_flax.loop.train import train_and_evaluate
-  from experiments.compress import get_config
   c = get_config("best")
   c.image = photos.path(image, os.path.join(out, "images"))
   c.model.width, c.model.depth, c.optim.lr, c.seed = w, d, lr, seed
@@ -46,11 +47,10 @@ def run_cell(out, image, w, d, lr, seed, stop_at, overrides):
   c.guard.mode = "detect"
   c.optim.depth_ref = 0  # The map's lr is the peak every net gets, whatever its depth.
   c.update_from_flattened_dict(overrides)
-  return train_and_evaluate(c, cell_dir(out, image, w, d, lr, seed))
+  return train.train_and_evaluate(c, cell_dir(out, image, w, d, lr, seed))
 
 
 def row(out, image, w, d, lr, seed):
-  from dfm_flax.loop import guard, logs
   wd = cell_dir(out, image, w, d, lr, seed)
   m = logs.read_json(os.path.join(wd, "metrics.json"))
   if not m:
@@ -73,7 +73,6 @@ def row(out, image, w, d, lr, seed):
 @functools.lru_cache(maxsize=None)
 def flat_psnr(out, image) -> float:
   """PSNR of the image's mean colour: what a collapsed net draws (once per image)."""
-  from dfm_flax.data import images, photos
   return images.flat_psnr(images.load_image(photos.path(image, os.path.join(out, "images"))))
 
 
@@ -139,7 +138,6 @@ def done_rows(out, cells):
 
 def write_against(out, base, labels, rows):
   """compare.csv and compare.png for the cells of `rows` (done in out) also done in base."""
-  from dfm_flax import files
   pairs = [(theirs, mine) for mine in rows
            if (theirs := row(base, mine["image"], mine["width"], mine["depth"], mine["lr"],
                              mine["seed"]))]
@@ -180,7 +178,6 @@ def main():
         print(f"{image} {w}x{d} lr {lr:g} seed {seed}: {m['psnr']:.2f} dB"
               f"{'  COLLAPSED' if m.get('collapsed') else ''}", flush=True)
   rows = done_rows(a.out, cells)
-  from dfm_flax import files
   files.write_csv(os.path.join(a.out, "stability.csv"), FIELDS, rows)
   if rows:
     plot(rows, os.path.join(a.out, "stability.png"))

@@ -28,13 +28,12 @@ import optax
 
 from dfm_flax.data import images
 from dfm_flax.errors import UserError
-from dfm_flax.loop import logs
+from dfm_flax.evaluation import figures
+from dfm_flax.loop import logs, restore
 from dfm_flax.loop.restore import saved_config
 from dfm_flax.nets import fourier, levenberg
 from dfm_flax.tasks import meta_learning
-from dfm_flax.loop import restore
 from studies import crop_fits
-from dfm_flax.evaluation import figures
 
 LM_KINDS = ("plain", "search", "refit")
 
@@ -126,7 +125,6 @@ def _plot(r, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  import numpy as np
   lm_psnr, bar_psnr = np.asarray(r["per_crop"]["learned"]), np.asarray(r["per_crop"]["bar"])
   fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
   left.scatter(bar_psnr, lm_psnr, s=12, alpha=0.7)

@@ -14,8 +14,8 @@ import zlib
 import numpy as np
 
 from dfm_flax.codec import fileformat
-from dfm_flax.nets import fourier
 from dfm_flax.errors import UserError
+from dfm_flax.nets import fourier
 
 # Header fields: (name, struct format, offset) in codec._HEAD ("<4sBHHBBBffBBB").
 FIELDS = [("version", "B", 4), ("height", "H", 5), ("width", "H", 7), ("channels", "B", 9),

@@ -2,8 +2,8 @@
 differences, and the benchmark's command line on a smoke run."""
 import numpy as np
 
-from dfm_flax.nets import anatomy, fourier, reference
 from dfm_flax.data import images
+from dfm_flax.nets import anatomy, fourier, reference
 from tests.helpers import error_line, run_cli
 
 

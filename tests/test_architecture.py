@@ -3,7 +3,6 @@ library never imports the layers built on it."""
 import ast
 import os
 
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Lower layers never import higher ones: the library, then the experiment configs and
 # entry points, then what measures them.
@@ -125,3 +124,14 @@ def test_the_checks_see_a_planted_circle_and_an_import_up(tmp_path):
   assert cycles(edges) == [["dfm_flax.a", "dfm_flax.b"]]
   assert upward(edges) == [("dfm_flax.c", "experiments.x")]
   assert inner == [("dfm_flax.b", "dfm_flax.a", 2)]
+
+
+def test_an_import_inside_a_function_says_why():
+  """Imports of project modules belong at the top; one deferred (a heavy dependency kept off
+  start-up, a backend chosen first) carries its reason on its line."""
+  unexplained = []
+  for mod, target, line in import_graph()[1]:
+    text = open(modules()[mod]).read().splitlines()[line - 1]
+    if "#" not in text:
+      unexplained.append(f"{mod}:{line} imports {target}")
+  assert sorted(set(unexplained)) == []

@@ -2,9 +2,9 @@
 model fits, and it finds the gain of a per-group model where one exists."""
 import numpy as np
 
-from studies import bits_audit
 from dfm_flax.codec import fileformat, grids
 from dfm_flax.nets import fourier
+from studies import bits_audit
 from tests.helpers import laplace_params
 
 

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from dfm_flax.codec import fileformat as codec
-from dfm_flax.nets import fourier
 from dfm_flax.data import images
 from dfm_flax.errors import UserError
-from tests.helpers import error_line, laplace_params, run_cli
 from dfm_flax.loop import restore
+from dfm_flax.nets import fourier
+from tests.helpers import error_line, laplace_params, run_cli
 
 
 def expected_dequantised(params, bits):
@@ -257,6 +257,7 @@ def test_quantisation_aware_fine_tune_improves_the_decoded_file(fitted, tmp_path
 def test_siren_parameter_count():
   import jax
   from flax import nnx
+
   from dfm_flax.nets import siren
   model = siren.Siren(64, 5, 3, rngs=nnx.Rngs(0))
   assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == siren.num_params(64, 5, 3)
@@ -404,6 +405,7 @@ def test_the_codec_fits_best_for_three_times_its_steps(tmp_path):
   """The codec's default config is `compress.py:best` with train.steps = CODEC_STEPS: checked
   on what a run of the codec's own command line saved, and on the configs themselves."""
   import json
+
   from experiments.compress import CODEC_STEPS, get_config
   best, fit = get_config("best"), get_config("codec")
   assert CODEC_STEPS == 3 * best.train.steps

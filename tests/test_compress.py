@@ -6,7 +6,14 @@ import time
 
 import pytest
 
-from tests.helpers import checkpoint_steps, error_line, popen_cli, read_metrics, run_cli, wait_for_checkpoint
+from tests.helpers import (
+  checkpoint_steps,
+  error_line,
+  popen_cli,
+  read_metrics,
+  run_cli,
+  wait_for_checkpoint,
+)
 
 SMOKE = "experiments/compress.py:smoke"
 KEYS = {"psnr", "ssim", "mse", "num_params", "bytes", "bpp", "percent_of_raw", "steps", "seconds", "jpeg"}
@@ -33,6 +40,7 @@ def test_smoke_run_writes_everything_and_is_not_redone(tmp_path):
   # built-in image (an independent computation: numpy on the two PNG-level images).
   import numpy as np
   from PIL import Image
+
   from dfm_flax.data import images
   rec = np.asarray(Image.open(os.path.join(wd, "reconstruction.png")), np.float64)
   ref = np.round(images.default_image() * 255).astype(np.float64)

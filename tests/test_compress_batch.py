@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfm_flax.codec import fileformat, encoding
+from dfm_flax.codec import encoding, fileformat
 from dfm_flax.data import images
 from dfm_flax.errors import UserError
 from dfm_flax.loop.train import train_and_evaluate

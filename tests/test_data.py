@@ -208,6 +208,7 @@ def test_unprepared_mnist_is_read_from_tfds_urls(idx_server, tmp_path, monkeypat
   """Without TensorFlow, an unprepared MNIST comes from the files of TFDS's URL list."""
   import importlib.util
   import types
+
   import tensorflow_datasets as tfds
   if importlib.util.find_spec("tensorflow") is not None:
     pytest.skip("with TensorFlow installed TFDS prepares the dataset itself")

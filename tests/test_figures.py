@@ -2,9 +2,9 @@
 import numpy as np
 from PIL import Image
 
-from dfm_flax.evaluation import figures
 from dfm_flax import files
 from dfm_flax.data import images
+from dfm_flax.evaluation import figures
 
 
 def test_image_grid_holds_each_image_exactly_at_its_tile(tmp_path):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dfm_flax.nets import fourier, reference
 from dfm_flax.errors import UserError
+from dfm_flax.nets import fourier, reference
 
 
 def random_layer(m, n, seed=0, points=33):

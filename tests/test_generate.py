@@ -7,13 +7,12 @@ import scipy.linalg
 from flax import nnx
 
 from dfm_flax.data import datasets
-from dfm_flax.evaluation import generators
-from dfm_flax.nets import fourier, reference
+from dfm_flax.evaluation import batched, generators
 from dfm_flax.loop import optim
-from dfm_flax.tasks import generate
 from dfm_flax.loop.train import make_train_step
+from dfm_flax.nets import fourier, reference
+from dfm_flax.tasks import generate
 from experiments import mnist
-from dfm_flax.evaluation import batched
 
 
 def small_config():
@@ -113,8 +112,8 @@ def test_warm_up_compiles_what_evaluation_then_renders():
   # The loop's warm-up thread compiles the renderer on a copy of the model; evaluation,
   # given the trained model placed as it places it, must find that compilation (a
   # different specialisation, e.g. another placement, would compile a second one).
-  from dfm_flax.parallel import sharding
   from dfm_flax.loop import train
+  from dfm_flax.parallel import sharding
   c = small_config()
   task = generate.Task(c)
   model, optimizer = train.build(c, task)

@@ -50,11 +50,12 @@ def test_reported_fid_is_recomputed_independently(runs):
   """The DFM's FIDs against a recomputation outside the evaluation code: the same prior
   samples (seeded) rendered from the checkpoint, the classifier's features, the bundled
   digits as reference, and the Frechet distance by scipy's sqrtm."""
+  import jax.numpy as jnp
   import numpy as np
   import scipy.linalg
-  import jax.numpy as jnp
+
   from dfm_flax.data import datasets, images
-  from dfm_flax.evaluation import generators, features
+  from dfm_flax.evaluation import features, generators
   from dfm_flax.loop.restore import load_model
   m = metrics(runs["dfm"])
   config, meta, model = load_model(runs["dfm"])

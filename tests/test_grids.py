@@ -8,11 +8,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dfm_flax.codec import fileformat, grids
-from dfm_flax.nets import fourier
+from dfm_flax.codec import fileformat, grids, sizes
 from dfm_flax.data import images
+from dfm_flax.nets import fourier
 from tests.helpers import laplace_params
-from dfm_flax.codec import sizes
 
 
 def _net(width=4, depth=3, method="direct"):

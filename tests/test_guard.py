@@ -7,8 +7,7 @@ import signal
 
 import pytest
 
-from tests.helpers import popen_cli, run_cli
-from tests.helpers import read_metrics, wait_for_checkpoint
+from tests.helpers import popen_cli, read_metrics, run_cli, wait_for_checkpoint
 
 # Learns for ~100 steps (lr still small in a long warm-up), then the absurd peak lr
 # (8 / 2^m per layer) makes it collapse to the flat mean colour.

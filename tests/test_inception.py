@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dfm_flax.evaluation import inception
 from dfm_flax.errors import UserError
+from dfm_flax.evaluation import inception
 from tests import inception_reference
 
 pytestmark = pytest.mark.slow  # Building the network takes ~30 s on 2 cores.

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dfm_flax.nets import fourier, levenberg
 from dfm_flax.data import images
 from dfm_flax.errors import UserError
+from dfm_flax.nets import fourier, levenberg
 from dfm_flax.tasks import meta_learning
 from experiments import meta as meta_config
 

@@ -12,13 +12,12 @@ from PIL import Image
 
 from dfm_flax.codec import fileformat
 from dfm_flax.data import datasets, images
-from dfm_flax.nets import fourier, levenberg
-from dfm_flax.loop import restore
 from dfm_flax.errors import UserError
-from dfm_flax.tasks import meta_learning
+from dfm_flax.loop import restore
+from dfm_flax.nets import fourier, levenberg
+from dfm_flax.tasks import meta_learning, starts
 from experiments import meta as meta_config
 from tests.helpers import error_line, run_cli
-from dfm_flax.tasks import starts
 
 
 def _task(init_variance=0.05, **changes):
@@ -404,9 +403,9 @@ def test_ten_steps_paired_summary_agrees_with_scipy():
 def test_meta_start_recipe_is_compress_best_scaled_per_layer():
   """studies.meta_start fits with :best's optimiser at a peak of 1 and scales each layer
   by its lr: the same updates as :best's own optimiser, to float rounding."""
-  from studies.crop_fits import recipe
   from dfm_flax.loop import optim
   from experiments.compress import get_config
+  from studies.crop_fits import recipe
   steps = 3000
   tx, peak = recipe(steps)
   ref = optim.single(get_config("best").optim, steps)

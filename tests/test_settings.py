@@ -5,9 +5,9 @@ import os
 
 import pytest
 
+from dfm_flax.errors import UserError
 from experiments import settings
 from studies import panel, stability
-from dfm_flax.errors import UserError
 from tests.helpers import error_line, run_cli
 
 
@@ -52,8 +52,8 @@ def captured(monkeypatch):
 
 
 def test_every_benchmark_fit_gets_the_settings(tmp_path, captured):
-  from experiments.rd_study import Study
   from dfm_flax.data import photos
+  from experiments.rd_study import Study
   over = {"optim.eps": 0.01, "optim.b1": 0.9}
   path = photos.path("coffee", str(tmp_path / "images"))
   calls = [

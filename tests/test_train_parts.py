@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dfm_flax.nets import fourier
 from dfm_flax.loop import logs, optim
-from dfm_flax.tasks.compress import Task as CompressTask, init_variances
 from dfm_flax.loop.train import make_train_step
+from dfm_flax.nets import fourier
+from dfm_flax.tasks.compress import Task as CompressTask
+from dfm_flax.tasks.compress import init_variances
 from experiments.compress import get_config
 
 
@@ -113,6 +114,7 @@ def test_wandb_mode_never_prompts(monkeypatch, tmp_path):
 
 def test_a_run_saved_before_a_setting_existed_resumes_under_its_old_value(tmp_path):
   import json
+
   from dfm_flax.errors import UserError
   from dfm_flax.loop.train import check_resumable
   from experiments import meta
@@ -137,6 +139,7 @@ def test_a_run_saved_before_a_setting_existed_resumes_under_its_old_value(tmp_pa
 
 def test_an_older_runs_config_reads_as_a_current_one_in_one_place(tmp_path):
   import json
+
   from dfm_flax.loop import restore
   from experiments import compress, meta
   saved = json.loads(meta.get_config("lm").to_json_best_effort())

@@ -14,8 +14,8 @@ from dfm_flax import files
 from dfm_flax.codec import fileformat, grids, sizes
 from dfm_flax.data import images
 from dfm_flax.errors import UserError
-from dfm_flax.loop.restore import load_model, load_start, numpy_params, saved_config
 from dfm_flax.loop import train
+from dfm_flax.loop.restore import load_model, load_start, numpy_params, saved_config
 
 # The quantisation-aware fine-tune: steps at a tenth of the recipe's lr on the file's grid
 # (2,000 decoded better than 300: docs/codec.md#fine-tuning-on-the-grid).

@@ -27,10 +27,11 @@ import hashlib
 import struct
 import zlib
 
+import constriction
 import numpy as np
 
-from dfm_flax.nets import fourier
 from dfm_flax.errors import UserError
+from dfm_flax.nets import fourier
 
 MAGIC = b"DFMc"
 VERSION = 1
@@ -100,7 +101,6 @@ def _laplace(q: np.ndarray) -> tuple[float, float]:
 
 
 def _ans(bits: int):
-  import constriction
   return constriction, constriction.stream.model.QuantizedLaplace(-_levels(bits), _levels(bits) + 1)
 
 

@@ -14,9 +14,12 @@ stores each layer's step as before, so every reader decodes it unchanged.
 """
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dfm_flax.codec import fileformat
+from dfm_flax.nets import fourier
 
 
 def weight_sensitivity(params, coords, method: str = "auto", probes: int = 8,
@@ -25,10 +28,6 @@ def weight_sensitivity(params, coords, method: str = "auto", probes: int = 8,
   pixels and channels of (d output / d weight)^2 per pixel: the diagonal of J^T J,
   estimated (Hutchinson) as the mean of (d/dw sum r * output)^2 over `probes` draws of
   random signs r, on up to `pixels` pixel positions drawn from coords."""
-  import jax
-  import jax.numpy as jnp
-
-  from dfm_flax.nets import fourier
   rng = np.random.default_rng(seed)
   coords = np.asarray(coords)
   if len(coords) > pixels:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.interpolate import PchipInterpolator
 
 # Published (bpp, PSNR) points on Kodak (24 images, 768x512): other images, for orientation.
 PUBLISHED = {
@@ -94,7 +95,6 @@ def bd_rate(reference: list[tuple[float, float]], test: list[tuple[float, float]
   function of PSNR piecewise-cubically and monotonically (PCHIP, the interpolation recent
   codec tests use instead of the original cubic fit). None when a curve has fewer than two
   points on its front or the PSNR ranges do not overlap."""
-  from scipy.interpolate import PchipInterpolator
   fronts = [pareto(points) for points in (reference, test)]
   if any(len(f) < 2 for f in fronts):
     return None
@@ -109,8 +109,7 @@ def bd_rate(reference: list[tuple[float, float]], test: list[tuple[float, float]
 
 def plot(rows, path):
   """PSNR vs bpp: every setting's mean as a dot, each codec's best settings joined."""
-  from dfm_flax.evaluation import figures  # noqa: F401  (selects the Agg backend)
-  import matplotlib.pyplot as plt
+  from dfm_flax.evaluation.figures import plt  # pyplot with the Agg backend, when plotting
   fig, ax = plt.subplots(figsize=(7, 4.8))
   for i, (codec, pts) in enumerate(sorted(codec_points(rows).items())):
     color = f"C{i}"

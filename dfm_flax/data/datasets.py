@@ -25,6 +25,8 @@ import pickle
 
 import numpy as np
 
+from dfm_flax.data import downloads, photos
+from dfm_flax.data.images import load_image, to_uint8
 from dfm_flax.errors import UserError
 
 SOURCES = ("tfds", "idx", "cifar_pickle", "folder", "npz", "photos")
@@ -126,7 +128,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 def folder_images(directory: str) -> tuple[list[np.ndarray], np.ndarray]:
   """Every image under directory (sorted paths, any sizes), float32 (H, W, C) in [0, 1],
   and its label: the index of its subdirectory (-1 when all sit in directory itself)."""
-  from dfm_flax.data.images import load_image
   paths = sorted(p for p in glob.glob(os.path.join(directory, "**", "*"), recursive=True)
                  if p.lower().endswith(IMAGE_EXTENSIONS))
   if not paths:
@@ -188,7 +189,6 @@ def photo_crops(names, count: int, size: int, seed: int, stride: int = 1, pool: 
   """count size x size crops of scikit-image photographs (dfm_flax/data/photos.py), uint8 RGB
   (grey repeated), of a random window (random_crops): crop i comes from photograph
   i mod len(names), which is its label. Deterministic in seed."""
-  from dfm_flax.data import photos
   photos.check_names(names)
   pics = []
   for name in names:
@@ -228,7 +228,7 @@ def random_crops(pics, count: int, size: int, seed: int, stride: int = 1, names=
 # --- TFDS ---------------------------------------------------------------------
 def load_tfds(name: str, split: str, data_dir: str | None, download: bool) -> Dataset:
   """A TFDS dataset, prepared first when it is not and `download` allows (dfm_flax/data/downloads.py)."""
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # heavy: only for data.source=tfds
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -247,7 +247,6 @@ def load_tfds(name: str, split: str, data_dir: str | None, download: bool) -> Da
 def _not_prepared(builder, name, split, data_dir, download) -> Dataset | None:
   """Prepare the dataset (None: TFDS has it now) or read its raw files; refuse in one line
   when that cannot be done here."""
-  from dfm_flax.data import downloads
   where = data_dir or os.path.join("~", "tensorflow_datasets")
   other = ("or use --config.data.source=idx|cifar_pickle|folder|npz with --config.data.dir=PATH")
   if not download:
@@ -338,7 +337,6 @@ class ImageBatches:
                       f"of {ds.description}; lower it")
     import jax
     import jax.numpy as jnp
-    from dfm_flax.data.images import to_uint8
     self.images = jnp.asarray(to_uint8(ds.images))  # uint8 on device: 4x less memory.
     self.batch_size = batch_size
     self.steps_per_epoch = len(ds) // batch_size

@@ -15,6 +15,7 @@ import socket
 import urllib.parse
 import urllib.request
 
+from dfm_flax import files
 from dfm_flax.errors import UserError
 
 IDX_DATASETS = ("mnist", "fashion_mnist", "kmnist")
@@ -38,7 +39,6 @@ def _host_port(url: str) -> tuple[str, int]:
 
 def fetch(url: str, path: str, sha256: str, timeout_s: float = 60.0) -> str:
   """Download url to path (kept if already there with the right sum), checking its SHA-256."""
-  from dfm_flax import files
   if os.path.exists(path) and _sha256(path) == sha256:
     return path
   print(f"downloading {url}", flush=True)

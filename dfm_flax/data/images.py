@@ -108,7 +108,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
   """Mean SSIM (dm-pix, 11x11 Gaussian window) for (H, W, C) images in [0, 1]."""
-  import dm_pix
+  import dm_pix  # configs import this module: jax and dm-pix load on first use
   import jax.numpy as jnp
   return float(dm_pix.ssim(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
 
@@ -174,7 +174,7 @@ def render_fn(fn, height: int, width: int, coord_range=(0.0, 1.0),
               chunk: int = RENDER_CHUNK) -> np.ndarray:
   """The image in [0, 1] of fn: coords -> values in [-1, 1], at any size, `chunk` pixels
   at a time (bounded memory). The nets are continuous functions of position."""
-  from dfm_flax.loop import progress
+  from dfm_flax.loop import progress  # (configs import this module: see ssim)
   coords = pixel_grid(height, width, coord_range)
   starts = range(0, len(coords), chunk)
   # A photograph of many megapixels takes minutes on a CPU: show it (not for small images).
@@ -191,7 +191,8 @@ def render_fn(fn, height: int, width: int, coord_range=(0.0, 1.0),
 def render_params(params, height: int, width: int, coord_range=(0.0, 1.0), method: str = "auto",
                   chunk: int = RENDER_CHUNK) -> np.ndarray:
   """A Fourier Net's image from its per-layer (a, b) weights (e.g. decoded from a .dfm file)."""
-  import jax
-  from dfm_flax.nets import fourier
+  import jax  # (configs import this module: see ssim)
+
+  from dfm_flax.nets import fourier  # (the same)
   apply = jax.jit(lambda xy: fourier.render_apply(params, xy, method))
   return render_fn(apply, height, width, coord_range, chunk)

@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from PIL import Image
+
+from dfm_flax import files
+from dfm_flax.errors import UserError
 
 _CROPS = {
     "coffee": lambda d: d.coffee()[:, 100:500],  # The built-in 400x400 default image.
@@ -37,13 +41,12 @@ _CROPS = {
 
 
 def _sklearn(index: int):
-  from sklearn.datasets import load_sample_images
+  from sklearn.datasets import load_sample_images  # each package loads when asked for
   return load_sample_images().images[index]
 
 
 def _matplotlib(name: str):
   import matplotlib.cbook
-  from PIL import Image
   with matplotlib.cbook.get_sample_data(name) as f:
     return np.asarray(Image.open(f).convert("RGB"))
 
@@ -64,7 +67,6 @@ _SAME_PIXELS = {"coffee": "coffee_full", "cat": "chelsea"}
 def check_names(names) -> None:
   """Refuse, in one line, a name that is not a built-in photograph."""
   if unknown := [n for n in names if n not in NAMES]:
-    from dfm_flax.errors import UserError
     raise UserError(f"unknown photograph(s) {unknown}; built in: {', '.join(NAMES)}")
 
 
@@ -87,11 +89,9 @@ def path(name: str, directory: str) -> str:
   """A built-in name saved as DIR/NAME.png (once); any other string is taken as a path."""
   if name not in NAMES:
     return name
-  from PIL import Image
   os.makedirs(directory, exist_ok=True)
   out = os.path.join(directory, f"{name}.png")
   if not os.path.exists(out):
-    from dfm_flax import files
     with files.atomic_path(out) as tmp:
       Image.fromarray(pixels(name)).save(tmp)
   return out

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 
-from dfm_flax.evaluation import figures
 from dfm_flax.data import images
+from dfm_flax.evaluation import figures
 from dfm_flax.loop import logs
 
 

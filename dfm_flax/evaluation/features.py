@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from dfm_flax.errors import UserError
+from dfm_flax.evaluation import inception
 from dfm_flax.evaluation.batched import compiled, in_batches
 from dfm_flax.loop.restore import load_model
 
@@ -31,6 +32,5 @@ def available(eval_cfg) -> dict:
   if eval_cfg.get("classifier_dir", ""):
     out["classifier"] = classifier_features(eval_cfg.classifier_dir)
   if eval_cfg.get("inception_weights", ""):
-    from dfm_flax.evaluation import inception  # Its weights loader reads PyTorch files: only when asked.
     out["inception"] = inception.fid_features(eval_cfg.inception_weights)
   return out

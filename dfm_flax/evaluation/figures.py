@@ -6,6 +6,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont
 
 from dfm_flax.data import images
 
@@ -45,7 +47,6 @@ def training_curves(history: list[dict], keys: list[str], path: str, log_keys=("
   Margins are fixed in inches rather than found by `tight_layout`, which draws the
   figure twice to measure its text, and log axes get no minor ticks (each is an artist):
   together they halve the time of the one figure every run writes."""
-  from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
   keys = [k for k in keys if any(row.get(k) is not None for row in history)]
   if not keys:
     return
@@ -106,7 +107,6 @@ def image_grid(imgs: np.ndarray, path: str, cols: int = 8, title: str = "") -> N
   Drawn with Pillow, not matplotlib: a grid is only a mosaic, upscaled by an integer
   factor (nearest, so each pixel stays a sharp block), under a title strip, and Pillow
   writes it ~50x faster; evaluation writes four of them at the end of every run."""
-  from PIL import Image, ImageDraw, ImageFont
   mosaic = tile(np.clip(imgs, 0, 1), cols)
   scale = grid_scale(mosaic.shape[1])
   body = np.repeat(np.repeat(images.to_uint8(mosaic), scale, 0), scale, 1)

@@ -11,6 +11,7 @@ import os
 
 import jax
 import numpy as np
+from flax import nnx
 
 from dfm_flax import files
 from dfm_flax.data import images
@@ -42,7 +43,7 @@ def fit_priors(latents: np.ndarray, gmm_components: int, seed: int,
   latents: the DFM's eq. 4.8 penalty shrinks z to a scale set by lambda, and
   N(0, I) would sample far outside the region the decoder was trained on.
   """
-  from sklearn.mixture import GaussianMixture
+  from sklearn.mixture import GaussianMixture  # slow to import: at evaluation only
   latents = np.asarray(latents, np.float64)
   k = max(1, min(gmm_components, len(latents) // 2))
   gmm = GaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-6)
@@ -147,7 +148,6 @@ def evaluate_generator(model, dataset, coords, config, workdir: str,
 
 def count_params(model) -> dict:
   """Learnable parameters per top-level part (decoder, encoder, latents, ...) and in total."""
-  from flax import nnx
   state = nnx.state(model, nnx.Param)
   out = {str(name): int(sum(x.size for x in jax.tree.leaves(part))) for name, part in state.items()}
   if hasattr(model, "decoder") and hasattr(model.decoder, "num_weights"):

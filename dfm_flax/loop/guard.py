@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from dfm_flax.loop import optim
 from dfm_flax.errors import UserError
+from dfm_flax.loop import optim
 
 # A loss this many times the flat image's (1 dB of PSNR), in a run that had been better
 # than flat, is a net worse than its own mean colour: broken, whatever its best was.

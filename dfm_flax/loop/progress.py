@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 import time
 
+from tqdm.auto import tqdm
+
 
 class LineProgress:
   """The part of tqdm's interface the loop uses, as periodic lines on stderr."""
@@ -62,7 +64,6 @@ def _clock(seconds: float) -> str:
 def bar(total: int, initial: int, desc: str, disable: bool, unit: str = "step"):
   """tqdm on a terminal, LineProgress otherwise."""
   if sys.stderr.isatty():
-    from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
                 disable=disable, mininterval=0.1)
   return LineProgress(total, initial, desc, disable=disable, unit=unit)

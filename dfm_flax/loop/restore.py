@@ -14,11 +14,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from dfm_flax.loop import logs
 from dfm_flax import tasks
-from dfm_flax.loop.checkpoint import Checkpointer
 from dfm_flax.errors import UserError
-
+from dfm_flax.loop import logs
+from dfm_flax.loop.checkpoint import Checkpointer
 
 # Settings added to the config files after runs were saved, each with the value that does
 # what those runs did. The one place that reads an older run's config.json as a current one: a

@@ -20,16 +20,16 @@ from typing import Any
 
 import jax
 import ml_collections
-from flax import nnx
-
 import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
 
-from dfm_flax.parallel import distributed, sharding
 from dfm_flax import files, tasks
-from dfm_flax.nets import fourier
+from dfm_flax.errors import UserError
 from dfm_flax.loop import guard, logs, optim, progress, restore
 from dfm_flax.loop.checkpoint import Checkpointer
-from dfm_flax.errors import UserError
+from dfm_flax.nets import fourier
+from dfm_flax.parallel import distributed, sharding
 
 # Keys that may change between a run and its resume without changing its result
 # (a run may resume on another number of processes; a run stopped at train.stop_at
@@ -289,7 +289,6 @@ def _stop_requested(stop, step: int, every: int) -> bool:
     return stop.requested
   if step % every:
     return False
-  from jax.experimental import multihost_utils
   return bool(np.any(multihost_utils.process_allgather(np.int32(stop.requested))))
 
 

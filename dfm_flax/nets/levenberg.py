@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from dfm_flax.nets import fourier
 from dfm_flax.errors import UserError
+from dfm_flax.nets import fourier
 
 UP = 4.0
 EPS = 1e-6  # floor of the damping: weights whose curvature is ~0 (a random start's tiny ones)

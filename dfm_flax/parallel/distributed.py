@@ -27,6 +27,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+import jax
+
+from dfm_flax import files
 from dfm_flax.errors import UserError
 
 _KEY = "dfm"
@@ -57,7 +60,6 @@ def settings(config) -> Settings | None:
 
 def _flat_config(config) -> dict:
   """The config as {dotted key: value}, without the per-process dist.process_id."""
-  from dfm_flax import files
   d = files.flatten(json.loads(config.to_json_best_effort()))
   d.pop("dist.process_id", None)
   return d
@@ -134,7 +136,6 @@ def _preflight(s: Settings, timeout: int, who: str) -> None:
 
 
 def _join(s: Settings, timeout: int, heartbeat: int, who: str) -> None:
-  import jax
   # CPU collectives across processes go over gloo (GPUs use NCCL whatever this says).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = dict(initialization_timeout=timeout + 30,
@@ -252,7 +253,6 @@ def _die(message: str) -> None:
 
 def is_main() -> bool:
   """True on the process that writes logs, figures and metrics (process 0)."""
-  import jax
   return jax.process_index() == 0
 
 
@@ -260,7 +260,6 @@ def finish() -> None:
   """Tell the peers this process is done (not dead), then leave the run together."""
   if _watchdog is None:
     return
-  import jax
   _client().key_value_set(f"{_KEY}/done/{_watchdog.process_id}", "1")
   _watchdog.stopped.set()
   jax.distributed.shutdown()

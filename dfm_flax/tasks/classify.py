@@ -14,6 +14,7 @@ from flax import nnx
 
 from dfm_flax.data import datasets
 from dfm_flax.errors import UserError
+from dfm_flax.evaluation.batched import compiled, in_batches
 from dfm_flax.tasks import TaskBase
 
 
@@ -81,7 +82,6 @@ class Task(TaskBase):
     return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
   def evaluate(self, model, workdir: str) -> dict:
-    from dfm_flax.evaluation.batched import compiled, in_batches
     logits = compiled(model, "__call__")
 
     def accuracy(ds):

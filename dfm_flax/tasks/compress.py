@@ -14,12 +14,12 @@ import numpy as np
 import psutil
 from flax import nnx
 
-from dfm_flax.evaluation import compress_report, figures
-from dfm_flax.nets import fourier
 from dfm_flax.data import images
-from dfm_flax.loop import logs
 from dfm_flax.errors import UserError
-from dfm_flax.loop import restore
+from dfm_flax.evaluation import compress_report, figures
+from dfm_flax.loop import logs, restore
+from dfm_flax.nets import fourier
+from dfm_flax.nets.siren import Siren
 from dfm_flax.tasks import TaskBase, starts
 
 
@@ -66,7 +66,6 @@ def model_from_info(config, meta: dict, rngs: nnx.Rngs):
 def one_net(m, channels: int, rngs: nnx.Rngs):
   """The net of model config m (Fourier Net or SIREN); the meta task learns its start."""
   if m.get("kind", "fourier") == "siren":
-    from dfm_flax.nets.siren import Siren
     return Siren(m.siren_hidden, m.siren_layers, channels, w0=m.siren_w0, rngs=rngs)
   return fourier.FourierNet(m.width, m.depth, channels, init_variance=init_variances(m, channels),
                             method=m.method, quant_bits=m.get("quant_bits", 0),

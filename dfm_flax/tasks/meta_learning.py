@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dfm_flax.nets import fourier, levenberg
-from dfm_flax.data import images
+from dfm_flax.data import datasets, images, photos
 from dfm_flax.errors import UserError
+from dfm_flax.nets import fourier, levenberg
 from dfm_flax.tasks import TaskBase, starts
 from dfm_flax.tasks.compress import one_net
 
@@ -50,7 +50,6 @@ def model_from_info(config, meta: dict, rngs: nnx.Rngs):
 def trained_on(meta_cfg, names: str) -> list[str]:
   """Those of the built-in photographs `names` (comma-separated) whose pixels the run
   trains on (meta.photos; coffee is coffee_full's, cat is chelsea)."""
-  from dfm_flax.data import photos
   return photos.shared(photo_names(names), photo_names(meta_cfg.photos))
 
 
@@ -62,7 +61,6 @@ def photo_names(text: str) -> list[str]:
 def data_images(config) -> tuple[list[np.ndarray], list[np.ndarray]]:
   """meta.source=data: config.data's images, split into (training, held out), with one
   channel count (grey repeated when grey and colour mix)."""
-  from dfm_flax.data import datasets
   pics, description = datasets.image_list(config.data)
   if len({p.shape[2] for p in pics}) > 1:
     pics = [np.repeat(p, 3, -1) if p.shape[2] == 1 else p for p in pics]
@@ -82,7 +80,6 @@ def meta_crops(config, count: int, seed: int, held_out: bool, split=None) -> np.
   """count crops, (count, crop*crop, C) in [-1, 1], of the training images or of those
   training never draws (held_out: the evaluation's, the benchmark's). split: data_images'
   result when already read."""
-  from dfm_flax.data import datasets
   mc = config.meta
   if mc.source == "photos":
     names = photo_names(mc.held_out if held_out else mc.photos)

@@ -23,7 +23,9 @@ import warnings
 import yaml
 from absl import app, flags
 
-import sweeps
+with warnings.catch_warnings():  # sweeps 0.2 declares pydantic v1 config keys: noise
+  warnings.simplefilter("ignore", UserWarning)
+  import sweeps
 from dfm_flax import files
 from dfm_flax.errors import UserError
 from experiments.cli import parse_flags, run_main

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dfm_flax.loop import logs, optim
+from dfm_flax.loop import logs, optim, train
 from dfm_flax.loop.train import make_train_step
 from dfm_flax.nets import fourier
 from dfm_flax.tasks.compress import Task as CompressTask
@@ -153,3 +153,9 @@ def test_an_older_runs_config_reads_as_a_current_one_in_one_place(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text()) == saved  # the file is kept as is
   plain = json.loads(compress.get_config("best").to_json_best_effort())
   assert "meta" not in restore.upgrade(plain)  # a compress run gains no meta section
+  # Nor does another task gain a compress setting: a VAE run resumes as saved.
+  from experiments import vae_mnist
+  vae = vae_mnist.get_config("smoke")
+  (tmp_path / "config.json").write_text(vae.to_json_best_effort())
+  assert "first_init_variance" not in restore.saved_config(str(tmp_path)).model
+  train.check_resumable(vae, str(tmp_path))

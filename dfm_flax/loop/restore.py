@@ -19,24 +19,25 @@ from dfm_flax.errors import UserError
 from dfm_flax.loop import logs
 from dfm_flax.loop.checkpoint import Checkpointer
 
-# Settings added to the config files after runs were saved, each with the value that does
-# what those runs did. The one place that reads an older run's config.json as a current one: a
-# run saved without a key resumes, restores and serves as a start under that value.
+# Settings added to the config files after runs were saved, per task, each with the value
+# that does what those runs did. The one place that reads an older run's config.json as a
+# current one: a run saved without a key resumes, restores and serves as a start under it.
 ADDED_LATER = {
-    "model.first_init_variance": 0.0,
-    "meta.scale": 1, "meta.source": "photos", "meta.inner_optimizer": "sgd",
-    "meta.lm_damping": 0.1, "meta.lm_down": 1.5, "meta.lm_search": False, "meta.lm_refit": 0,
+    "compress": {"model.first_init_variance": 0.0},
+    "meta": {"model.first_init_variance": 0.0,
+             "meta.scale": 1, "meta.source": "photos", "meta.inner_optimizer": "sgd",
+             "meta.lm_damping": 0.1, "meta.lm_down": 1.5, "meta.lm_search": False,
+             "meta.lm_refit": 0},
 }
 
 
 def upgrade(saved: dict) -> dict:
-  """An older run's config (a nested dict, as in config.json) with every ADDED_LATER key
-  it lacks, where its section exists (a compress run gains no meta section)."""
+  """An older run's config (a nested dict, as in config.json) with every key its task's
+  ADDED_LATER names and it lacks."""
   saved = json.loads(json.dumps(saved))  # A copy: the caller's dict stays as read.
-  for key, value in ADDED_LATER.items():
+  for key, value in ADDED_LATER.get(saved.get("task"), {}).items():
     section, name = key.split(".")
-    if isinstance(saved.get(section), dict):
-      saved[section].setdefault(name, value)
+    saved.setdefault(section, {}).setdefault(name, value)
   return saved
 
 

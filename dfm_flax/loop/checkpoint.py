@@ -72,11 +72,11 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None,
-           meta: dict[str, Any], good=None) -> None:
+           info: dict[str, Any], good=None) -> None:
     """good: (model state, optimizer state) of the divergence guard's last good step,
     when it is not this step; saved beside, so that a resumed run can still roll back."""
     items = {"model": ocp.args.StandardSave(nnx.state(model)),
-             "meta": ocp.args.JsonSave(dict(meta, step=step))}
+             "meta": ocp.args.JsonSave(dict(info, step=step))}  # item name kept: saved runs
     if optimizer is not None:
       items["optimizer"] = ocp.args.StandardSave(nnx.state(optimizer))
     if good is not None:

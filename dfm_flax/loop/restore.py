@@ -52,7 +52,7 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def load_model(workdir: str, expect_task: str | None = None):
-  """(config, meta, model) of the latest checkpoint in workdir."""
+  """(config, info, model) of the latest checkpoint in workdir."""
   config = saved_config(workdir)
   if expect_task and config.task != expect_task:
     raise UserError(f"{workdir} holds a {config.task!r} run, not a {expect_task!r} run")
@@ -61,16 +61,16 @@ def load_model(workdir: str, expect_task: str | None = None):
     raise UserError(f"no checkpoint in {workdir} (no checkpoints/ directory): train it first")
   ckpt = Checkpointer(ckpt_dir, read_only=True)
   try:
-    meta = ckpt.read_info()
+    info = ckpt.read_info()
     try:
-      model = nnx.eval_shape(lambda: tasks.model_from_info(config, meta, nnx.Rngs(0)))
+      model = nnx.eval_shape(lambda: tasks.model_from_info(config, info, nnx.Rngs(0)))
     except (KeyError, TypeError, ValueError) as e:
       raise UserError(f"the checkpoint in {workdir} does not match its config.json "
                       f"({type(e).__name__}: {e})") from None
     ckpt.restore(model)
   finally:
     ckpt.close()
-  return config, meta, model
+  return config, info, model
 
 
 def load_start(run: str):

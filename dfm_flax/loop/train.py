@@ -203,21 +203,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model, optimizer = build(config, task)
   mesh = place_on_mesh(config, model, optimizer)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-  meta = {"seconds": 0.0}
+  info = {"seconds": 0.0}
   watch = guard.DivergenceGuard(guard.config_of(config), task.reference_loss())
   if ckpt.latest_step() is not None:  # Restored straight onto this run's mesh.
-    meta = ckpt.restore(model, optimizer)
-    _resume_guard(watch, meta, ckpt, model, optimizer)
-    _say(f"resumed from checkpoint at step {meta['step']}")
+    info = ckpt.restore(model, optimizer)
+    _resume_guard(watch, info, ckpt, model, optimizer)
+    _say(f"resumed from checkpoint at step {info['step']}")
   elif config.get("init_from", ""):
     _init_from(model, config.init_from, task)
-  start = int(meta.get("step", 0))
+  start = int(info.get("step", 0))
   sharding.global_batch(task, start, mesh)  # A batch that does not divide fails here.
 
   logger = logs.MetricLogger(config, workdir, resume_step=start, enabled=main)
   warming = warm_up_evaluation(task, model) if main else None
   try:
-    seconds = _loop(config, task, model, optimizer, ckpt, logger, start, meta["seconds"], mesh,
+    seconds = _loop(config, task, model, optimizer, ckpt, logger, start, info["seconds"], mesh,
                     watch)
     # Evaluation runs on one device of process 0, whatever the training mesh was.
     state = sharding.to_host(nnx.state(model))
@@ -266,11 +266,11 @@ def warm_up_evaluation(task, model) -> threading.Thread | None:
   return thread
 
 
-def _resume_guard(watch, meta: dict, ckpt, model, optimizer) -> None:
+def _resume_guard(watch, info: dict, ckpt, model, optimizer) -> None:
   """The guard as it was at the checkpoint, with its last good state (kept in the
   checkpoint when it is older than the checkpoint itself)."""
-  watch.state = guard.GuardState.from_meta(meta.get("guard"))
-  step, good = int(meta["step"]), watch.state.good_step
+  watch.state = guard.GuardState.from_meta(info.get("guard"))
+  step, good = int(info["step"]), watch.state.good_step
   if good == step and watch.intervenes:  # (detect mode never rolls back: no copy kept)
     watch.keep(step, model, optimizer)
   elif good >= 0:

@@ -1,6 +1,6 @@
 """Tasks: what differs between experiments (model, batches, loss, evaluation).
 
-Each task module defines `Task(config)` and `model_from_info(config, meta, rngs)`,
+Each task module defines `Task(config)` and `model_from_info(config, info, rngs)`,
 which rebuilds the model from the config and the checkpoint metadata alone (no
 data), for sampling and feature extraction. A Task object has:
   checkpoint_info() -> dict saved with every checkpoint (what model_from_info needs)
@@ -48,8 +48,8 @@ def make(config):
   return module(config.task).Task(config)
 
 
-def model_from_info(config, meta: dict, rngs):
-  return module(config.task).model_from_info(config, meta, rngs)
+def model_from_info(config, info: dict, rngs):
+  return module(config.task).model_from_info(config, info, rngs)
 
 
 class TaskBase:

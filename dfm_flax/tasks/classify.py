@@ -37,9 +37,9 @@ class CNN(nnx.Module):
     return self.head(self.features(x))
 
 
-def model_from_info(config, meta: dict, rngs: nnx.Rngs) -> CNN:
-  h, w, c = meta["image_shape"]
-  return CNN(c, h, w, meta["num_classes"], config.model.features, rngs)
+def model_from_info(config, info: dict, rngs: nnx.Rngs) -> CNN:
+  h, w, c = info["image_shape"]
+  return CNN(c, h, w, info["num_classes"], config.model.features, rngs)
 
 
 def split(ds: datasets.Dataset, test_fraction: float, seed: int):

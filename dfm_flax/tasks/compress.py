@@ -51,10 +51,10 @@ def image_paths(config) -> list[str]:
   return [p.strip() for p in config.image.split(",") if p.strip()] if config.image else []
 
 
-def model_from_info(config, meta: dict, rngs: nnx.Rngs):
-  """One net, or (meta["image_shapes"] of several images) a stack of nets, net i seeded
+def model_from_info(config, info: dict, rngs: nnx.Rngs):
+  """One net, or (info["image_shapes"] of several images) a stack of nets, net i seeded
   seed + i: each trains exactly as it would alone with --config.seed=seed+i."""
-  m, shapes = config.model, meta.get("image_shapes") or [meta["image_shape"]]
+  m, shapes = config.model, info.get("image_shapes") or [info["image_shape"]]
   if len(shapes) == 1:
     return one_net(m, shapes[0][2], rngs)
   if m.get("kind", "fourier") != "fourier":

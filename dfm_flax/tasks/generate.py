@@ -23,11 +23,11 @@ def latent_group(path) -> str:
   return "latent" if names & {"latents", "encoder"} else "default"
 
 
-def model_from_info(config, meta: dict, rngs: nnx.Rngs):
+def model_from_info(config, info: dict, rngs: nnx.Rngs):
   """The generative model described by config.model and the data's shape."""
   m = config.model
-  h, w, c = meta["image_shape"]
-  num_images = meta["num_images"]
+  h, w, c = info["image_shape"]
+  num_images = info["num_images"]
   decoder = generative.FourierDecoder(
       m.latent_dim, list(m.decoder_hidden), m.width, m.depth, c, init_variance=m.init_variance,
       activation=m.activation, method=m.method, rngs=rngs)

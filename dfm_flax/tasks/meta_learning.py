@@ -43,8 +43,8 @@ from dfm_flax.tasks import TaskBase, starts
 from dfm_flax.tasks.compress import one_net
 
 
-def model_from_info(config, meta: dict, rngs: nnx.Rngs):
-  return one_net(config.model, meta["channels"], rngs)
+def model_from_info(config, info: dict, rngs: nnx.Rngs):
+  return one_net(config.model, info["channels"], rngs)
 
 
 def trained_on(meta_cfg, names: str) -> list[str]:

@@ -45,8 +45,8 @@ class VAE(nnx.Module):
     return (2 * probs - 1).reshape(z.shape[0], -1, self.channels)
 
 
-def model_from_info(config, meta: dict, rngs: nnx.Rngs) -> VAE:
-  return VAE(tuple(meta["image_shape"]), list(config.model.hidden), config.model.latent_dim,
+def model_from_info(config, info: dict, rngs: nnx.Rngs) -> VAE:
+  return VAE(tuple(info["image_shape"]), list(config.model.hidden), config.model.latent_dim,
              config.model.activation, rngs)
 
 

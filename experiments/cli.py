@@ -54,6 +54,8 @@ def run_main(fn, argv) -> None:
       import traceback
       traceback.print_exception(e)
     fail(str(e), e.exit_code)
+  except KeyboardInterrupt:  # Ctrl-C outside the train loop's own handling: files are atomic
+    fail("interrupted; what was written is kept: rerun the same command to go on", 130)
 
 
 def config_value(holder):

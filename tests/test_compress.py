@@ -99,23 +99,6 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(tmp_path):
   assert checkpoint_steps(wd)[-1] == step > 0
 
 
-def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
-  wd = str(tmp_path / "run")
-  assert run_cli("experiments.run", "--config", SMOKE, "--workdir", wd).returncode == 0
-  os.remove(os.path.join(wd, "metrics.json"))  # Pretend it crashed before finishing.
-  latest = os.path.join(wd, "checkpoints", str(checkpoint_steps(wd)[-1]), "model")
-  damaged = []
-  for root, _, files in os.walk(latest):
-    for name in files:
-      with open(os.path.join(root, name), "wb") as f:
-        f.write(b"garbage")
-      damaged.append(os.path.join(root, name))
-  proc = run_cli("experiments.run", "--config", SMOKE, "--workdir", wd)
-  assert "corrupt" in error_line(proc)
-  assert all(os.path.exists(p) for p in damaged)  # Nothing deleted behind the user's back.
-  assert os.path.exists(os.path.join(wd, "reconstruction.png"))
-
-
 @pytest.mark.parametrize("override,match", [
     ("--config.model.widht=3", "unknown config key in --config.model.widht=3"),
     ("--config.image=/no/such/file.png", "image not found"),

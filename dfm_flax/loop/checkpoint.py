@@ -8,7 +8,12 @@ corrupts what was saved.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
+import time
 from typing import Any
 
 import jax
@@ -38,18 +43,64 @@ def _shapes(tree) -> dict[str, tuple]:
           if hasattr(leaf, "shape")}
 
 
+def _os_error(error: BaseException) -> OSError | None:
+  """The OSError (a full disk, a missing or read-only directory) behind an orbax error."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, OSError):
+      return error
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return None
+
+
+_CLOSED_LOOP = re.compile(r"Traceback \(most recent call last\):\n(?:[ \t].*\n)*"
+                          r"RuntimeError: Event loop is closed\n")
+
+
+@contextlib.contextmanager
+def quiet_closed_loop():
+  """Reading a damaged checkpoint, tensorstore's threads report its failure to an asyncio
+  loop orbax has already closed, which prints 'Event loop is closed' tracebacks straight to
+  file descriptor 2. The failure itself is reported in one line; those tracebacks are
+  noise: stderr is captured for the block and given back without them."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      time.sleep(0.05)  # the threads' last reports
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      sys.stderr.write(_CLOSED_LOOP.sub("", captured.read().decode(errors="replace")))
+      sys.stderr.flush()
+
+
+class Mismatch(UserError):
+  """A whole checkpoint saved for another model: a wrong config, not a damaged file."""
+
+
 def check_shapes(item_dir: str, abstract_state) -> None:
-  """Refuse, before reading arrays, a checkpoint saved for a differently shaped model."""
+  """Refuse, before reading arrays, a checkpoint saved for a differently shaped model (a
+  Mismatch), or one whose array metadata is missing or unreadable (damaged)."""
   try:
-    saved = _shapes(ocp.StandardCheckpointer().metadata(item_dir).item_metadata)
+    with ocp.StandardCheckpointer() as reader:  # closed at once: no thread outlives the read
+      saved = _shapes(reader.metadata(item_dir).item_metadata)
   except Exception as e:
-    raise UserError(f"checkpoint {item_dir} is corrupt: cannot read its metadata "
-                    f"({type(e).__name__}); move it away or use another --workdir") from e
+    raise UserError(f"checkpoint {item_dir} is damaged: cannot read its metadata "
+                    f"({type(e).__name__})") from e
   wanted = _shapes(abstract_state)
+  missing = sorted(set(wanted) - set(saved))
+  if missing and set(saved) < set(wanted):
+    raise UserError(f"checkpoint {item_dir} is damaged: {missing[0]} is missing")
   for key in sorted(set(saved) | set(wanted)):
     if saved.get(key) != wanted.get(key):
-      raise UserError(f"checkpoint {item_dir} does not match the model of this config: "
-                      f"{key} is {saved.get(key)} there but {wanted.get(key)} here")
+      raise Mismatch(f"checkpoint {item_dir} does not match the model of this config: "
+                     f"{key} is {saved.get(key)} there but {wanted.get(key)} here")
 
 
 class Checkpointer:
@@ -57,16 +108,74 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 2, read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    self.read_only = read_only
     if read_only and not os.path.isdir(self.directory):
       raise UserError(f"no checkpoint directory at {self.directory}")
+    if not read_only:
+      self._set_aside_temporaries()
+    self.max_to_keep = max_to_keep
+    self._open()
+
+  def _open(self) -> None:
     # read_only: never create or delete anything (orbax's own read_only flag only warns).
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=None if read_only else max_to_keep, create=not read_only,
+        max_to_keep=None if self.read_only else self.max_to_keep, create=not self.read_only,
         enable_async_checkpointing=False)
     try:
       self.manager = ocp.CheckpointManager(self.directory, options=options)
     except Exception as e:  # orbax raises various types for unreadable directories.
       raise UserError(f"cannot open checkpoint directory {self.directory}: {e}") from e
+
+  def _set_aside(self, name: str, why: str) -> str:
+    """Rename checkpoints/NAME out of orbax's sight (never deleted); returns the new name."""
+    # Out of orbax's sight: orbax deletes whatever still looks like its temporary.
+    aside = f"{name.replace('.orbax-checkpoint-tmp', '.partial')}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.rename(os.path.join(self.directory, name), os.path.join(self.directory, aside))
+    print(f"note: checkpoint {self.directory}/{name} {why}; set aside as {aside}",
+          file=sys.stderr)
+    return aside
+
+  def _set_aside_temporaries(self) -> None:
+    """A save cut short leaves a half-written temporary directory: set it aside."""
+    if os.path.isdir(self.directory):
+      for name in sorted(os.listdir(self.directory)):
+        if ".orbax-checkpoint-tmp" in name and ".damaged-" not in name:
+          self._set_aside(name, "was never finished (a save was cut short)")
+
+  def restore_newest(self, model: nnx.Module, optimizer: nnx.Optimizer | None = None,
+                     only=...) -> dict[str, Any]:
+    """Restore the newest checkpoint that restores. Each newer one that does not is set
+    aside (renamed, with one line), or in a read-only directory passed over with one line;
+    refused in one line only when none restores, or when they hold another model."""
+    with quiet_closed_loop():
+      return self._restore_newest(model, optimizer, only)
+
+  def _restore_newest(self, model, optimizer, only) -> dict[str, Any]:
+    failures = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        info = self.restore(model, optimizer, step, only)
+      except Mismatch:
+        raise
+      except UserError as e:
+        failures.append(step)
+        if self.read_only:
+          print(f"note: {e}; trying an older checkpoint", file=sys.stderr)
+        else:
+          self.manager.close()
+          self._set_aside(str(step), f"cannot be restored ({str(e).split(': ', 1)[-1]})")
+          self._open()
+        continue
+      if failures:
+        print(f"note: resuming from step {step}, the newest checkpoint that restores",
+              file=sys.stderr)
+      return info
+    if not failures:
+      raise UserError(f"no checkpoint found in {self.directory}")
+    raise UserError(f"no checkpoint in {self.directory} can be restored (steps "
+                    f"{', '.join(map(str, failures))}); " + (
+                        "they were set aside: rerun to start again from step 0"
+                        if not self.read_only else "train the run again"))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -82,8 +191,13 @@ class Checkpointer:
     if good is not None:
       items["good_model"] = ocp.args.StandardSave(good[0])
       items["good_optimizer"] = ocp.args.StandardSave(good[1])
-    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
-    self.manager.wait_until_finished()
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+      self.manager.wait_until_finished()
+    except Exception as e:
+      raise _os_error(e) or e
+
+
 
   def restore(self, model: nnx.Module, optimizer: nnx.Optimizer | None = None,
               step: int | None = None, only=...) -> dict[str, Any]:
@@ -101,7 +215,7 @@ class Checkpointer:
              "meta": ocp.args.JsonRestore()}
     if optimizer is not None:
       items["optimizer"] = ocp.args.StandardRestore(_abstract(nnx.state(optimizer)))
-    restored = self._restore_items(step, items, "is corrupt or does not match this model")
+    restored = self._restore_items(step, items, "is damaged: it cannot be read")
     nnx.update(model, restored["model"])
     if optimizer is not None:
       nnx.update(optimizer, restored["optimizer"])
@@ -119,7 +233,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     items = {"good_model": ocp.args.StandardRestore(_abstract(nnx.state(model))),
              "good_optimizer": ocp.args.StandardRestore(_abstract(nnx.state(optimizer)))}
-    restored = self._restore_items(step, items, "is corrupt: its guard state cannot be read")
+    restored = self._restore_items(step, items, "is damaged: its guard state cannot be read")
     return restored["good_model"], restored["good_optimizer"]
 
   def read_info(self, step: int | None = None) -> dict[str, Any]:
@@ -128,7 +242,7 @@ class Checkpointer:
     if step is None:
       raise UserError(f"no checkpoint found in {self.directory}")
     restored = self._restore_items(step, {"meta": ocp.args.JsonRestore()},
-                                   "is corrupt: cannot read its metadata")
+                                   "is damaged: its metadata cannot be read")
     return dict(restored["meta"])
 
   def _restore_items(self, step: int, items: dict, problem: str):
@@ -139,7 +253,7 @@ class Checkpointer:
     except Exception as e:
       msg = str(e).splitlines()[0] if str(e) else type(e).__name__
       raise UserError(f"checkpoint {self.directory}/{step} {problem} ({type(e).__name__}: "
-                      f"{msg[:300]}); move it away or use another --workdir") from e
+                      f"{msg[:300]})") from e
 
   def close(self) -> None:
     self.manager.close()

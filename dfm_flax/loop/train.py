@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 from dfm_flax import files, tasks
 from dfm_flax.errors import UserError
 from dfm_flax.loop import guard, logs, optim, progress, restore
+from dfm_flax.loop import workdir as workdir_lib
 from dfm_flax.loop.checkpoint import Checkpointer
 from dfm_flax.nets import fourier
 from dfm_flax.parallel import distributed, sharding
@@ -164,7 +165,7 @@ def _init_from(model, source: str, task) -> None:
   source_ckpt = Checkpointer(os.path.join(source, "checkpoints"), read_only=True)
   try:
     # A difference grid's start comes from the config (quant_start), not from the source.
-    source_ckpt.restore(model, only=nnx.Not(fourier.QuantStart))
+    source_ckpt.restore_newest(model, only=nnx.Not(fourier.QuantStart))
   finally:
     source_ckpt.close()
   _say(f"initialised from the weights in {source}")
@@ -194,10 +195,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if done is not None:
     print(f"{workdir} already finished {done['steps']} steps; metrics.json kept", file=sys.stderr)
     return done
-
   main = distributed.is_main()
   task = tasks.make(config)  # Validates the inputs before anything is written.
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.prepare(workdir)
+  # One run per workdir: process 0 holds the lock for the whole job.
+  with workdir_lib.hold(workdir, enabled=main):
+    check_resumable(config, workdir)  # again: no other run can write it now
+    return _train_and_evaluate(config, workdir, task, main)
+
+
+def _train_and_evaluate(config, workdir: str, task, main: bool) -> dict[str, Any]:
   if main:
     logs.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
   model, optimizer = build(config, task)
@@ -206,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   info = {"seconds": 0.0}
   watch = guard.DivergenceGuard(guard.config_of(config), task.reference_loss())
   if ckpt.latest_step() is not None:  # Restored straight onto this run's mesh.
-    info = ckpt.restore(model, optimizer)
+    info = ckpt.restore_newest(model, optimizer)
     _resume_guard(watch, info, ckpt, model, optimizer)
     _say(f"resumed from checkpoint at step {info['step']}")
   elif config.get("init_from", ""):
@@ -310,9 +317,14 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
   def save(at):
     train_step.sync()
     good = watch.kept() if 0 <= watch.state.good_step != at else None
-    ckpt.save(at, model, optimizer, {"seconds": seconds + time.perf_counter() - tic,
-                                     "seed": config.seed, "guard": watch.state.to_meta(),
-                                     **task.checkpoint_info()}, good=good)
+    try:
+      ckpt.save(at, model, optimizer, {"seconds": seconds + time.perf_counter() - tic,
+                                       "seed": config.seed, "guard": watch.state.to_meta(),
+                                       **task.checkpoint_info()}, good=good)
+    except OSError as e:  # a full disk, a vanished or read-only directory
+      raise UserError(f"cannot save the checkpoint of step {at} in {ckpt.directory}: "
+                      f"{e.strerror or e}; the checkpoints before it are kept: free the space "
+                      f"(or fix the directory) and rerun the same command") from None
 
   with _StopOnSigint() as stop:
     while step < steps:

@@ -1,0 +1,257 @@
+"""Faults injected into real runs: races for one workdir, stale locks, damaged and
+half-written checkpoints, SIGKILL again and again, a full disk. Each ends in one clear line
+and the right exit code, or in the uninterrupted run's metrics, with nothing written lost."""
+import errno
+import glob
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dfm_flax.errors import UserError
+from dfm_flax.loop import workdir as workdir_lib
+from tests.helpers import (
+  checkpoint_steps,
+  error_line,
+  popen_cli,
+  read_metrics,
+  run_cli,
+  wait_for_checkpoint,
+)
+
+SMOKE = "experiments/compress.py:smoke"
+KEYS = ("psnr", "ssim", "mse", "final_loss")
+
+
+def same_metrics(a: dict, b: dict) -> None:
+  for key in KEYS:
+    assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
+
+
+def dead_pid() -> int:
+  proc = subprocess.Popen([sys.executable, "-c", "pass"])
+  proc.wait()
+  return proc.pid
+
+
+# --- the lock, in process --------------------------------------------------------------
+def test_a_second_holder_is_refused_naming_the_first(tmp_path):
+  with workdir_lib.hold(str(tmp_path)):
+    holder = json.loads((tmp_path / ".lock").read_text())
+    assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+    # The same process again (another run in it) is refused too: the lock is the file's.
+    with pytest.raises(UserError, match=rf"in use by process {os.getpid()} on "):
+      workdir_lib.Lock(str(tmp_path)).acquire()
+  assert not (tmp_path / ".lock").exists()  # released on exit
+
+
+def test_a_lock_of_a_dead_process_is_taken_over_with_one_line(tmp_path, capsys):
+  (tmp_path / ".lock").write_text(json.dumps(
+      {"pid": dead_pid(), "host": socket.gethostname(), "started": time.time() - 60}))
+  with workdir_lib.hold(str(tmp_path)):
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+  assert "which is gone; taking it over" in capsys.readouterr().err
+
+
+def test_a_lock_held_on_another_host_is_refused_with_how_to_clear_it(tmp_path):
+  (tmp_path / ".lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": 0}))
+  with pytest.raises(UserError, match=r"on elsewhere .*if that host is gone, delete"):
+    workdir_lib.Lock(str(tmp_path)).acquire()
+  assert (tmp_path / ".lock").exists()
+
+
+def test_a_lock_never_released_by_a_failed_run_is_released(tmp_path):
+  with pytest.raises(RuntimeError):
+    with workdir_lib.hold(str(tmp_path)):
+      raise RuntimeError("the run failed")
+  assert not (tmp_path / ".lock").exists()
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda p: p.write_text("x"), "is a file, not a directory"),
+    (lambda p: (p.mkdir(), p.chmod(0o500)), "is not writable"),
+])
+def test_a_workdir_that_cannot_be_one_is_refused_in_one_line(tmp_path, make, says):
+  if says == "is not writable" and os.geteuid() == 0:
+    pytest.skip("root writes anywhere")
+  wd = tmp_path / "wd"
+  make(wd)
+  proc = run_cli("experiments.run", "--config", SMOKE, "--workdir", str(wd))
+  assert says in error_line(proc)
+
+
+# --- two runs, one workdir -------------------------------------------------------------
+@pytest.mark.slow
+def test_two_runs_racing_for_one_workdir_one_is_refused_and_nothing_is_written_twice(tmp_path):
+  wd = str(tmp_path / "run")
+  args = ["--config", SMOKE, "--workdir", wd, "--config.train.steps=200",
+          "--config.train.checkpoint_every=10", "--config.train.log_every=10"]
+  first = popen_cli("experiments.run", *args)
+  wait_for_checkpoint(first, wd, 10)
+  second = run_cli("experiments.run", *args)
+  assert f"in use by process {first.pid} on {socket.gethostname()}" in error_line(second)
+  out, err = first.communicate(timeout=300)
+  assert first.returncode == 0, err
+  steps = [json.loads(line)["step"] for line in open(os.path.join(wd, "history.jsonl"))]
+  assert steps == sorted(set(steps))  # every logged step once
+  assert not os.path.exists(os.path.join(wd, ".lock"))
+
+
+@pytest.mark.slow
+def test_a_run_takes_over_the_lock_of_a_killed_run_and_finishes(tmp_path):
+  wd = str(tmp_path / "run")
+  args = ["--config", SMOKE, "--workdir", wd]
+  proc = popen_cli("experiments.run", *args, "--config.train.steps=2000")
+  while not os.path.exists(os.path.join(wd, ".lock")):
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert os.path.exists(os.path.join(wd, ".lock"))  # SIGKILL leaves it behind
+  rerun = run_cli("experiments.run", *args, "--config.train.steps=2000", "--config.train.stop_at=30")
+  assert rerun.returncode == 0, rerun.stderr
+  assert "which is gone; taking it over" in rerun.stderr
+
+
+# --- damaged checkpoints ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+  """An uninterrupted smoke run with a checkpoint every 10 steps: the metrics to match."""
+  wd = str(tmp_path_factory.mktemp("whole") / "run")
+  proc = run_cli("experiments.run", "--config", SMOKE, "--workdir", wd,
+                 "--config.train.checkpoint_every=10")
+  assert proc.returncode == 0, proc.stderr
+  return read_metrics(wd)
+
+
+def _damage(checkpoint_dir: str) -> list[str]:
+  """Remove the array files of a checkpoint's model (as a disk error or a careless rm)."""
+  gone = [p for p in glob.glob(os.path.join(checkpoint_dir, "model", "**", "*"), recursive=True)
+          if os.path.isfile(p) and "metadata" not in os.path.basename(p).lower()]
+  for p in gone[: max(1, len(gone) // 2)]:
+    os.remove(p)
+  return gone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["missing files", "garbage"])
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_before_it(
+    tmp_path, whole, damage):
+  wd = str(tmp_path / "run")
+  args = ["--config", SMOKE, "--workdir", wd, "--config.train.checkpoint_every=10"]
+  assert run_cli("experiments.run", *args, "--config.train.stop_at=50").returncode == 0
+  newest, before = checkpoint_steps(wd)[-1], checkpoint_steps(wd)[-2]
+  victim = os.path.join(wd, "checkpoints", str(newest))
+  if damage == "missing files":
+    _damage(victim)
+  else:
+    for p in glob.glob(os.path.join(victim, "model", "**", "*"), recursive=True):
+      if os.path.isfile(p):
+        with open(p, "wb") as f:
+          f.write(b"garbage")
+  kept = sorted(os.path.relpath(p, victim) for p in glob.glob(os.path.join(victim, "**", "*"),
+                                                             recursive=True))
+  rerun = run_cli("experiments.run", *args)
+  assert rerun.returncode == 0, rerun.stderr
+  assert "Traceback" not in rerun.stderr
+  assert f"checkpoints/{newest} cannot be restored" in rerun.stderr
+  assert f"resumed from checkpoint at step {before}" in rerun.stderr
+  aside = glob.glob(os.path.join(wd, "checkpoints", f"{newest}.damaged-*"))
+  assert len(aside) == 1  # set aside, never deleted: every file it had is still there
+  assert sorted(os.path.relpath(p, aside[0]) for p in glob.glob(os.path.join(aside[0], "**", "*"),
+                                                               recursive=True)) == kept
+  same_metrics(read_metrics(wd), whole)
+
+
+@pytest.mark.slow
+def test_when_no_checkpoint_restores_the_run_is_refused_in_one_line(tmp_path):
+  wd = str(tmp_path / "run")
+  args = ["--config", SMOKE, "--workdir", wd, "--config.train.checkpoint_every=10"]
+  assert run_cli("experiments.run", *args, "--config.train.stop_at=20").returncode == 0
+  for step in checkpoint_steps(wd):
+    _damage(os.path.join(wd, "checkpoints", str(step)))
+  line = error_line(run_cli("experiments.run", *args))
+  assert "no checkpoint in" in line and "can be restored" in line
+  assert len(glob.glob(os.path.join(wd, "checkpoints", "*.damaged-*"))) == 2
+
+
+@pytest.mark.slow
+def test_sampling_reads_past_a_damaged_newest_checkpoint_without_renaming_it(tmp_path):
+  wd = str(tmp_path / "gen")
+  proc = run_cli("experiments.run", "--config", "experiments/vae_mnist.py:smoke", "--workdir", wd)
+  assert proc.returncode == 0, proc.stderr
+  newest = checkpoint_steps(wd)[-1]
+  _damage(os.path.join(wd, "checkpoints", str(newest)))
+  out = str(tmp_path / "s.png")
+  proc = run_cli("experiments.sample", "--workdir", wd, "--out", out, "--num", "4",
+                 "--interpolate", "0")
+  assert proc.returncode == 0, proc.stderr
+  assert "trying an older checkpoint" in proc.stderr and os.path.exists(out)
+  assert os.path.isdir(os.path.join(wd, "checkpoints", str(newest)))  # a reader renames nothing
+
+
+@pytest.mark.slow
+def test_a_half_written_temporary_checkpoint_is_set_aside(tmp_path, whole):
+  wd = str(tmp_path / "run")
+  args = ["--config", SMOKE, "--workdir", wd, "--config.train.checkpoint_every=10"]
+  assert run_cli("experiments.run", *args, "--config.train.stop_at=30").returncode == 0
+  tmp = os.path.join(wd, "checkpoints", "40.orbax-checkpoint-tmp-1234")
+  os.makedirs(os.path.join(tmp, "model"))
+  rerun = run_cli("experiments.run", *args)
+  assert rerun.returncode == 0, rerun.stderr
+  assert "was never finished" in rerun.stderr
+  assert glob.glob(os.path.join(wd, "checkpoints", "40.partial-1234.damaged-*", "model"))
+  same_metrics(read_metrics(wd), whole)
+
+
+# --- SIGKILL again and again -------------------------------------------------------------
+@pytest.mark.slow
+def test_sigkill_at_random_points_again_and_again_ends_with_the_uninterrupted_metrics(
+    tmp_path, whole):
+  wd = str(tmp_path / "run")
+  args = ["--config", SMOKE, "--workdir", wd, "--config.train.checkpoint_every=10"]
+  rng = random.Random(0)
+  kills = 0
+  while kills < 4:
+    proc = popen_cli("experiments.run", *args)
+    while not os.path.exists(os.path.join(wd, ".lock")) and proc.poll() is None:
+      time.sleep(0.01)
+    time.sleep(rng.uniform(0.0, 4.0))  # anywhere: start-up, a step, a checkpoint save
+    if proc.poll() is not None:
+      break  # it finished first
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kills += 1
+  rerun = run_cli("experiments.run", *args)
+  assert rerun.returncode == 0, rerun.stderr
+  same_metrics(read_metrics(wd), whole)
+
+
+# --- a full disk ---------------------------------------------------------------------------
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_checkpoints_before(
+    tmp_path, monkeypatch):
+  from dfm_flax.loop import checkpoint, train
+  from experiments.compress import get_config
+  config = get_config("smoke")
+  config.train.checkpoint_every = 10
+  saves = []
+  real_save = checkpoint.Checkpointer.save
+
+  def save(self, step, *args, **kwargs):
+    if step >= 30:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    saves.append(step)
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
+  wd = str(tmp_path / "run")
+  with pytest.raises(UserError, match=r"cannot save the checkpoint of step 30 .*No space left"):
+    train.train_and_evaluate(config, wd)
+  assert checkpoint_steps(wd) == [10, 20] == saves
+  assert os.path.exists(os.path.join(wd, "config.json"))
+  assert not os.path.exists(os.path.join(wd, ".lock"))  # released on the way out

@@ -36,10 +36,14 @@ def parse_flags(argv):
     culprit = next((a for a in argv if a.startswith("--config.") and key in a), key)
     hint = re.search(r'Did you mean "(\w+)"', text)
     fail(f"unknown config key in {culprit}" + (f" (did you mean {hint.group(1)!r}?)" if hint else ""), 2)
+  except SyntaxError as e:  # a config file that does not parse
+    fail(f"config file {e.filename} line {e.lineno}: {e.msg}", 2)
   except (flags.Error, ValueError, TypeError) as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     # A config file that raised: its own message is the last line of the traceback.
     fail((lines[-1] if "Traceback" in str(e) else " ".join(lines)) or type(e).__name__, 2)
+  except Exception as e:  # noqa: BLE001  a config file's get_config raised something else
+    fail(f"the config file raised {type(e).__name__}: {e}", 2)
 
 
 def run_main(fn, argv) -> None:

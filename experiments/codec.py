@@ -39,6 +39,7 @@ from dfm_flax.codec.fileformat import MAX_PIXELS
 from dfm_flax.data import images
 from dfm_flax.errors import UserError
 from dfm_flax.loop import restore, train
+from dfm_flax.loop import workdir as workdir_lib
 from dfm_flax.tasks import starts
 from experiments.cli import config_value, fail, parse_flags, run_main
 
@@ -94,6 +95,10 @@ def _encode(image_path: str):
     raise UserError(f"--bits is the uniform grid's bit depth; on the {grid} grid the size "
                     f"sets the steps: drop --bits or use --grid uniform")
   image = images.load_image(image_path)
+  raw_bpp = 8 * image.shape[2]
+  if _BPP.value is not None and not 0 < _BPP.value < raw_bpp:
+    raise UserError(f"--bpp {_BPP.value:g} is not allowed: use a number above 0 and below "
+                    f"{raw_bpp}, the raw image's bits per pixel")
   bits = _BITS.value
   if _BPP.value is not None and not bits_given:
     # At a size budget, more bits on a smaller net win (docs/codec.md#choosing-the-net).
@@ -150,6 +155,7 @@ def _decode(path: str):
   if not out.lower().endswith(".png"):
     raise UserError(f"--out must name a .png file, got {out}")
   size = parse_size(_SIZE.value) if _SIZE.value else None
+  workdir_lib.prepare(os.path.dirname(os.path.abspath(out)), "output directory")  # before rendering
   try:
     with open(path, "rb") as f:
       data = f.read()

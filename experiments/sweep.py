@@ -28,6 +28,7 @@ with warnings.catch_warnings():  # sweeps 0.2 declares pydantic v1 config keys: 
   import sweeps
 from dfm_flax import files
 from dfm_flax.errors import UserError
+from dfm_flax.loop import workdir as workdir_lib
 from experiments.cli import parse_flags, run_main
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep (one subdirectory per run).")
@@ -153,7 +154,13 @@ def _sweep(argv):
   check_keys(config, spec["parameters"], path)
   overrides = [o.split("=", 1)[0] for o in _OVERRIDE.value]
   check_keys(config, overrides, "--override")
-  os.makedirs(_WORKDIR.value, exist_ok=True)
+  workdir_lib.prepare(_WORKDIR.value, "sweep directory")
+  # One runner per sweep directory: two would propose and launch the same run-NNN.
+  with workdir_lib.hold(_WORKDIR.value):
+    _run_sweep(spec, cfg_spec)
+
+
+def _run_sweep(spec: dict, cfg_spec: str) -> None:
   state = SweepState(_WORKDIR.value, {"sweep": spec, "overrides": _OVERRIDE.value})
   metric = spec.get("metric", {}).get("name")
   results = os.path.join(_WORKDIR.value, "sweep_results.csv")

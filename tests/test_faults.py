@@ -255,3 +255,123 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_checkpoints_befor
   assert checkpoint_steps(wd) == [10, 20] == saves
   assert os.path.exists(os.path.join(wd, "config.json"))
   assert not os.path.exists(os.path.join(wd, ".lock"))  # released on the way out
+
+
+# --- every value checked before work starts -------------------------------------------------
+@pytest.mark.parametrize("override, says", [
+    ("--config.train.steps=-5", "train.steps=-5 is not allowed: use at least 1"),
+    ("--config.train.batch_size=0", "train.batch_size=0 is not allowed: use at least 1"),
+    ("--config.optim.lr=0.0", "optim.lr=0.0 is not allowed: use a positive number"),
+    ("--config.guard.mode=loud", "guard.mode='loud' is not allowed: use one of recover"),
+    ("--config.optim.b1=1.0", "optim.b1=1.0 is not allowed: use in [0, 1)"),
+    ("--config.optim.warmup_steps=60", "optim.warmup_steps=60, train.steps=60 is not allowed"),
+    ("--config.model.coord_range=(1.0,0.0)", "model.coord_range=(1.0, 0.0) is not allowed"),
+])
+def test_a_bad_value_is_one_line_naming_key_value_and_what_is_allowed(tmp_path, override, says):
+  wd = tmp_path / "run"
+  proc = run_cli("experiments.run", "--config", SMOKE, "--workdir", str(wd), override)
+  assert proc.returncode == 2
+  assert says in error_line(proc)
+  assert not wd.exists()  # refused before anything was written
+
+
+def test_the_schema_names_only_settings_the_configs_have():
+  import importlib.util
+
+  from dfm_flax.loop import schema
+  from experiments.cli import EXPERIMENTS_DIR, experiment_configs
+  keys = set()
+  for name, variants in experiment_configs().items():
+    spec = importlib.util.spec_from_file_location("cfg", os.path.join(EXPERIMENTS_DIR, name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for variant in variants:
+      config = module.get_config(variant)
+      schema.check(config)  # every shipped variant passes
+      keys |= {k for k in schema.RULES if schema._get(config, k) is not schema._MISSING}
+  assert set(schema.RULES) - keys == set()
+
+
+@pytest.mark.parametrize("text, says", [
+    ("def get_config(:\n", "line 1: invalid syntax"),
+    ("def get_config():\n  return 1 / 0\n", "raised ZeroDivisionError"),
+])
+def test_a_broken_config_file_is_one_line(tmp_path, text, says):
+  path = tmp_path / "broken.py"
+  path.write_text(text)
+  proc = run_cli("experiments.run", "--config", str(path), "--workdir", str(tmp_path / "run"))
+  assert proc.returncode == 2 and says in error_line(proc)
+
+
+def test_ctrl_c_outside_the_loop_is_one_line_and_exit_130(capsys):
+  from experiments import cli
+
+  def interrupted(argv):
+    raise KeyboardInterrupt
+  with pytest.raises(SystemExit) as exit_:
+    cli.run_main(interrupted, [])
+  assert exit_.value.code == 130
+  assert capsys.readouterr().err.startswith("error: interrupted; what was written is kept")
+
+
+def test_an_image_claiming_a_huge_size_is_one_line(tmp_path):
+  import struct
+  import zlib
+
+  def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+  bomb = tmp_path / "bomb.png"
+  bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000,
+                                                                   8, 2, 0, 0, 0))
+                   + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+  for module, args in (("experiments.run", ["--config", SMOKE, "--workdir", str(tmp_path / "r"),
+                                            f"--config.image={bomb}"]),
+                       ("experiments.codec", ["encode", str(bomb), "--out", str(tmp_path / "b.dfm")])):
+    line = error_line(run_cli(module, *args))
+    assert "possible decompression bomb" in line and "DFM_MAX_IMAGE_PIXELS" in line
+
+
+# --- the codec's flags and paths ------------------------------------------------------------
+@pytest.fixture
+def small_png(tmp_path):
+  from PIL import Image
+  path = tmp_path / "small.png"
+  Image.new("RGB", (32, 32), (200, 40, 40)).save(path)
+  return str(path)
+
+
+@pytest.mark.parametrize("bpp, says", [("0", "--bpp 0 is not allowed"),
+                                       ("24", "below 24, the raw image's bits per pixel"),
+                                       ("100", "--bpp 100 is not allowed")])
+def test_codec_bpp_outside_the_raw_image_is_refused(tmp_path, small_png, bpp, says):
+  out = tmp_path / "f.dfm"
+  proc = run_cli("experiments.codec", "encode", small_png, "--out", str(out), "--bpp", bpp)
+  assert says in error_line(proc)
+  assert not out.exists() and not (tmp_path / "f.dfm.run").exists()
+
+
+def test_codec_decode_makes_its_output_directory_and_refuses_an_unused_start(tmp_path):
+  from dfm_flax.codec import fileformat
+  from tests.helpers import laplace_params
+  dfm = tmp_path / "f.dfm"
+  dfm.write_bytes(fileformat.encode(laplace_params(3, 3), (8, 8, 3), 3, 3, bits=8))
+  out = tmp_path / "new" / "dir" / "f.png"
+  proc = run_cli("experiments.codec", "decode", str(dfm), "--out", str(out))
+  assert proc.returncode == 0 and out.exists(), proc.stderr
+  (tmp_path / "blocked").write_text("a file where the directory should be")
+  line = error_line(run_cli("experiments.codec", "decode", str(dfm), "--out",
+                            str(tmp_path / "blocked" / "f.png")))
+  assert "is a file, not a directory" in line
+  with pytest.raises(UserError, match="coded without a start"):
+    fileformat.decode(dfm.read_bytes(), laplace_params(3, 3))
+
+
+# --- the sweep runner ----------------------------------------------------------------------
+def test_two_sweep_runners_never_share_a_directory(tmp_path):
+  sweep_dir = str(tmp_path / "sweep")
+  os.makedirs(sweep_dir)
+  with workdir_lib.hold(sweep_dir):
+    proc = run_cli("experiments.sweep", "sweeps/mnist_smoke_search.yaml", "--workdir", sweep_dir,
+                   "--max-runs", "1")
+  assert f"in use by process {os.getpid()}" in error_line(proc)
+  assert not os.path.exists(os.path.join(sweep_dir, "runs"))

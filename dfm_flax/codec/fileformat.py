@@ -174,6 +174,8 @@ def decode(data: bytes, start=None) -> tuple[dict, list]:
   if version == VERSION_WITH_START:
     header["start"] = data[offset:offset + DIGEST_BYTES].hex()
     offset += DIGEST_BYTES
+  elif start is not None:
+    raise UserError("this file was coded without a start: decode it without --init")
   if len(data) < header_bytes(depth, header["start"] is not None):
     raise UserError(f".dfm file too short for the {depth} layers its header names")
   stats = layer_stats(data, header)

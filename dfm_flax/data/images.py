@@ -41,6 +41,11 @@ def _to_float(pil: Image.Image, path: str) -> np.ndarray:
   return np.asarray(pil.convert("RGB"), np.float32) / 255.0
 
 
+# Pillow's guard against decompression bombs (a tiny file whose header claims a huge image):
+# its default, unless DFM_MAX_IMAGE_PIXELS asks for another.
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
 def load_image(path: str) -> np.ndarray:
   """Read a PNG/JPEG/any Pillow image as float32 (H, W, C) in [0, 1]; UserError if unreadable.
 
@@ -51,10 +56,14 @@ def load_image(path: str) -> np.ndarray:
     raise UserError(f"image not found: {path}")
   if os.path.isdir(path):
     raise UserError(f"image path is a directory, not a file: {path}")
+  Image.MAX_IMAGE_PIXELS = int(os.environ.get("DFM_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
   try:
     with Image.open(path) as pil:
       pil.load()
       arr = _to_float(pil, path)
+  except Image.DecompressionBombError as e:
+    raise UserError(f"image {path} is refused as a possible decompression bomb ({e}); if it "
+                    f"is a real image, raise the limit with DFM_MAX_IMAGE_PIXELS=N") from None
   except UnidentifiedImageError:
     raise UserError(f"not an image file (Pillow cannot identify it): {path}") from None
   except (OSError, ValueError) as e:

@@ -22,6 +22,9 @@ def _wandb_logged_in() -> bool:
   return bool(auth and auth[2])
 
 
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
 def wandb_mode(config_mode: str) -> str:
   """online when logged in, otherwise offline; WANDB_MODE or the config override.
 

@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 
 from dfm_flax import files, tasks
 from dfm_flax.errors import UserError
-from dfm_flax.loop import guard, logs, optim, progress, restore
+from dfm_flax.loop import guard, logs, optim, progress, restore, schema
 from dfm_flax.loop import workdir as workdir_lib
 from dfm_flax.loop.checkpoint import Checkpointer
 from dfm_flax.nets import fourier
@@ -190,6 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   process 0 alone writes config.json, logs, figures and metrics.json (the others
   return {}).
   """
+  schema.check(config)  # every value, before anything is read, allocated or written
   check_resumable(config, workdir)
   done = finished_metrics(config, workdir)
   if done is not None:

@@ -3,7 +3,7 @@
   python -m experiments.run --config experiments/meta.py --workdir runs/meta
   python -m experiments.run --config experiments/meta.py:smoke --workdir /tmp/meta_smoke
   # a compression fit from the learned start (same net size and coordinate range):
-  python -m experiments.run --config experiments/compress.py --workdir runs/from_meta \\
+  python -m experiments.run --config experiments/compress.py --workdir runs/from_dict \\
       --config.init_from=runs/meta --config.model.width=6 --config.model.depth=5
 
 Crops of the built-in colour photographs train it; `meta.held_out` photographs are never

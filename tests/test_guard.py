@@ -154,7 +154,7 @@ def test_guard_decisions():
   g7.state.best = 0.0447
   assert g7.healthy(0.058) and not g7.healthy(0.0600)
   state = guard.GuardState(best=math.inf, bad=2, recoveries=1, good_step=30)
-  assert guard.GuardState.from_meta(json.loads(json.dumps(state.to_meta()))) == state
+  assert guard.GuardState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
 
 
 def test_each_rollback_lowers_the_lr_even_to_the_same_kept_step():

@@ -83,16 +83,16 @@ class GuardState:
   good_step: int = -1  # Step of the in-memory copy (-1: none yet).
   collapsed: bool = False  # Last verdict: the loss is in a collapse now.
 
-  def to_meta(self) -> dict:
+  def to_dict(self) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in dataclasses.asdict(self).items()}
 
   @classmethod
-  def from_meta(cls, meta: dict | None) -> "GuardState":
-    meta = dict(meta or {})
-    if meta.get("best") is None:
-      meta["best"] = math.inf
-    return cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta})
+  def from_dict(cls, saved: dict | None) -> "GuardState":
+    saved = dict(saved or {})
+    if saved.get("best") is None:
+      saved["best"] = math.inf
+    return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
 
 
 def _copy(tree):

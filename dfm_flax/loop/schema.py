@@ -117,6 +117,11 @@ RELATIONS = [
 ]
 
 
+def present(config) -> list[str]:
+  """The RULES keys that `config` has."""
+  return [key for key in RULES if _get(config, key) is not _MISSING]
+
+
 def check(config) -> None:
   """Refuse, in one line, the first value of `config` that breaks a rule or relation."""
   for key, (ok, allowed) in RULES.items():

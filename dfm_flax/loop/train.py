@@ -277,7 +277,7 @@ def warm_up_evaluation(task, model) -> threading.Thread | None:
 def _resume_guard(watch, info: dict, ckpt, model, optimizer) -> None:
   """The guard as it was at the checkpoint, with its last good state (kept in the
   checkpoint when it is older than the checkpoint itself)."""
-  watch.state = guard.GuardState.from_meta(info.get("guard"))
+  watch.state = guard.GuardState.from_dict(info.get("guard"))
   step, good = int(info["step"]), watch.state.good_step
   if good == step and watch.intervenes:  # (detect mode never rolls back: no copy kept)
     watch.keep(step, model, optimizer)
@@ -320,7 +320,7 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
     good = watch.kept() if 0 <= watch.state.good_step != at else None
     try:
       ckpt.save(at, model, optimizer, {"seconds": seconds + time.perf_counter() - tic,
-                                       "seed": config.seed, "guard": watch.state.to_meta(),
+                                       "seed": config.seed, "guard": watch.state.to_dict(),
                                        **task.checkpoint_info()}, good=good)
     except OSError as e:  # a full disk, a vanished or read-only directory
       raise UserError(f"cannot save the checkpoint of step {at} in {ckpt.directory}: "

@@ -150,3 +150,10 @@ def best(c: ml_collections.ConfigDict) -> None:
   c.train.log_every = 100
   c.train.checkpoint_every = 1000
   c.guard.mode = "recover"  # roll back and lower the lr on the collapses that remain
+
+
+def with_steps(c: ml_collections.ConfigDict, steps: int) -> None:
+  """Train `c` for `steps`, its warm-up capped at half of them (a run shorter than the
+  recipe's warm-up would never reach its peak; the schema refuses it)."""
+  c.train.steps = steps
+  c.optim.warmup_steps = min(c.optim.warmup_steps, steps // 2)

@@ -17,7 +17,7 @@ from dfm_flax.data import images, photos
 from dfm_flax.loop import train
 from dfm_flax.loop.restore import load_model
 from dfm_flax.nets import siren
-from experiments.compress import get_config
+from experiments.compress import get_config, with_steps
 
 FIELDS = ["image", "codec", "setting", "bytes", "bpp", "psnr", "ssim", "encode_s", "decode_s"]
 
@@ -40,7 +40,7 @@ class Study:
     siren = overrides.get("model.kind") == "siren"
     config = get_config("siren" if siren else "best")
     config.image = image
-    config.train.steps = (siren and self.siren_steps) or self.steps
+    with_steps(config, (siren and self.siren_steps) or self.steps)
     config.seed = self.seed
     config.train.quiet = True
     config.wandb.mode = "disabled"

@@ -27,7 +27,7 @@ from dfm_flax.data import images
 from dfm_flax.loop import logs, restore, train
 from dfm_flax.loop.restore import saved_config
 from dfm_flax.tasks import meta_learning
-from experiments.compress import get_config
+from experiments.compress import get_config, with_steps
 from studies import crop_fits
 
 KINDS = (("weights", False), ("difference", False), ("weights", True), ("difference", True))
@@ -62,7 +62,7 @@ def main():
     image = images.load_image(png)
     config = get_config(a.config)
     config.image, config.init_from = png, start
-    config.train.steps = a.steps
+    with_steps(config, a.steps)
     for key in ("width", "depth", "coord_range", "method"):
       config.model[key] = net[key]
     fit = os.path.join(a.out, f"crop{i}.fit")

@@ -261,7 +261,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_checkpoints_befor
 @pytest.mark.parametrize("override, says", [
     ("--config.train.steps=-5", "train.steps=-5 is not allowed: use at least 1"),
     ("--config.train.batch_size=0", "train.batch_size=0 is not allowed: use at least 1"),
-    ("--config.optim.lr=0.0", "optim.lr=0.0 is not allowed: use a positive number"),
+    ("--config.optim.lr=-0.1", "optim.lr=-0.1 is not allowed: use a number of at least 0"),
     ("--config.guard.mode=loud", "guard.mode='loud' is not allowed: use one of recover"),
     ("--config.optim.b1=1.0", "optim.b1=1.0 is not allowed: use in [0, 1)"),
     ("--config.optim.warmup_steps=60", "optim.warmup_steps=60, train.steps=60 is not allowed"),

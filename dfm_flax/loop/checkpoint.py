@@ -54,8 +54,10 @@ def _os_error(error: BaseException) -> OSError | None:
   return None
 
 
-_CLOSED_LOOP = re.compile(r"Traceback \(most recent call last\):\n(?:[ \t].*\n)*"
-                          r"RuntimeError: Event loop is closed\n")
+# What those tracebacks print, from two threads at once, so their lines can interleave.
+_CLOSED_LOOP = re.compile(r"Traceback \(most recent call last\):|  File \"[^\"]*asyncio/base_events"
+                          r"\.py\", line \d+, in \w+|self\._check_closed\(\)|raise RuntimeError\("
+                          r"'Event loop is closed'\)|RuntimeError: Event loop is closed")
 
 
 @contextlib.contextmanager
@@ -76,7 +78,8 @@ def quiet_closed_loop():
       os.dup2(saved, 2)
       os.close(saved)
       captured.seek(0)
-      sys.stderr.write(_CLOSED_LOOP.sub("", captured.read().decode(errors="replace")))
+      text = _CLOSED_LOOP.sub("", captured.read().decode(errors="replace"))
+      sys.stderr.write("".join(line for line in text.splitlines(keepends=True) if line.strip()))
       sys.stderr.flush()
 
 

@@ -25,6 +25,10 @@ def _positive() -> tuple[Callable, str]:
   return (lambda v: math.isfinite(v) and v > 0), "a positive number"
 
 
+def _non_negative() -> tuple[Callable, str]:
+  return (lambda v: math.isfinite(v) and v >= 0), "a number of at least 0"
+
+
 def _fraction(closed_low: bool = True) -> tuple[Callable, str]:
   if closed_low:
     return (lambda v: 0 <= v < 1), "in [0, 1)"
@@ -44,7 +48,7 @@ RULES: dict[str, tuple[Callable, str]] = {
     "train.stop_at": _at_least(0),
     "train.eval_chunk": _at_least(1),
     "optim.name": _one_of(("adam", "adamw", "sgd")),
-    "optim.lr": _positive(),
+    "optim.lr": _non_negative(),  # 0 holds a net at its start
     "optim.schedule": _one_of(("constant", "linear", "cosine")),
     "optim.warmup_steps": _at_least(0),
     "optim.end_lr": _at_least(0),
@@ -110,7 +114,6 @@ _MISSING = object()
 RELATIONS = [
     (("optim.warmup_steps", "train.steps"), lambda w, s: w == 0 or w < s,
      "warm-up shorter than the run"),
-    (("optim.end_lr", "optim.lr"), lambda e, lr: e <= lr, "an end lr no larger than the lr"),
     (("train.stop_at", "train.steps"), lambda a, s: a <= s, "a stop no later than train.steps"),
     (("model.coord_range",), lambda r: len(r) == 2 and all(map(math.isfinite, r)) and r[0] < r[1],
      "two finite numbers, low < high"),

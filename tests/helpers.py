@@ -11,6 +11,7 @@ import numpy as np
 from dfm_flax.nets import fourier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = "experiments/compress.py:smoke"  # the quick compression run most tests make
 
 
 def run_cli(module: str, *args: str, timeout: float = 300, env_extra=None,

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from tests.helpers import (
+  SMOKE,
   checkpoint_steps,
   error_line,
   popen_cli,
@@ -15,7 +16,6 @@ from tests.helpers import (
   wait_for_checkpoint,
 )
 
-SMOKE = "experiments/compress.py:smoke"
 KEYS = {"psnr", "ssim", "mse", "num_params", "bytes", "bpp", "percent_of_raw", "steps", "seconds", "jpeg"}
 
 

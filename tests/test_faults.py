@@ -16,16 +16,9 @@ import pytest
 
 from dfm_flax.errors import UserError
 from dfm_flax.loop import workdir as workdir_lib
-from tests.helpers import (
-  checkpoint_steps,
-  error_line,
-  popen_cli,
-  read_metrics,
-  run_cli,
-  wait_for_checkpoint,
-)
+from tests import helpers
+from tests.helpers import SMOKE, error_line, run_cli
 
-SMOKE = "experiments/compress.py:smoke"
 KEYS = ("psnr", "ssim", "mse", "final_loss")
 
 
@@ -92,8 +85,8 @@ def test_two_runs_racing_for_one_workdir_one_is_refused_and_nothing_is_written_t
   wd = str(tmp_path / "run")
   args = ["--config", SMOKE, "--workdir", wd, "--config.train.steps=200",
           "--config.train.checkpoint_every=10", "--config.train.log_every=10"]
-  first = popen_cli("experiments.run", *args)
-  wait_for_checkpoint(first, wd, 10)
+  first = helpers.popen_cli("experiments.run", *args)
+  helpers.wait_for_checkpoint(first, wd, 10)
   second = run_cli("experiments.run", *args)
   assert f"in use by process {first.pid} on {socket.gethostname()}" in error_line(second)
   out, err = first.communicate(timeout=300)
@@ -107,7 +100,7 @@ def test_two_runs_racing_for_one_workdir_one_is_refused_and_nothing_is_written_t
 def test_a_run_takes_over_the_lock_of_a_killed_run_and_finishes(tmp_path):
   wd = str(tmp_path / "run")
   args = ["--config", SMOKE, "--workdir", wd]
-  proc = popen_cli("experiments.run", *args, "--config.train.steps=2000")
+  proc = helpers.popen_cli("experiments.run", *args, "--config.train.steps=2000")
   while not os.path.exists(os.path.join(wd, ".lock")):
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
@@ -126,7 +119,7 @@ def whole(tmp_path_factory):
   proc = run_cli("experiments.run", "--config", SMOKE, "--workdir", wd,
                  "--config.train.checkpoint_every=10")
   assert proc.returncode == 0, proc.stderr
-  return read_metrics(wd)
+  return helpers.read_metrics(wd)
 
 
 def _damage(checkpoint_dir: str) -> list[str]:
@@ -145,7 +138,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_before_it(
   wd = str(tmp_path / "run")
   args = ["--config", SMOKE, "--workdir", wd, "--config.train.checkpoint_every=10"]
   assert run_cli("experiments.run", *args, "--config.train.stop_at=50").returncode == 0
-  newest, before = checkpoint_steps(wd)[-1], checkpoint_steps(wd)[-2]
+  newest, before = helpers.checkpoint_steps(wd)[-1], helpers.checkpoint_steps(wd)[-2]
   victim = os.path.join(wd, "checkpoints", str(newest))
   if damage == "missing files":
     _damage(victim)
@@ -165,7 +158,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_before_it(
   assert len(aside) == 1  # set aside, never deleted: every file it had is still there
   assert sorted(os.path.relpath(p, aside[0]) for p in glob.glob(os.path.join(aside[0], "**", "*"),
                                                                recursive=True)) == kept
-  same_metrics(read_metrics(wd), whole)
+  same_metrics(helpers.read_metrics(wd), whole)
 
 
 @pytest.mark.slow
@@ -173,7 +166,7 @@ def test_when_no_checkpoint_restores_the_run_is_refused_in_one_line(tmp_path):
   wd = str(tmp_path / "run")
   args = ["--config", SMOKE, "--workdir", wd, "--config.train.checkpoint_every=10"]
   assert run_cli("experiments.run", *args, "--config.train.stop_at=20").returncode == 0
-  for step in checkpoint_steps(wd):
+  for step in helpers.checkpoint_steps(wd):
     _damage(os.path.join(wd, "checkpoints", str(step)))
   line = error_line(run_cli("experiments.run", *args))
   assert "no checkpoint in" in line and "can be restored" in line
@@ -185,7 +178,7 @@ def test_sampling_reads_past_a_damaged_newest_checkpoint_without_renaming_it(tmp
   wd = str(tmp_path / "gen")
   proc = run_cli("experiments.run", "--config", "experiments/vae_mnist.py:smoke", "--workdir", wd)
   assert proc.returncode == 0, proc.stderr
-  newest = checkpoint_steps(wd)[-1]
+  newest = helpers.checkpoint_steps(wd)[-1]
   _damage(os.path.join(wd, "checkpoints", str(newest)))
   out = str(tmp_path / "s.png")
   proc = run_cli("experiments.sample", "--workdir", wd, "--out", out, "--num", "4",
@@ -206,7 +199,7 @@ def test_a_half_written_temporary_checkpoint_is_set_aside(tmp_path, whole):
   assert rerun.returncode == 0, rerun.stderr
   assert "was never finished" in rerun.stderr
   assert glob.glob(os.path.join(wd, "checkpoints", "40.partial-1234.damaged-*", "model"))
-  same_metrics(read_metrics(wd), whole)
+  same_metrics(helpers.read_metrics(wd), whole)
 
 
 # --- SIGKILL again and again -------------------------------------------------------------
@@ -218,7 +211,7 @@ def test_sigkill_at_random_points_again_and_again_ends_with_the_uninterrupted_me
   rng = random.Random(0)
   kills = 0
   while kills < 4:
-    proc = popen_cli("experiments.run", *args)
+    proc = helpers.popen_cli("experiments.run", *args)
     while not os.path.exists(os.path.join(wd, ".lock")) and proc.poll() is None:
       time.sleep(0.01)
     time.sleep(rng.uniform(0.0, 4.0))  # anywhere: start-up, a step, a checkpoint save
@@ -229,7 +222,7 @@ def test_sigkill_at_random_points_again_and_again_ends_with_the_uninterrupted_me
     kills += 1
   rerun = run_cli("experiments.run", *args)
   assert rerun.returncode == 0, rerun.stderr
-  same_metrics(read_metrics(wd), whole)
+  same_metrics(helpers.read_metrics(wd), whole)
 
 
 # --- a full disk ---------------------------------------------------------------------------
@@ -252,7 +245,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_checkpoints_befor
   wd = str(tmp_path / "run")
   with pytest.raises(UserError, match=r"cannot save the checkpoint of step 30 .*No space left"):
     train.train_and_evaluate(config, wd)
-  assert checkpoint_steps(wd) == [10, 20] == saves
+  assert helpers.checkpoint_steps(wd) == [10, 20] == saves
   assert os.path.exists(os.path.join(wd, "config.json"))
   assert not os.path.exists(os.path.join(wd, ".lock"))  # released on the way out
 

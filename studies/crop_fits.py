@@ -19,7 +19,7 @@ from dfm_flax.loop import optim, progress
 from dfm_flax.nets import levenberg
 from dfm_flax.tasks import compress, meta_learning
 from experiments import cli
-from experiments.compress import get_config
+from experiments.compress import get_config, with_steps
 
 
 def fit_segments(runner, starts, targets, lrs, checkpoints, state=None, desc=""):
@@ -118,10 +118,10 @@ def check_held_out(mc, names: str) -> None:
 def recipe(steps: int):
   """compress.py:best's optimiser and schedule over `steps`, at a peak of 1 (the runner
   scales each layer's update by its lr), and the recipe's peak lr."""
-  cfg = get_config("best").optim
-  peak = cfg.lr
+  config = get_config("best")
+  with_steps(config, steps)
+  cfg, peak = config.optim, config.optim.lr
   cfg.lr, cfg.end_lr = 1.0, cfg.end_lr / peak
-  cfg.warmup_steps = min(cfg.warmup_steps, steps // 2)
   return optim.single(cfg, steps), peak
 
 

@@ -43,7 +43,7 @@ def _to_float(pil: Image.Image, path: str) -> np.ndarray:
 
 # Pillow's guard against decompression bombs (a tiny file whose header claims a huge image):
 # its default, unless DFM_MAX_IMAGE_PIXELS asks for another.
-MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+Image.MAX_IMAGE_PIXELS = int(os.environ.get("DFM_MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS))
 
 
 def load_image(path: str) -> np.ndarray:
@@ -56,7 +56,6 @@ def load_image(path: str) -> np.ndarray:
     raise UserError(f"image not found: {path}")
   if os.path.isdir(path):
     raise UserError(f"image path is a directory, not a file: {path}")
-  Image.MAX_IMAGE_PIXELS = int(os.environ.get("DFM_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
   try:
     with Image.open(path) as pil:
       pil.load()

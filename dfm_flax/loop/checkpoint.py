@@ -147,32 +147,33 @@ class Checkpointer:
 
   def restore_newest(self, model: nnx.Module, optimizer: nnx.Optimizer | None = None,
                      only=...) -> dict[str, Any]:
-    """Restore the newest checkpoint that restores. Each newer one that does not is set
-    aside (renamed, with one line), or in a read-only directory passed over with one line;
-    refused in one line only when none restores, or when they hold another model."""
-    with quiet_closed_loop():
-      return self._restore_newest(model, optimizer, only)
+    """Restore the newest checkpoint that restores (`newest`); returns its info."""
+    return self.newest(lambda step: self.restore(model, optimizer, step, only))
 
-  def _restore_newest(self, model, optimizer, only) -> dict[str, Any]:
-    failures = []
-    for step in sorted(self.manager.all_steps(), reverse=True):
-      try:
-        info = self.restore(model, optimizer, step, only)
-      except Mismatch:
-        raise
-      except UserError as e:
-        failures.append(step)
-        if self.read_only:
-          print(f"note: {e}; trying an older checkpoint", file=sys.stderr)
-        else:
-          self.manager.close()
-          self._set_aside(str(step), f"cannot be restored ({str(e).split(': ', 1)[-1]})")
-          self._open()
-        continue
-      if failures:
-        print(f"note: resuming from step {step}, the newest checkpoint that restores",
-              file=sys.stderr)
-      return info
+  def newest(self, attempt):
+    """attempt(step) for the newest step where it succeeds. Each newer checkpoint where it
+    fails is set aside (renamed, with one line), or in a read-only directory passed over
+    with one line; refused in one line only when none succeeds, or on a Mismatch (the
+    checkpoints hold another model: a wrong config, not damage)."""
+    with quiet_closed_loop():
+      failures = []
+      for step in sorted(self.manager.all_steps(), reverse=True):
+        try:
+          result = attempt(step)
+        except Mismatch:
+          raise
+        except UserError as e:
+          failures.append(step)
+          if self.read_only:
+            print(f"note: {e}; trying an older checkpoint", file=sys.stderr)
+          else:
+            self.manager.close()
+            self._set_aside(str(step), f"cannot be restored ({str(e).split(': ', 1)[-1]})")
+            self._open()
+          continue
+        if failures:
+          print(f"note: using step {step}, the newest checkpoint that restores", file=sys.stderr)
+        return result
     if not failures:
       raise UserError(f"no checkpoint found in {self.directory}")
     raise UserError(f"no checkpoint in {self.directory} can be restored (steps "

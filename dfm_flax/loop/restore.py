@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 
 import ml_collections
 import numpy as np
@@ -18,7 +17,7 @@ from flax import nnx
 from dfm_flax import tasks
 from dfm_flax.errors import UserError
 from dfm_flax.loop import logs
-from dfm_flax.loop.checkpoint import Checkpointer, Mismatch, quiet_closed_loop
+from dfm_flax.loop.checkpoint import Checkpointer, Mismatch
 
 # Settings added to the config files after runs were saved, per task, each with the value
 # that does what those runs did. The one place that reads an older run's config.json as a
@@ -62,36 +61,28 @@ def load_model(workdir: str, expect_task: str | None = None):
     raise UserError(f"no checkpoint in {workdir} (no checkpoints/ directory): train it first")
   ckpt = Checkpointer(ckpt_dir, read_only=True)
   try:
-    with quiet_closed_loop():
-      info, model = _newest_model(ckpt, config, workdir)
+    info, model = _newest_model(ckpt, config, workdir)
   finally:
     ckpt.close()
   return config, info, model
 
 
 def _newest_model(ckpt: Checkpointer, config, workdir: str):
-  """(info, model) of the newest checkpoint that restores; older ones are tried with one
-  line each when a newer one is damaged (nothing is renamed: the run is only read)."""
-  steps = sorted(ckpt.manager.all_steps(), reverse=True)
-  if not steps:
+  """(info, model) of the newest checkpoint that restores (Checkpointer.newest: nothing is
+  renamed, the run is only read)."""
+  if ckpt.latest_step() is None:
     raise UserError(f"no checkpoint in {workdir}: train it first")
-  for step in steps:
+
+  def attempt(step):
+    info = ckpt.read_info(step)
     try:
-      info = ckpt.read_info(step)
-      try:
-        model = nnx.eval_shape(lambda: tasks.model_from_info(config, info, nnx.Rngs(0)))
-      except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"the checkpoint in {workdir} does not match its config.json "
-                        f"({type(e).__name__}: {e})") from None
-      ckpt.restore(model, step=step)
-    except Mismatch:
-      raise
-    except UserError as e:
-      if step == steps[-1]:
-        raise UserError(f"no checkpoint in {workdir} can be restored ({e})") from None
-      print(f"note: {e}; trying an older checkpoint", file=sys.stderr)
-      continue
+      model = nnx.eval_shape(lambda: tasks.model_from_info(config, info, nnx.Rngs(0)))
+    except (KeyError, TypeError, ValueError) as e:
+      raise Mismatch(f"the checkpoint in {workdir} does not match its config.json "
+                     f"({type(e).__name__}: {e})") from None
+    ckpt.restore(model, step=step)
     return info, model
+  return ckpt.newest(attempt)
 
 
 def load_start(run: str):

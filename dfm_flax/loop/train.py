@@ -98,6 +98,10 @@ class TrainStep:
     self.state, loss, aux = self._step(self.state, batch)
     return loss, aux
 
+  def compile(self, batch):
+    """The compiled step for this batch's shapes (for XLA's cost and memory analyses)."""
+    return self._step.lower(self.state, batch).compile()
+
   def sync(self) -> None:
     """Point the nnx model and optimizer at the current state."""
     nnx.update((self.model, self.optimizer), self.state)

@@ -1,0 +1,160 @@
+"""Training speed of the MNIST generators and the classifier on the same digits: images
+per second, beside what their arithmetic needs at this machine's matrix-product rate.
+
+  python -m benchmarks.generation_speed [--repeats 5] [--steps 30] [--images 1000]
+
+Models, each at batch 64 on the bundled digits (tiled to --images rows, which sizes the
+auto-decoder's latent table): the generative DFM of experiments/mnist.py (auto-decoder)
+and with an MLP encoder (--encoder hidden sizes), each in its batched form
+(model.method=auto) and in the image-by-image form it replaced (model.method=direct,
+the same maths: the step before the change, measured in the same run); the VAE of
+experiments/vae_mnist.py; the CNN of experiments/classifier_mnist.py.
+
+Arithmetic: 3x the forward pass's floating-point operations (forward, and a backward
+of about twice its cost). For the DFM the forward is counted as the thesis's model
+needs it: 2 per decoder weight, and 2 per Fourier weight per pixel (one multiply-add
+per term), whatever the form evaluates; for the VAE and the CNN it is XLA's own count
+of the forward pass. The roof is the float32 rate of a 1024^3 matrix product measured
+here; "x roof" is the step's time over the time that arithmetic needs at that rate.
+Memory: XLA's buffers for one step (arguments, outputs, temporaries), from
+`memory_analysis` of the compiled step.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from dfm_flax import tasks
+from dfm_flax.data.datasets import BUNDLED_MNIST
+from dfm_flax.loop.train import TrainStep, build
+from dfm_flax.nets import fourier
+from experiments import classifier_mnist, mnist, vae_mnist
+
+BATCH = 64
+
+
+def matmul_rate(repeats: int) -> float:
+  """float32 FLOP/s of a 1024^3 matrix product: the roof the models are held against."""
+  a = jax.random.normal(jax.random.key(0), (1024, 1024))
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    tic = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - tic)
+  return 2 * 1024**3 / statistics.median(times)
+
+
+def tiled_digits(rows: int, directory: str) -> str:
+  """The bundled digits repeated to `rows` images, as an .npz the configs can read."""
+  bundled = np.load(BUNDLED_MNIST)
+  reps = -(-rows // len(bundled["images"]))
+  path = os.path.join(directory, f"digits_{rows}.npz")
+  np.savez(path, **{k: np.concatenate([bundled[k]] * reps)[:rows] for k in bundled.files})
+  return path
+
+
+def dfm_forward_flops(config) -> float:
+  """Per image: 2 per decoder weight (and encoder weight), 2 per Fourier weight per pixel."""
+  m = config.model
+  weights = fourier.num_params(m.width, m.depth, 1)
+  sizes = [m.latent_dim, *m.decoder_hidden, weights]
+  dense = sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
+  if m.encoder_hidden:
+    enc = [784, *m.encoder_hidden, m.latent_dim]
+    dense += sum(i * o for i, o in zip(enc[:-1], enc[1:]))
+  return 2 * dense + 2 * weights * 784
+
+
+def xla_forward_flops(task, model, batch) -> float:
+  """XLA's count of one forward pass of the task's loss, per image."""
+  graphdef, state = nnx.split(model)
+  loss = jax.jit(lambda s, b: task.loss(nnx.merge(graphdef, s), b)[0])
+  cost = loss.lower(state, batch).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"]) / BATCH
+
+
+def measure(config, steps: int, repeats: int, flops_of) -> dict:
+  task = tasks.make(config)
+  model, optimizer = build(config, task)
+  step = TrainStep(task, model, optimizer)
+  batches = [task.batch(s) for s in range(steps)]
+  forward = flops_of(task, model, batches[0])
+  compiled = step.compile(batches[0])
+  mem = compiled.memory_analysis()
+  mem_bytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+               if mem is not None else float("nan"))
+  jax.block_until_ready(step(batches[0]))
+  times = []
+  for _ in range(repeats):
+    tic = time.perf_counter()
+    for b in batches:
+      out = step(b)
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - tic) / steps)
+  return {"ms": 1e3 * statistics.median(times), "train_flops": 3 * forward * BATCH,
+          "mem_mib": mem_bytes / 2**20}
+
+
+def configs(data_path: str, encoder: tuple) -> list:
+  def on_digits(c):
+    c.data.source, c.data.name, c.data.dir = "npz", "mnist", data_path
+    c.train.batch_size = BATCH
+    c.wandb.mode = "disabled"
+    return c
+
+  def dfm(method, hidden=()):
+    c = on_digits(mnist.get_config(""))
+    c.model.method, c.model.encoder_hidden = method, hidden
+    return c
+  dfm_flops = lambda task, model, batch: dfm_forward_flops(task.config)  # noqa: E731
+  return [
+      ("DFM auto-decoder", dfm("auto"), dfm_flops),
+      ("DFM auto-decoder, image by image", dfm("direct"), dfm_flops),
+      (f"DFM encoder {'-'.join(map(str, encoder))}", dfm("auto", encoder), dfm_flops),
+      ("DFM encoder, image by image", dfm("direct", encoder), dfm_flops),
+      ("VAE (vae_mnist.py)", on_digits(vae_mnist.get_config("")), xla_forward_flops),
+      ("CNN classifier", on_digits(classifier_mnist.get_config("")), xla_forward_flops),
+  ]
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--steps", type=int, default=30, help="steps per timing")
+  p.add_argument("--images", type=int, default=1000, help="rows of the data (latent table)")
+  p.add_argument("--encoder", default="512", help="hidden sizes of the DFM's encoder, e.g. 512,256")
+  a = p.parse_args()
+  encoder = tuple(int(h) for h in a.encoder.split(","))
+  roof = matmul_rate(a.repeats)
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {len(os.sched_getaffinity(0))} CPU cores; "
+        f"matrix-product roof {roof / 1e9:.1f} GFLOP/s; batch {BATCH}, {a.images:,} images; "
+        f"median of {a.repeats} x {a.steps} steps")
+  print("| model | ms/step | images/s | arithmetic GFLOP/step | x roof | step memory MiB |")
+  print("|---|---|---|---|---|---|")
+  with tempfile.TemporaryDirectory() as tmp:
+    data_path = tiled_digits(a.images, tmp)
+    baseline = None
+    for name, config, flops_of in configs(data_path, encoder):
+      r = measure(config, a.steps, a.repeats, flops_of)
+      roof_ms = 1e3 * r["train_flops"] / roof
+      print(f"| {name} | {r['ms']:.2f} | {BATCH / r['ms'] * 1e3:,.0f} | "
+            f"{r['train_flops'] / 1e9:.3f} | {r['ms'] / roof_ms:.1f} | {r['mem_mib']:.1f} |",
+            flush=True)
+      if name.endswith("image by image") and baseline is not None:
+        print(f"|   batched form: {r['ms'] / baseline:.1f}x the steps/s of the image-by-image "
+              f"form | | | | | |", flush=True)
+      baseline = r["ms"]
+
+
+if __name__ == "__main__":
+  main()

@@ -11,9 +11,10 @@ laid out for a batch of small nets that each render a whole image:
   * for small layers (2^m x n <= UNROLL_LIMIT) the features and the contraction are
     written out term by term, so XLA fuses a whole layer into one pass over the pixels;
     larger layers stack the features and contract them with one batched matrix product;
-  * a hand-written backward pass (`jax.custom_vjp`) that reuses the forward's algebra:
-    d/dx of a_k cos(2 pi k.x) + b_k sin(2 pi k.x) is 2 pi k (b_k cos - a_k sin), so no
-    further cos or sin is needed, and the weight gradients are one matrix product.
+  * a hand-written backward pass (`jax.custom_vjp`): d/dx of a_k cos(2 pi k.x) +
+    b_k sin(2 pi k.x) is 2 pi k (b_k cos - a_k sin), so the features, recomputed once
+    (cheaper than keeping them from the forward pass), serve the input gradient and the
+    weight gradients alike; the latter are one matrix product.
 
 python -m benchmarks.generation_speed measures it against the image-by-image form.
 """
@@ -30,7 +31,6 @@ from dfm_flax.nets import fourier
 # Layers with at most this many (term, output) pairs are written out term by term
 # (one fused pass); larger ones stack their features for a matrix product.
 UNROLL_LIMIT = 256
-HIGHEST = fourier.HIGHEST
 
 # Taylor coefficients of sin and cos on [-pi/2, pi/2], through t^13 and t^12: the
 # truncation error at pi/2 is below 1e-8, under float32's rounding of the result.
@@ -45,24 +45,30 @@ def _horner(coefficients, t2):
   return out
 
 
+def _half_angle(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """t = pi r for r = x - round(x) in [-1/2, 1/2] turns (exact in float32), and sin t."""
+  t = jnp.pi * (x - jnp.round(x))
+  return t, t * _horner(_SIN, t * t)
+
+
 def sincos_turns(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   """cos(2 pi x) and sin(2 pi x) within ~1e-7 of the library's, in a few multiply-adds.
 
-  x is reduced to r = x - round(x) in [-1/2, 1/2] turns (exact in float32); the half
-  angle t = pi r lies in [-pi/2, pi/2], where short Taylor series are accurate, and
-  the double-angle formulas give the full angle (the cosine as 1 - 2 sin^2, as
-  `_cos_turns` computes it, so both paths give the same features)."""
-  t = jnp.pi * (x - jnp.round(x))
-  t2 = t * t
-  s, c = t * _horner(_SIN, t2), _horner(_COS, t2)
-  return 1 - 2 * s * s, 2 * s * c
+  The half angle t lies in [-pi/2, pi/2], where short Taylor series are accurate; the
+  double-angle formulas give the full angle."""
+  t, s = _half_angle(x)
+  return 1 - 2 * s * s, 2 * s * _horner(_COS, t * t)
 
 
 def _cos_turns(x: jax.Array) -> jax.Array:
-  """cos(2 pi x) = 1 - 2 sin^2(pi x): the cosine of `sincos_turns` from its sine alone."""
-  t = jnp.pi * (x - jnp.round(x))
-  s = t * _horner(_SIN, t * t)
+  """The cosine of `sincos_turns` alone (same formula: both paths give the same features)."""
+  _, s = _half_angle(x)
   return 1 - 2 * s * s
+
+
+def _frequencies_twice(m: int) -> np.ndarray:
+  """(2 * 2^m, m): the rows of `fourier.frequencies` for the cos terms, then the sin terms."""
+  return np.concatenate([fourier.frequencies(m)] * 2)
 
 
 def _terms(x: jax.Array) -> tuple[list, list]:
@@ -84,7 +90,7 @@ def _stacked(x: jax.Array) -> jax.Array:
   products. Phases k.x are sums of subsets of x (exact float32 adds, no dot); the sines
   are cosines a quarter turn earlier, so one fused pass computes both."""
   m = x.shape[1]
-  k = np.concatenate([fourier.frequencies(m)] * 2)                      # (2K, m)
+  k = _frequencies_twice(m)
   quarter = np.repeat(np.float32([0.0, 0.25]), 2**m)[None, :, None]
   phase = sum(jnp.asarray(k[:, j])[None, :, None] * x[:, None, j, :] for j in range(m))
   return _cos_turns(phase - quarter)
@@ -106,7 +112,8 @@ def _forward(x: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
       rows.append(acc)
     y = jnp.stack(rows, 1)
   else:
-    y = jnp.einsum("bkp,bkn->bnp", _stacked(x), jnp.concatenate([a, b], 1), precision=HIGHEST)
+    y = jnp.einsum("bkp,bkn->bnp", _stacked(x), jnp.concatenate([a, b], 1),
+                   precision=fourier.HIGHEST)
   return y + x if x.shape[1] == a.shape[2] else y
 
 
@@ -129,19 +136,21 @@ def _layer_bwd(saved, g):
   # at the start of the backward pass, all held at once, and the step ran 2.5x slower.
   x = x + 0.0 * g[:, :1, :1]
   features = _stacked(x)
-  gab = jnp.einsum("bkp,bnp->bkn", features, g, precision=HIGHEST)
+  gab = jnp.einsum("bkp,bnp->bkn", features, g, precision=fourier.HIGHEST)
   # d/dx_j of a_k cos(2 pi k.x) + b_k sin(2 pi k.x) = 2 pi k_j (b_k cos - a_k sin).
   if _small(a):
-    re, im = _terms(x)
-    per_term = [None] + [sum(g[:, o] * (b[:, t, o, None] * re[t] - a[:, t, o, None] * im[t])
-                             for o in range(n)) for t in range(1, 2**m)]
+    cos, sin = features[:, :2**m], features[:, 2**m:]
+    per_term = [None] + [
+        sum(g[:, o] * (b[:, t, o, None] * cos[:, t] - a[:, t, o, None] * sin[:, t])
+            for o in range(n)) for t in range(1, 2**m)]
     gx = jnp.stack([sum(per_term[t] for t in range(2**m) if (t >> j) & 1) for j in range(m)], 1)
   else:
-    weights = jnp.einsum("bkn,bnp->bkp", jnp.concatenate([b, -a], 1), g, precision=HIGHEST)
-    k = np.concatenate([fourier.frequencies(m)] * 2)
+    weights = jnp.einsum("bkn,bnp->bkp", jnp.concatenate([b, -a], 1), g,
+                         precision=fourier.HIGHEST)
+    k = _frequencies_twice(m)
     # k batched like the images: a dot over the image axis writes no transposed copy.
     k = jnp.broadcast_to(jnp.asarray(k), (x.shape[0],) + k.shape)
-    gx = jnp.einsum("bkj,bkp->bjp", k, weights * features, precision=HIGHEST)
+    gx = jnp.einsum("bkj,bkp->bjp", k, weights * features, precision=fourier.HIGHEST)
   gx = 2 * jnp.pi * gx
   if m == n:
     gx = gx + g

@@ -31,6 +31,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.task = "generate"
   c.seed = 0
   c.data = common.data("tfds", "cifar10", split="train")
+  common.held_out(c)
 
   c.model = common.generative_model(width=6, depth=10, latent_dim=110, decoder_hidden=(500, 1000),
                                     encoder_hidden=(1200, 600), init_variance=3e-2, lam=200.0)
@@ -46,6 +47,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   if variant == "smoke":
     c.data = common.data("photos", limit=256)
+    common.held_out(c)
     c.model.depth = 4
     c.model.decoder_hidden = (64, 128)
     c.model.encoder_hidden = (128, 64)

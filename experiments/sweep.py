@@ -76,12 +76,15 @@ def check_keys(config, keys, where: str) -> None:
 
 
 def flat_metric(metrics: dict, name: str):
-  node = metrics
-  for part in name.split("/"):
-    if not isinstance(node, dict) or part not in node:
-      return None
-    node = node[part]
-  return node if isinstance(node, (int, float)) else None
+  """metrics[a][b]... for name 'a/b/...'; a key may hold a slash itself ('fid' holds
+  'classifier/gmm'), so the whole rest of the name is tried first."""
+  if name in metrics:
+    node = metrics[name]
+    return node if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+  head, _, rest = name.partition("/")
+  if rest and isinstance(metrics.get(head), dict):
+    return flat_metric(metrics[head], rest)
+  return None
 
 
 class SweepState:
@@ -132,6 +135,20 @@ def launch(cfg_spec: str, workdir: str, params: dict, overrides: list[str]) -> t
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
   tail = errors[-1] if errors else (proc.stderr.strip().splitlines() or [""])[-1]
   return proc.returncode, tail
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+  """Each config key by its last part, or more parts where the last is shared
+  (config.optim.lr -> optim.lr beside config.optim.groups.latent.lr -> latent.lr)."""
+  out = {}
+  for key in keys:
+    parts = key.split(".")
+    for n in range(1, len(parts) + 1):
+      tail = ".".join(parts[-n:])
+      if sum(k == tail or k.endswith("." + tail) for k in keys) == 1:
+        break
+    out[key] = tail
+  return out
 
 
 def append_csv(path: str, row: dict) -> None:
@@ -191,7 +208,8 @@ def _run_sweep(spec: dict, cfg_spec: str) -> None:
                          "metric": metric or "", "value": pending["metric"],
                          "seconds": pending["seconds"], **pending["params"],
                          "error": pending["error"] or ""})
-    shown = " ".join(f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+    names = short_names(list(pending["params"]))
+    shown = " ".join(f"{names[k]}={v:.4g}" if isinstance(v, float) else f"{names[k]}={v}"
                      for k, v in pending["params"].items())
     outcome = (f"{metric}={pending['metric']:.4g}" if pending["metric"] is not None
                else pending["status"] if code == 0 else f"FAILED: {tail}")

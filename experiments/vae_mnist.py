@@ -21,6 +21,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.task = "vae"
   c.seed = 0
   c.data = common.data("tfds", "mnist", split="train+test")
+  common.held_out(c)
   c.model = ml_collections.ConfigDict()
   c.model.hidden = (128,)  # 784-128-(2x16) encoder, 16-128-784 decoder
   c.model.latent_dim = 16

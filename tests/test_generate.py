@@ -97,6 +97,59 @@ def test_frechet_distance_matches_scipy():
   assert generators.frechet_distance(a, a) == pytest.approx(0, abs=1e-8)
 
 
+def test_fids_against_held_out_and_training_images(monkeypatch):
+  """score_samples: `fid` against the held-out images, `fid_train` against the training
+  images, `fid_data` the one against the other, all on the same n; checked with scipy's
+  sqrtm on features made by hand (a fixed linear map of the pixels)."""
+  from dfm_flax.evaluation import features
+  rng = np.random.default_rng(0)
+  proj = rng.normal(size=(16, 3))
+  monkeypatch.setattr(features, "available", lambda ev: {"lin": lambda x: x.reshape(len(x), -1) @ proj})
+  train = datasets.Dataset(rng.random((50, 4, 4, 1), np.float32), np.zeros(50, int), "train")
+  held = datasets.Dataset(rng.random((30, 4, 4, 1), np.float32) ** 2, np.zeros(30, int), "held")
+  fakes = {p: rng.random((30, 4, 4, 1), np.float32) ** k for p, k in (("a", 3), ("b", 0.5))}
+  c = small_config()
+  c.eval.fid_samples = 40
+
+  def fid(x, y):
+    fx, fy = x.reshape(len(x), -1) @ proj, y.reshape(len(y), -1) @ proj
+    s1, s2 = np.cov(fx, rowvar=False), np.cov(fy, rowvar=False)
+    return float(np.sum((fx.mean(0) - fy.mean(0)) ** 2)
+                 + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real))
+
+  out = generators.score_samples(lambda p, n: fakes[p][:n], ("a", "b"), train, c, "", held)
+  assert out["fid_samples"] == 30 and "held" in out["fid_reference"]
+  for p in ("a", "b"):
+    assert out["fid"][f"lin/{p}"] == pytest.approx(fid(held.images, fakes[p]), rel=1e-6)
+    assert out["fid_train"][f"lin/{p}"] == pytest.approx(fid(train.images[:30], fakes[p]), rel=1e-6)
+  assert out["fid_data"]["lin"] == pytest.approx(fid(train.images[:30], held.images), rel=1e-6)
+  alone = generators.score_samples(lambda p, n: fakes[p][:n], ("a",), train, c, "")
+  assert alone["fid_samples"] == 40 and alone["fid"] == alone["fid_train"]
+  assert alone["fid"]["lin/a"] != out["fid"]["lin/a"] and "fid_data" not in alone
+
+
+def test_held_out_digits_are_the_classifiers_test_digits():
+  """At one data.test_fraction the generator never trains on the digits the classifier is
+  tested on, and they are those digits exactly, whatever each run's seed."""
+  from dfm_flax.tasks import classify
+  from experiments import classifier_mnist
+  c = small_config()
+  c.data.limit, c.data.test_fraction, c.seed = 0, 0.2, 3
+  gen = generate.Task(c)
+  k = classifier_mnist.get_config("smoke")
+  k.seed = 5
+  cls = classify.Task(k)
+  assert (len(gen.dataset), len(gen.held_out)) == (800, 200)
+  np.testing.assert_array_equal(gen.held_out.images, cls.test.images)
+  np.testing.assert_array_equal(gen.dataset.images, cls.train.images)
+  rows = {im.tobytes() for im in gen.dataset.images}
+  assert not any(im.tobytes() in rows for im in gen.held_out.images)
+  with np.load(datasets.BUNDLED_MNIST) as f:
+    every = {(im.astype(np.float32) / 255)[..., None].tobytes() for im in f["images"]}
+  assert rows | {im.tobytes() for im in gen.held_out.images} == every
+  assert gen.checkpoint_info()["num_images"] == 800  # one latent per training digit
+
+
 def test_gmm_prior_samples_follow_the_latents():
   rng = np.random.default_rng(0)
   latents = np.concatenate([rng.normal(-3, 0.1, (300, 2)), rng.normal(3, 0.1, (300, 2))])

@@ -18,8 +18,10 @@ def runs(tmp_path_factory):
                  "--workdir", out["classifier"])
   assert proc.returncode == 0, proc.stderr
   for name, cfg in (("dfm", "mnist"), ("vae", "vae_mnist")):
+    # The generators hold out the classifier's test digits and are scored against them.
     proc = run_cli("experiments.run", "--config", f"experiments/{cfg}.py:smoke", "--workdir",
-                   out[name], f"--config.eval.classifier_dir={out['classifier']}")
+                   out[name], f"--config.eval.classifier_dir={out['classifier']}",
+                   "--config.data.test_fraction=0.2")
     assert proc.returncode == 0, proc.stderr
   return out
 
@@ -38,9 +40,12 @@ def test_classifier_reports_held_out_accuracy(runs):
 @pytest.mark.parametrize("name", ["dfm", "vae"])
 def test_generators_are_scored_the_same_way(runs, name):
   m = metrics(runs[name])
-  assert set(m["fid"]) == {"classifier/gaussian", "classifier/gmm"}
+  assert set(m["fid"]) == set(m["fid_train"]) == {"classifier/gaussian", "classifier/gmm"}
   assert all(v > 0 for v in m["fid"].values())  # Equality with a recomputation: below.
-  assert m["fid_samples"] == 500 and "mnist_1k" in m["fid_reference"]
+  assert m["fid_samples"] == 200 and "mnist_1k" in m["fid_reference"]
+  assert "held-out" in m["fid_reference"] and (m["num_images"], m["num_held_out"]) == (800, 200)
+  # Real digits against real digits: far below any sample set of a 150-step run.
+  assert 0 < m["fid_data"]["classifier"] < 0.5 * min(m["fid"].values())
   assert {"recon_psnr_mean", "recon_mse", "num_params"} <= set(m)
   for png in ("samples_gaussian.png", "samples_gmm.png", "reconstructions.png", "interpolations.png"):
     assert os.path.getsize(os.path.join(runs[name], png)) > 1000
@@ -48,8 +53,9 @@ def test_generators_are_scored_the_same_way(runs, name):
 
 def test_reported_fid_is_recomputed_independently(runs):
   """The DFM's FIDs against a recomputation outside the evaluation code: the same prior
-  samples (seeded) rendered from the checkpoint, the classifier's features, the bundled
-  digits as reference, and the Frechet distance by scipy's sqrtm."""
+  samples (seeded) rendered from the checkpoint, the classifier's features, the held-out
+  bundled digits (the last fifth of the fixed permutation) as reference, and the Frechet
+  distance by scipy's sqrtm."""
   import jax.numpy as jnp
   import numpy as np
   import scipy.linalg
@@ -63,7 +69,8 @@ def test_reported_fid_is_recomputed_independently(runs):
   priors = generators.load_priors(runs["dfm"])
   extract = features.classifier_features(runs["classifier"])
   with np.load(datasets.BUNDLED_MNIST) as f:
-    reference = f["images"][:500, ..., None].astype(np.float32) / 255
+    order = np.random.default_rng(0).permutation(1000)
+    reference = f["images"][order[-200:], ..., None].astype(np.float32) / 255
 
   def fid(a, b):
     mu1, mu2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
@@ -71,7 +78,7 @@ def test_reported_fid_is_recomputed_independently(runs):
 
   ref = extract(reference).astype(np.float64)
   for prior in ("gaussian", "gmm"):
-    z = generators.sample_latents(priors, prior, 500, priors["gmm_means"].shape[1], config.seed)
+    z = generators.sample_latents(priors, prior, 200, priors["gmm_means"].shape[1], config.seed)
     fake = extract(generators.render_latents(model, z, coords, (28, 28, 1))).astype(np.float64)
     assert m["fid"][f"classifier/{prior}"] == pytest.approx(fid(ref, fake), rel=1e-3)
   assert fid(ref, ref) < 1e-3 * m["fid"]["classifier/gmm"]
@@ -80,7 +87,7 @@ def test_reported_fid_is_recomputed_independently(runs):
 def test_dfm_parameter_counts(runs):
   p = metrics(runs["dfm"])["num_params"]
   assert p["fourier_net"] == 576
-  assert p["latents"] == 1000 * 55
+  assert p["latents"] == 800 * 55  # one per training digit: the held-out ones have none
   assert p["decoder"] == (55 * 170 + 170) + (170 * 220 + 220) + (220 * 576 + 576)
 
 

@@ -97,7 +97,7 @@ def test_malformed_yaml_and_foreign_directory(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["compress_grid", "compress_grid_quick", "mnist_generation",
-                                  "mnist_smoke_search", "cifar10_generation"])
+                                  "mnist_smoke_search", "cifar10_generation", "vae_mnist"])
 def test_shipped_sweeps_name_real_keys(name):
   from dfm_flax import files
   from experiments import sweep
@@ -111,8 +111,26 @@ def test_shipped_sweeps_name_real_keys(name):
 def test_bayes_search_proposes_from_its_history():
   from experiments import sweep
   spec = sweep.load_sweep(os.path.join(ROOT, "sweeps", "mnist_generation.yaml"))
+  lam = spec["parameters"]["config.model.lam"]
   history = []
   for i in range(4):
     params = sweep.propose(spec, history)
-    assert 1e-4 <= params["config.model.lam"] <= 1.0
+    assert lam["min"] <= params["config.model.lam"] <= lam["max"]
     history.append({"name": f"run-{i}", "params": params, "status": "finished", "metric": float(i)})
+
+
+def test_metric_names_reach_keys_that_hold_slashes():
+  from experiments.sweep import flat_metric
+  m = {"psnr": 20.5, "fid": {"classifier/gmm": 3.0}, "a": {"b": {"c": 1}}, "ok": True}
+  assert flat_metric(m, "psnr") == 20.5
+  assert flat_metric(m, "fid/classifier/gmm") == 3.0
+  assert flat_metric(m, "a/b/c") == 1
+  for missing in ("fid/classifier", "fid/inception/gmm", "nope", "ok", "psnr/x"):
+    assert flat_metric(m, missing) is None
+
+
+def test_progress_lines_tell_apart_keys_that_end_alike():
+  from experiments.sweep import short_names
+  names = short_names(["config.optim.lr", "config.optim.groups.latent.lr", "config.model.width"])
+  assert names == {"config.optim.lr": "optim.lr", "config.optim.groups.latent.lr": "latent.lr",
+                   "config.model.width": "width"}

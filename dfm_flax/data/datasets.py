@@ -297,6 +297,30 @@ def load(data_cfg) -> Dataset:
   return _filter(ds, data_cfg.get("classes", ""), data_cfg.get("limit", 0))
 
 
+# The held-out images are the same for every task and run seed at one test_fraction: the
+# FID classifier is then tested on exactly the digits the generators are scored against.
+SPLIT_SEED = 0
+
+
+def split(ds: Dataset, test_fraction: float) -> tuple[Dataset, Dataset]:
+  """(train part, held-out part): the last `test_fraction` of a fixed permutation held out."""
+  order = np.random.default_rng(SPLIT_SEED).permutation(len(ds))
+  n_test = int(round(len(ds) * test_fraction))
+  if n_test < 1 or n_test >= len(ds):
+    raise UserError(f"data.test_fraction={test_fraction} leaves no train or no test images "
+                    f"of {len(ds)}")
+  train, test = order[:-n_test], order[-n_test:]
+  return (Dataset(ds.images[train], ds.labels[train], ds.description + " (train part)"),
+          Dataset(ds.images[test], ds.labels[test], ds.description + " (held-out part)"))
+
+
+def load_split(data_cfg) -> tuple[Dataset, Dataset | None]:
+  """(training images, held-out images or None when data.test_fraction is 0 or absent)."""
+  ds = load(data_cfg)
+  fraction = data_cfg.get("test_fraction", 0.0)
+  return split(ds, fraction) if fraction else (ds, None)
+
+
 def parse_classes(classes) -> list[int]:
   """'' or -1: all; 2 or '2' or '2,7' or (2, 7): those labels."""
   if classes in ("", None, -1):

@@ -114,8 +114,9 @@ def per_image_psnr(originals: np.ndarray, recon: np.ndarray) -> np.ndarray:
 
 
 def evaluate_generator(model, dataset, coords, config, workdir: str,
-                       gaussian_scale: float | None = None) -> dict:
-  """Reconstructions, priors, sample/reconstruction/interpolation grids, FIDs."""
+                       gaussian_scale: float | None = None, held_out=None) -> dict:
+  """Reconstructions, priors, sample/reconstruction/interpolation grids, FIDs (against
+  `held_out` images when given: see score_samples)."""
   ev = config.eval
   shape = dataset.images.shape[1:]
   latents = training_latents(model, dataset.images)
@@ -130,6 +131,7 @@ def evaluate_generator(model, dataset, coords, config, workdir: str,
                       images=images.to_uint8(dataset.images[:64]), index=np.arange(min(64, len(dataset))))
   metrics = {
       "num_images": len(dataset), "data": dataset.description,
+      "num_held_out": len(held_out) if held_out else 0,
       "recon_psnr_mean": float(np.mean(psnrs)), "recon_psnr_median": float(np.median(psnrs)),
       "recon_mse": float(np.mean((dataset.images[:n_rec] - recon) ** 2)),
       "recon_images": n_rec, "gaussian_prior_scale": float(priors["gaussian_scale"]),
@@ -140,7 +142,7 @@ def evaluate_generator(model, dataset, coords, config, workdir: str,
   metrics.update(score_samples(
       lambda prior, n: render_latents(model, sample_latents(priors, prior, n, latents.shape[1],
                                                             config.seed), coords, shape),
-      PRIORS, dataset, config, workdir))
+      PRIORS, dataset, config, workdir, held_out))
   figures.training_curves(logs.read_history(workdir), ["loss", "rec_mse", "psnr", "z_sq"],
                           os.path.join(workdir, "training.png"), log_keys=("loss", "rec_mse"))
   return metrics
@@ -190,18 +192,34 @@ def interpolations(model, latents, coords, shape, steps: int, rows: int) -> np.n
   return render_latents(model, z.reshape(-1, latents.shape[1]), coords, shape)
 
 
-def score_samples(sampler, priors, dataset, config, workdir) -> dict:
-  """Frechet distances of samples (per prior) against the reference images."""
+def score_samples(sampler, priors, dataset, config, workdir, held_out=None) -> dict:
+  """Frechet distances of samples (per prior and feature extractor).
+
+  `fid` is against the held-out images when there are some (images no generator trained
+  on), else against the training images; `fid_train` is always against the training
+  images (what a search may tune on without touching the held-out set); `fid_data` scores
+  the training images themselves against the held-out ones: the floor a generator that
+  reproduced its training set would reach. Every set has the same n images.
+  """
   extractors = features.available(config.eval)
   if not extractors:
     return {"fid": None, "fid_note": "no feature extractor configured (eval.classifier_dir "
                                      "or eval.inception_weights)"}
-  n = min(config.eval.fid_samples, len(dataset))
-  reference = dataset.images[:n]
-  out = {"fid": {}, "fid_samples": n, "fid_reference": f"first {n} of {dataset.description}"}
-  ref_feats = {name: fx(reference) for name, fx in extractors.items()}
-  for prior in priors:
-    fake = sampler(prior, n)
+  n = min(config.eval.fid_samples, len(dataset), len(held_out) if held_out else len(dataset))
+  train_feats = {name: fx(dataset.images[:n]) for name, fx in extractors.items()}
+  fakes = {prior: sampler(prior, n) for prior in priors}
+  out = {"fid_samples": n, "fid_train": {}}
+  for prior, fake in fakes.items():
     for name, fx in extractors.items():
-      out["fid"][f"{name}/{prior}"] = frechet_distance(ref_feats[name], fx(fake))
+      out["fid_train"][f"{name}/{prior}"] = frechet_distance(train_feats[name], fx(fake))
+  if held_out is None:
+    return {**out, "fid": dict(out["fid_train"]),
+            "fid_reference": f"first {n} of {dataset.description}"}
+  test_feats = {name: fx(held_out.images[:n]) for name, fx in extractors.items()}
+  out.update(fid={}, fid_reference=f"first {n} of {held_out.description}",
+             fid_data={name: frechet_distance(train_feats[name], test_feats[name])
+                       for name in extractors})
+  for prior, fake in fakes.items():
+    for name, fx in extractors.items():
+      out["fid"][f"{name}/{prior}"] = frechet_distance(test_feats[name], fx(fake))
   return out

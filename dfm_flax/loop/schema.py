@@ -74,7 +74,7 @@ RULES: dict[str, tuple[Callable, str]] = {
     "guard.max_recoveries": _at_least(0),
     "data.source": _one_of(SOURCES),
     "data.limit": _at_least(0),
-    "data.test_fraction": _fraction(closed_low=False),
+    "data.test_fraction": _fraction(),  # 0: generators hold nothing out
     "eval.fid_samples": _at_least(1),
     "eval.gmm_components": _at_least(1),
     "eval.recon_images": _at_least(0),

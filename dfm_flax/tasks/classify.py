@@ -1,8 +1,9 @@
 """A small CNN classifier trained by the shared loop; its penultimate layer gives the
 features of the offline classifier-FID (dfm_flax/evaluation/features.py).
 
-The dataset is split deterministically: the last `data.test_fraction` of a
-seeded permutation is held out and only scored in `evaluate`.
+The dataset is split by `datasets.split`: the last `data.test_fraction` of a fixed
+permutation is held out and only scored in `evaluate`; generators given the same
+fraction are scored against those same images.
 """
 from __future__ import annotations
 
@@ -42,24 +43,13 @@ def model_from_info(config, info: dict, rngs: nnx.Rngs) -> CNN:
   return CNN(c, h, w, info["num_classes"], config.model.features, rngs)
 
 
-def split(ds: datasets.Dataset, test_fraction: float, seed: int):
-  order = np.random.default_rng(seed).permutation(len(ds))
-  n_test = int(round(len(ds) * test_fraction))
-  if n_test < 1 or n_test >= len(ds):
-    raise UserError(f"data.test_fraction={test_fraction} leaves no train or no test images "
-                    f"of {len(ds)}")
-  train, test = order[:-n_test], order[-n_test:]
-  return (datasets.Dataset(ds.images[train], ds.labels[train], ds.description + " (train part)"),
-          datasets.Dataset(ds.images[test], ds.labels[test], ds.description + " (held-out part)"))
-
-
 class Task(TaskBase):
   def __init__(self, config):
     self.config = config
     full = datasets.load(config.data)
     if (full.labels < 0).any():
       raise UserError(f"{full.description} has unlabeled images; a classifier needs labels")
-    self.train, self.test = split(full, config.data.test_fraction, config.seed)
+    self.train, self.test = datasets.split(full, config.data.test_fraction)
     self.num_classes = int(full.labels.max()) + 1
     self.labels = jnp.asarray(self.train.labels)
     self.batches = datasets.ImageBatches(self.train, config.train.batch_size, config.seed)

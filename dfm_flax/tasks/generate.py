@@ -42,12 +42,13 @@ def model_from_info(config, info: dict, rngs: nnx.Rngs):
 class Task(TaskBase):
   def __init__(self, config):
     self.config = config
-    self.dataset = datasets.load(config.data)
+    self.dataset, self.held_out = datasets.load_split(config.data)
     self.image_shape = self.dataset.images.shape[1:]
     h, w, c = self.image_shape
     self.coords = jnp.asarray(images.pixel_grid(h, w, tuple(config.model.coord_range)))
     self.batches = datasets.ImageBatches(self.dataset, config.train.batch_size, config.seed)
-    print(f"data: {self.dataset.description}: {len(self.dataset)} images of {w}x{h}x{c}; "
+    kept = f", {len(self.held_out)} held out" if self.held_out else ""
+    print(f"data: {self.dataset.description}: {len(self.dataset)} images of {w}x{h}x{c}{kept}; "
           f"Fourier Net {config.model.width}x{config.model.depth} has "
           f"{fourier.num_params(config.model.width, config.model.depth, c)} weights")
 
@@ -77,4 +78,5 @@ class Task(TaskBase):
                                  self.config.model.latent_dim)
 
   def evaluate(self, model, workdir: str) -> dict:
-    return generators.evaluate_generator(model, self.dataset, self.coords, self.config, workdir)
+    return generators.evaluate_generator(model, self.dataset, self.coords, self.config, workdir,
+                                         held_out=self.held_out)

@@ -53,7 +53,7 @@ def model_from_info(config, info: dict, rngs: nnx.Rngs) -> VAE:
 class Task(TaskBase):
   def __init__(self, config):
     self.config = config
-    self.dataset = datasets.load(config.data)
+    self.dataset, self.held_out = datasets.load_split(config.data)
     self.image_shape = self.dataset.images.shape[1:]
     h, w, _ = self.image_shape
     self.coords = jnp.asarray(images.pixel_grid(h, w))  # Where evaluation renders the images.
@@ -87,4 +87,4 @@ class Task(TaskBase):
 
   def evaluate(self, model, workdir: str) -> dict:
     return generators.evaluate_generator(model, self.dataset, self.coords, self.config, workdir,
-                                         gaussian_scale=1.0)
+                                         gaussian_scale=1.0, held_out=self.held_out)

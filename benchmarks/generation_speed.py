@@ -2,13 +2,15 @@
 per second, beside what their arithmetic needs at this machine's matrix-product rate.
 
   python -m benchmarks.generation_speed [--repeats 5] [--steps 30] [--images 1000]
+                                       [--nets 5x6,6x6]
 
 Models, each at batch 64 on the bundled digits (tiled to --images rows, which sizes the
 auto-decoder's latent table): the generative DFM of experiments/mnist.py (auto-decoder)
 and with an MLP encoder (--encoder hidden sizes), each in its batched form
 (model.method=auto) and in the image-by-image form it replaced (model.method=direct,
 the same maths: the step before the change, measured in the same run); the VAE of
-experiments/vae_mnist.py; the CNN of experiments/classifier_mnist.py.
+experiments/vae_mnist.py; the CNN of experiments/classifier_mnist.py. Each Fourier net
+of --nets (WIDTHxDEPTH) adds an auto-decoder row with that net in place of mnist.py's.
 
 Arithmetic: 3x the forward pass's floating-point operations (forward, and a backward
 of about twice its cost). For the DFM the forward is counted as the thesis's model
@@ -104,7 +106,7 @@ def measure(config, steps: int, repeats: int, flops_of) -> dict:
           "mem_mib": mem_bytes / 2**20}
 
 
-def configs(data_path: str, encoder: tuple) -> list:
+def configs(data_path: str, encoder: tuple, nets: list[tuple[int, int]]) -> list:
   """(name, config, forward flops per image, name of the row it is the reference for)."""
   def on_digits(c):
     c.data.source, c.data.name, c.data.dir = "npz", "mnist", data_path
@@ -112,16 +114,20 @@ def configs(data_path: str, encoder: tuple) -> list:
     c.wandb.mode = "disabled"
     return c
 
-  def dfm(method, hidden=()):
+  def dfm(method, hidden=(), net=None):
     c = on_digits(mnist.get_config(""))
     c.model.method, c.model.encoder_hidden = method, hidden
+    c.model.width, c.model.depth = net or (c.model.width, c.model.depth)
     return c
   encoded = f"DFM encoder {'-'.join(map(str, encoder))}"
+  others = [(f"DFM auto-decoder, Fourier net {w}x{d}", dfm("auto", net=(w, d)), dfm_forward_flops,
+             None) for w, d in nets]
   return [
       ("DFM auto-decoder", dfm("auto"), dfm_forward_flops, None),
       ("DFM auto-decoder, image by image", dfm("direct"), dfm_forward_flops, "DFM auto-decoder"),
       (encoded, dfm("auto", encoder), dfm_forward_flops, None),
       (f"{encoded}, image by image", dfm("direct", encoder), dfm_forward_flops, encoded),
+      *others,
       ("VAE (vae_mnist.py)", on_digits(vae_mnist.get_config("")), xla_forward_flops, None),
       ("CNN classifier", on_digits(classifier_mnist.get_config("")), xla_forward_flops, None),
   ]
@@ -133,8 +139,10 @@ def main():
   p.add_argument("--steps", type=int, default=30, help="steps per timing")
   p.add_argument("--images", type=int, default=1000, help="rows of the data (latent table)")
   p.add_argument("--encoder", default="512", help="hidden sizes of the DFM's encoder, e.g. 512,256")
+  p.add_argument("--nets", default="", help="more Fourier nets WIDTHxDEPTH, e.g. 5x6,6x6")
   a = p.parse_args()
   encoder = tuple(int(h) for h in a.encoder.split(","))
+  nets = [tuple(int(v) for v in n.split("x")) for n in a.nets.split(",") if n]
   roof = matmul_rate(a.repeats)
   cores = len(os.sched_getaffinity(0))
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {cores} CPU cores; "
@@ -146,7 +154,7 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     data_path = tiled_digits(a.images, tmp)
     ms = {}
-    for name, config, flops_of, reference_for in configs(data_path, encoder):
+    for name, config, flops_of, reference_for in configs(data_path, encoder, nets):
       r = measure(config, a.steps, a.repeats, flops_of)
       ms[name] = r["ms"]
       speedup = f"{r['ms'] / ms[reference_for]:.1f}x" if reference_for else ""

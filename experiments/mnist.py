@@ -87,7 +87,7 @@ def encoder(c: ml_collections.ConfigDict) -> None:
   """An encoder MLP maps each digit to its latent: one pass per image instead of a table
   row learned from that image's own gradient steps, and new images get latents too."""
   c.model.encoder_hidden = (256, 128)
-  # The encoder's weights see every batch, unlike a table row; the table's lr would move
-  # them 3x faster than the decoder's.
-  c.optim.groups.latent.lr = 1e-3
+  # The encoder's weights see every batch, unlike a table row: the table's lr is far too
+  # high for them (4,000-step trials in docs/generation.md chose this one).
+  c.optim.groups.latent.lr = 3e-4
   c.optim.groups.latent.end_lr = 1e-5

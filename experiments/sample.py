@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from dfm_flax.data import images
 from dfm_flax.errors import UserError
 from dfm_flax.evaluation import generators
 from dfm_flax.loop.restore import load_model
@@ -42,8 +41,7 @@ def _sample(_):
     raise UserError(f"{_WORKDIR.value} holds a {config.task!r} run; sampling needs a generator "
                     f"(experiments/mnist.py, cifar10.py or vae_mnist.py)")
   shape = tuple(meta["image_shape"])
-  coord_range = tuple(config.model.get("coord_range", (0.0, 1.0)))
-  coords = jnp.asarray(images.pixel_grid(shape[0], shape[1], coord_range))
+  coords = generators.saved_coords(config, shape)
   priors = generators.load_priors(_WORKDIR.value)
   generators.write_samples(model, priors, _PRIOR.value, _NUM.value, _SEED.value, coords, shape, out)
   written = [out]

@@ -101,6 +101,19 @@ def test_sample_from_checkpoint(runs, name, tmp_path):
     assert os.path.getsize(path) > 1000
 
 
+def test_side_by_side_samples_figure(runs, tmp_path):
+  out = str(tmp_path / "both.png")
+  proc = run_cli("studies.generators", "--runs", f"{runs['dfm']},{runs['vae']}",
+                 "--labels", "DFM,VAE", "--out", out, "--num", "16")
+  assert proc.returncode == 0, proc.stderr
+  from PIL import Image
+  width, height = Image.open(out).size
+  assert width > 1.5 * height  # two panels side by side
+  line = error_line(run_cli("studies.generators", "--runs", runs["classifier"], "--labels", "C",
+                            "--out", str(tmp_path / "c.png")))
+  assert "not a generator" in line and not os.path.exists(tmp_path / "c.png")
+
+
 def test_sample_bad_input(runs, tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()

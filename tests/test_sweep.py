@@ -97,7 +97,8 @@ def test_malformed_yaml_and_foreign_directory(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["compress_grid", "compress_grid_quick", "mnist_generation",
-                                  "mnist_smoke_search", "cifar10_generation", "vae_mnist"])
+                                  "mnist_smoke_search", "cifar10_generation", "vae_mnist",
+                                  "mnist_generation_local", "vae_mnist_local"])
 def test_shipped_sweeps_name_real_keys(name):
   from dfm_flax import files
   from experiments import sweep

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -97,6 +98,12 @@ def warm_up_generator(model, coords, image_shape, latent_dim: int) -> None:
   evaluation will place it (same structure, shapes and device: the same compilation)."""
   import sklearn.mixture  # noqa: F401
   render_latents(model, np.zeros((RENDER_BATCH, latent_dim), np.float32), coords, image_shape)
+
+
+def saved_coords(config, image_shape):
+  """The pixel grid a saved generator run renders on (the VAE's config has no coord_range)."""
+  coord_range = tuple(config.model.get("coord_range", (0.0, 1.0)))
+  return jnp.asarray(images.pixel_grid(image_shape[0], image_shape[1], coord_range))
 
 
 def training_latents(model, dataset_images: np.ndarray) -> np.ndarray:

@@ -39,6 +39,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.train = common.train(steps=50_000, batch_size=512)
   c.optim = common.adam(1e-3, "linear", end_lr=1e-7)
   c.optim.groups = ml_collections.ConfigDict({"latent": {"lr": 1e-4, "end_lr": 1e-10}})
+  c.optim.sparse_latents = False  # an encoder: no latent table
   c.eval = common.evaluation(fid_samples=10_000)
   c.guard = common.guard("detect")  # thesis settings: report a collapse, never intervene
   c.wandb = common.wandb()

@@ -53,6 +53,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.train = common.train(steps=20_000, batch_size=64)
   c.optim = common.adam(1e-3, "linear", end_lr=1e-7)
   c.optim.groups = ml_collections.ConfigDict({"latent": {"lr": 1e-9, "end_lr": 1e-13}})
+  c.optim.sparse_latents = False  # True: Adam on the batch's rows only (sparse_rows.py)
   c.eval = common.evaluation(fid_samples=10_000)
   c.guard = common.guard("detect")  # thesis settings: report a collapse, never intervene
   c.wandb = common.wandb()

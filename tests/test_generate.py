@@ -7,8 +7,10 @@ import scipy.linalg
 from flax import nnx
 
 from dfm_flax.data import datasets
+from dfm_flax.errors import UserError
 from dfm_flax.evaluation import batched, generators
 from dfm_flax.loop import optim
+from dfm_flax.loop import train as train_lib
 from dfm_flax.loop.train import make_train_step
 from dfm_flax.nets import fourier, reference
 from dfm_flax.tasks import generate
@@ -83,6 +85,81 @@ def test_latent_table_has_its_own_learning_rate():
   assert np.all(dz[untouched] == 0)
   dw = np.abs(np.asarray(model.decoder.mlp.layers[0].kernel[...]) - before_w)
   assert np.median(dw[dw > 0]) == pytest.approx(1e-2, rel=0.05)
+
+
+def row_config(sparse: bool):
+  c = small_config()
+  c.optim.lr, c.optim.schedule, c.optim.end_lr = 3e-3, "linear", 1e-4
+  c.optim.groups.latent.lr, c.optim.groups.latent.end_lr = 1e-2, 1e-3
+  c.train.steps = 10
+  c.optim.sparse_latents = sparse
+  return c
+
+
+def numpy_lazy_adam(table, steps, cfg, total):
+  """Reference: Adam's formulas written out, applied to the visited rows only."""
+  table = table.astype(np.float64).copy()
+  mu, nu = np.zeros_like(table), np.zeros_like(table)
+  for t, (rows, g) in enumerate(steps, start=1):
+    lr = cfg.lr + (cfg.end_lr - cfg.lr) * min(t - 1, total) / total  # optax's linear schedule
+    mu[rows] = 0.9 * mu[rows] + 0.1 * g
+    nu[rows] = 0.999 * nu[rows] + 0.001 * g**2
+    table[rows] -= lr * (mu[rows] / (1 - 0.9**t)) / (np.sqrt(nu[rows] / (1 - 0.999**t)) + 1e-8)
+  return table
+
+
+def test_row_adam_is_adam_on_the_visited_rows():
+  from dfm_flax.loop import sparse_rows
+  c = row_config(True)
+  cfg = optim.group(c.optim, "latent")[1]
+  rng = np.random.default_rng(0)
+  table = nnx.Param(jnp.asarray(rng.normal(size=(12, 3)), jnp.float32))
+  start = np.asarray(table[...]).copy()
+  adam = sparse_rows.RowAdam(table[...], cfg, total_steps=5)
+  steps = [(np.array(r), rng.normal(size=(len(r), 3)).astype(np.float32))
+           for r in ([0, 3, 5], [3, 7, 8], [1, 0, 11], [4, 3, 2])]
+  for rows, g in steps:
+    adam.update(table, jnp.asarray(rows), jnp.asarray(g), 1.0)
+  expect = numpy_lazy_adam(start, steps, cfg, 5)
+  np.testing.assert_allclose(np.asarray(table[...]), expect, rtol=1e-5, atol=1e-6)
+  assert np.array_equal(np.asarray(table[...])[[6, 9, 10]], start[[6, 9, 10]])  # never visited
+
+
+def test_sparse_latents_step_is_the_dense_step_then_leaves_other_rows_alone():
+  """Step 1 from zero moments: Adam on the rows equals dense Adam (a row without gradient
+  gets no update from zero moments). Step 2: dense Adam moves step 1's rows on by their
+  momentum; the sparse step leaves every row outside its batch exactly where it was."""
+  models = {}
+  for sparse in (False, True):
+    c = row_config(sparse)
+    task = generate.Task(c)
+    model, optimizer = train_lib.build(c, task)
+    step = make_train_step(task)
+    step(model, optimizer, task.batch(0))
+    after_one = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+    step(model, optimizer, task.batch(1))
+    models[sparse] = (after_one, np.asarray(model.latents[...]), task)
+  dense_one, dense_two, task = models[False]
+  rows_one, rows_two, _ = models[True]
+  for a, b in zip(jax.tree.leaves(dense_one), jax.tree.leaves(rows_one)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  first, second = (np.asarray(task.batch(s)["index"]) for s in (0, 1))
+  only_first = np.setdiff1d(first, second)
+  assert len(only_first) > 0
+  np.testing.assert_array_equal(rows_two[only_first], rows_one["latents"][only_first])
+  assert np.abs(dense_two[only_first] - dense_one["latents"][only_first]).min() > 0
+  assert np.abs(rows_two[second] - rows_one["latents"][second]).min() > 0
+
+
+def test_sparse_latents_need_a_table():
+  c = row_config(True)
+  c.model.encoder_hidden = (8,)
+  with pytest.raises(UserError, match="needs a latent table"):
+    train_lib.build(c, generate.Task(c))
+  c = row_config(True)
+  c.optim.groups.latent.grad_clip = 1.0
+  with pytest.raises(UserError, match="plain Adam"):
+    train_lib.build(c, generate.Task(c))
 
 
 def test_frechet_distance_matches_scipy():

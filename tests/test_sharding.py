@@ -47,8 +47,12 @@ for i in range(3):
   Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 30 + i, 3), np.uint8)).save(f"{tmp}/{i}.png")
 stack = c.copy_and_resolve_references(); stack.image = ",".join(f"{tmp}/{i}.png" for i in range(3))
 stack.train.batch_size = 256
-for name, config in (("compress", c), ("stack", stack), ("mnist", mnist.get_config("smoke"))):
-  if name == "mnist":
+rows = mnist.get_config("smoke")
+rows.optim.sparse_latents = True  # Adam on the batch's rows of a row-split table
+rows.optim.groups.latent.lr = 1e-2
+for name, config in (("compress", c), ("stack", stack), ("mnist", mnist.get_config("smoke")),
+                     ("mnist_rows", rows)):
+  if name.startswith("mnist"):
     config.mesh.shard_latents = True
     # At the thesis init (variance 2e-2) the rendered nets are chaotic: the order of a
     # sum alone changes gradients by 10% (measured), on one device as on four. A
@@ -73,10 +77,11 @@ def test_four_device_steps_match_one_device():
   proc = run_python(STEP_SCRIPT, FOUR)
   assert proc.returncode == 0, proc.stderr
   out = json.loads(proc.stdout.strip().splitlines()[-1])
-  for name in ("compress", "stack", "mnist"):
+  for name in ("compress", "stack", "mnist", "mnist_rows"):
     assert out[name]["loss"][0] == pytest.approx(out[name]["loss"][1], abs=1e-5)
     assert out[name]["max_diff"] < 1e-5, out
   assert "P('data',)" in out["mnist"]["specs"]  # the latent table is split
+  assert "P('data',)" in out["mnist_rows"]["specs"]
   assert out["compress"]["specs"] == ["P()"]     # everything else replicated
 
 

@@ -95,6 +95,11 @@ def _lr_scale_var(optimizer):
   return state.lr_scale
 
 
+def lr_scale(optimizer):
+  """The guard's factor as an array (inside a traced step)."""
+  return _lr_scale_var(optimizer)[...]
+
+
 def get_lr_scale(optimizer) -> float:
   return float(jax.device_get(_lr_scale_var(optimizer)[...]))
 
@@ -120,15 +125,22 @@ def build(cfg, total_steps: int, labels=None, lr_multiplier=None) -> optax.Gradi
   return optax.chain(tx, scale_by_lr_scale())  # Last: optimizer.opt_state[-1].
 
 
+def group(cfg, name: str):
+  """(cfg without group `name`, cfg with that group's overrides applied)."""
+  rest = cfg.copy_and_resolve_references()
+  merged = cfg.copy_and_resolve_references()
+  with rest.unlocked(), merged.unlocked():
+    del rest.groups[name]
+    merged.update(cfg.groups[name])
+    del merged["groups"]
+  return rest, merged
+
+
 def _grouped(cfg, total_steps: int, labels) -> optax.GradientTransformation:
   groups = cfg.get("groups", None)
   if labels is None or not groups:
     return single(cfg, total_steps)
   transforms = {"default": single(cfg, total_steps)}
-  for name, override in groups.items():
-    merged = cfg.copy_and_resolve_references()
-    with merged.unlocked():
-      del merged["groups"]
-      merged.update(override)
-    transforms[name] = single(merged, total_steps)
+  for name in groups:
+    transforms[name] = single(group(cfg, name)[1], total_steps)
   return optax.multi_transform(transforms, labels)

@@ -23,7 +23,7 @@ from dfm_flax.loop.checkpoint import Checkpointer, Mismatch
 # that does what those runs did. The one place that reads an older run's config.json as a
 # current one: a run saved without a key resumes, restores and serves as a start under it.
 ADDED_LATER = {
-    "generate": {"data.test_fraction": 0.0},
+    "generate": {"data.test_fraction": 0.0, "optim.sparse_latents": False},
     "vae": {"data.test_fraction": 0.0},
     "compress": {"model.first_init_variance": 0.0},
     "meta": {"model.first_init_variance": 0.0,

@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 
 from dfm_flax import files, tasks
 from dfm_flax.errors import UserError
-from dfm_flax.loop import guard, logs, optim, progress, restore, schema
+from dfm_flax.loop import guard, logs, optim, progress, restore, schema, sparse_rows
 from dfm_flax.loop import workdir as workdir_lib
 from dfm_flax.loop.checkpoint import Checkpointer
 from dfm_flax.nets import fourier
@@ -89,8 +89,11 @@ class TrainStep:
 
     def step(state, batch):
       model, optimizer = nnx.merge(self.graphdef, state)
-      (loss, aux), grads = nnx.value_and_grad(task.loss, has_aux=True)(model, batch)
-      optimizer.update(model, grads)
+      if sparse_rows.uses_rows(optimizer):
+        loss, aux = sparse_rows.step(task, model, optimizer, batch)
+      else:
+        (loss, aux), grads = nnx.value_and_grad(task.loss, has_aux=True)(model, batch)
+        optimizer.update(model, grads)
       return nnx.state((model, optimizer)), loss, aux
     self._step = jax.jit(step, donate_argnums=0)
 
@@ -156,11 +159,22 @@ class _StopOnSigint:
 
 
 def build(config, task):
-  """The task's model and its optimizer (fresh weights, on the default device)."""
+  """The task's model and its optimizer (fresh weights, on the default device).
+  optim.sparse_latents: the latent table's group is Adam on the batch's rows alone
+  (sparse_rows.py) instead of an optax group."""
   model = task.build_model(nnx.Rngs(config.seed))
-  tx = optim.build(config.optim, config.train.steps, task.param_labels(model),
-                   task.lr_multiplier(model))
-  return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+  if not config.optim.get("sparse_latents", False):
+    tx = optim.build(config.optim, config.train.steps, task.param_labels(model),
+                     task.lr_multiplier(model))
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+  if not isinstance(getattr(model, "latents", None), nnx.Param):
+    raise UserError("optim.sparse_latents needs a latent table (an auto-decoder); this model "
+                    "has none", exit_code=2)
+  rest, latent_cfg = optim.group(config.optim, "latent")
+  tx = optim.build(rest, config.train.steps, None, task.lr_multiplier(model))
+  optimizer = nnx.Optimizer(model, tx, wrt=sparse_rows.NOT_TABLE)
+  sparse_rows.attach(optimizer, model.latents[...], latent_cfg, config.train.steps)
+  return model, optimizer
 
 
 def _init_from(model, source: str, task) -> None:

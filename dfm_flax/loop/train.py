@@ -97,9 +97,21 @@ class TrainStep:
       return nnx.state((model, optimizer)), loss, aux
     self._step = jax.jit(step, donate_argnums=0)
 
+    def flush(state):
+      model, optimizer = nnx.merge(self.graphdef, state)
+      sparse_rows.flush(model, optimizer)
+      return nnx.state((model, optimizer))
+    self._flush = jax.jit(flush, donate_argnums=0) if sparse_rows.uses_rows(optimizer) else None
+
   def __call__(self, batch):
     self.state, loss, aux = self._step(self.state, batch)
     return loss, aux
+
+  def flush(self) -> None:
+    """Bring the latent rows up to date (sparse_rows.py): at the end of training, so that
+    the saved and evaluated table is dense Adam's."""
+    if self._flush is not None:
+      self.state = self._flush(self.state)
 
   def compile(self, batch):
     """The compiled step for this batch's shapes (for XLA's cost and memory analyses)."""
@@ -385,6 +397,7 @@ def _loop(config, task, model, optimizer, ckpt, logger, start: int, seconds: flo
       if will_save:
         save(step)
         last_saved = step
+    train_step.flush()
     if step != last_saved:  # Not when resuming a run whose last step was already saved.
       save(step)
   train_step.sync()

@@ -83,12 +83,14 @@ def best(c: ml_collections.ConfigDict) -> None:
   c.optim.groups.latent.lr = 1.2e-2     # latents learn (auto-decoder practice)
   c.optim.groups.latent.end_lr = 1e-5
   c.guard.mode = "recover"              # roll back and lower the lr on a collapse
+  c.optim.sparse_latents = True         # the same Adam, a step costs the batch's rows only
 
 
 def encoder(c: ml_collections.ConfigDict) -> None:
   """An encoder MLP maps each digit to its latent: one pass per image instead of a table
   row learned from that image's own gradient steps, and new images get latents too."""
   c.model.encoder_hidden = (256, 128)
+  c.optim.sparse_latents = False        # no table
   # The encoder's weights see every batch, unlike a table row: the table's lr is far too
   # high for them (4,000-step trials in docs/generation.md chose this one).
   c.optim.groups.latent.lr = 3e-4

@@ -9,7 +9,9 @@ row sits between its batches changes nothing else in training. So each row recor
 step of its last update, and when a batch next holds it (or at the end of training,
 `flush`) those skipped steps are applied at once, term by term as Adam would have: the
 table and its moments come out as dense Adam's (to float32 rounding). The loss is
-differentiated with respect to the gathered rows, not the table.
+differentiated with respect to the gathered rows, not the table. Checkpoints saved
+during training hold rows not yet brought up to date (a resumed run applies what they
+owe; the last checkpoint is saved after `flush`).
 """
 from __future__ import annotations
 

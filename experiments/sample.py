@@ -41,7 +41,7 @@ def _sample(_):
     raise UserError(f"{_WORKDIR.value} holds a {config.task!r} run; sampling needs a generator "
                     f"(experiments/mnist.py, cifar10.py or vae_mnist.py)")
   shape = tuple(meta["image_shape"])
-  coords = generators.saved_coords(config, shape)
+  coords = generators.generator_coords(config, shape)
   priors = generators.load_priors(_WORKDIR.value)
   generators.write_samples(model, priors, _PRIOR.value, _NUM.value, _SEED.value, coords, shape, out)
   written = [out]

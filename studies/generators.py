@@ -26,7 +26,7 @@ def samples(workdir: str, prior: str, num: int, seed: int) -> np.ndarray:
   shape = tuple(meta["image_shape"])
   priors = generators.load_priors(workdir)
   z = generators.sample_latents(priors, prior, num, priors["gmm_means"].shape[1], seed)
-  return generators.render_latents(model, z, generators.saved_coords(config, shape), shape)
+  return generators.render_latents(model, z, generators.generator_coords(config, shape), shape)
 
 
 def title(workdir: str, label: str, prior: str) -> str:

@@ -100,8 +100,9 @@ def warm_up_generator(model, coords, image_shape, latent_dim: int) -> None:
   render_latents(model, np.zeros((RENDER_BATCH, latent_dim), np.float32), coords, image_shape)
 
 
-def saved_coords(config, image_shape):
-  """The pixel grid a saved generator run renders on (the VAE's config has no coord_range)."""
+def generator_coords(config, image_shape):
+  """The pixel grid a generator run renders on, from its config (the VAE's has no
+  coord_range: it renders on the plain grid): for training, evaluation and sampling."""
   coord_range = tuple(config.model.get("coord_range", (0.0, 1.0)))
   return jnp.asarray(images.pixel_grid(image_shape[0], image_shape[1], coord_range))
 
@@ -214,19 +215,18 @@ def score_samples(sampler, priors, dataset, config, workdir, held_out=None) -> d
                                      "or eval.inception_weights)"}
   n = min(config.eval.fid_samples, len(dataset), len(held_out) if held_out else len(dataset))
   train_feats = {name: fx(dataset.images[:n]) for name, fx in extractors.items()}
-  fakes = {prior: sampler(prior, n) for prior in priors}
-  out = {"fid_samples": n, "fid_train": {}}
-  for prior, fake in fakes.items():
-    for name, fx in extractors.items():
-      out["fid_train"][f"{name}/{prior}"] = frechet_distance(train_feats[name], fx(fake))
+  fake_feats = {}
+  for prior in priors:
+    fake = sampler(prior, n)
+    fake_feats.update({f"{name}/{prior}": fx(fake) for name, fx in extractors.items()})
+
+  def against(reference):
+    return {key: frechet_distance(reference[key.split("/")[0]], f) for key, f in fake_feats.items()}
+  out = {"fid_samples": n, "fid_train": against(train_feats)}
   if held_out is None:
     return {**out, "fid": dict(out["fid_train"]),
             "fid_reference": f"first {n} of {dataset.description}"}
   test_feats = {name: fx(held_out.images[:n]) for name, fx in extractors.items()}
-  out.update(fid={}, fid_reference=f"first {n} of {held_out.description}",
-             fid_data={name: frechet_distance(train_feats[name], test_feats[name])
-                       for name in extractors})
-  for prior, fake in fakes.items():
-    for name, fx in extractors.items():
-      out["fid"][f"{name}/{prior}"] = frechet_distance(test_feats[name], fx(fake))
-  return out
+  return {**out, "fid": against(test_feats), "fid_reference": f"first {n} of {held_out.description}",
+          "fid_data": {name: frechet_distance(train_feats[name], test_feats[name])
+                       for name in extractors}}

@@ -49,15 +49,17 @@ class RowAdam(nnx.Module):
     self.last = nnx.OptState(jnp.zeros(table.shape[:1], jnp.int32))
     self.count = nnx.OptState(jnp.zeros((), jnp.int32))
 
+  def _direction(self, mu, nu, t):
+    """Adam's bias-corrected step direction after t updates (t a float array)."""
+    return (mu / (1 - self.b1**t)) / (jnp.sqrt(nu / (1 - self.b2**t)) + self.eps)
+
   def _catch_up(self, mu, nu, last, now, lr_scale):
     """One row's moves over the zero-gradient steps last+1..now, and its moments after them."""
     k = jnp.arange(1, self.horizon + 1)
     s = last + k                                 # Adam's step number (1-based) of each term
     m = self.b1 ** k.astype(jnp.float32)[:, None] * mu
     v = self.b2 ** k.astype(jnp.float32)[:, None] * nu
-    sf = s.astype(jnp.float32)[:, None]
-    move = (self.schedule(s - 1)[:, None] * (m / (1 - self.b1**sf))
-            / (jnp.sqrt(v / (1 - self.b2**sf)) + self.eps))
+    move = self.schedule(s - 1)[:, None] * self._direction(m, v, s.astype(jnp.float32)[:, None])
     gap = (now - last).astype(jnp.float32)
     total = jnp.sum(jnp.where((k <= now - last)[:, None], move, 0.0), axis=0)
     return lr_scale * total, self.b1**gap * mu, self.b2**gap * nu
@@ -79,8 +81,7 @@ class RowAdam(nnx.Module):
     t = count + 1
     mu = self.b1 * self.mu[...][rows] + (1 - self.b1) * grads
     nu = self.b2 * self.nu[...][rows] + (1 - self.b2) * grads**2
-    tf = t.astype(jnp.float32)
-    direction = (mu / (1 - self.b1**tf)) / (jnp.sqrt(nu / (1 - self.b2**tf)) + self.eps)
+    direction = self._direction(mu, nu, t.astype(jnp.float32))
     table[...] = table[...].at[rows].add(-self.schedule(count) * lr_scale * direction)
     self.mu[...] = self.mu[...].at[rows].set(mu)
     self.nu[...] = self.nu[...].at[rows].set(nu)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dfm_flax.data import datasets, images
+from dfm_flax.data import datasets
 from dfm_flax.evaluation import generators
 from dfm_flax.nets import fourier, generative
 from dfm_flax.tasks import TaskBase
@@ -45,7 +45,7 @@ class Task(TaskBase):
     self.dataset, self.held_out = datasets.load_split(config.data)
     self.image_shape = self.dataset.images.shape[1:]
     h, w, c = self.image_shape
-    self.coords = jnp.asarray(images.pixel_grid(h, w, tuple(config.model.coord_range)))
+    self.coords = generators.generator_coords(config, self.image_shape)
     self.batches = datasets.ImageBatches(self.dataset, config.train.batch_size, config.seed)
     kept = f", {len(self.held_out)} held out" if self.held_out else ""
     print(f"data: {self.dataset.description}: {len(self.dataset)} images of {w}x{h}x{c}{kept}; "

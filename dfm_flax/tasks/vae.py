@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dfm_flax.data import datasets, images
+from dfm_flax.data import datasets
 from dfm_flax.evaluation import generators
 from dfm_flax.nets import generative
 from dfm_flax.tasks import TaskBase
@@ -55,8 +55,7 @@ class Task(TaskBase):
     self.config = config
     self.dataset, self.held_out = datasets.load_split(config.data)
     self.image_shape = self.dataset.images.shape[1:]
-    h, w, _ = self.image_shape
-    self.coords = jnp.asarray(images.pixel_grid(h, w))  # Where evaluation renders the images.
+    self.coords = generators.generator_coords(config, self.image_shape)  # Where evaluation renders.
     self.batches = datasets.ImageBatches(self.dataset, config.train.batch_size, config.seed)
     self.key = jax.random.key(config.seed + 3)
 

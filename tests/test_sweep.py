@@ -96,7 +96,7 @@ def test_malformed_yaml_and_foreign_directory(tmp_path):
       run_cli("experiments.sweep", write(tmp_path, TINY), "--workdir", wd, "--override", "config.nope=1"))
 
 
-@pytest.mark.parametrize("name", ["compress_grid", "compress_grid_quick", "mnist_generation",
+@pytest.mark.parametrize("name", ["compress_grid", "compress_grid_thesis", "compress_grid_quick", "mnist_generation",
                                   "mnist_smoke_search", "cifar10_generation", "vae_mnist",
                                   "mnist_generation_local", "vae_mnist_local"])
 def test_shipped_sweeps_name_real_keys(name):

@@ -1,13 +1,15 @@
 """Thesis Figs. 5.1 and 5.2 from a compression grid (width x depth, several seeds per cell).
 
   python -m experiments.grid_figure DIR --out FILE.png [--csv RUNS.csv] [--examples FIG52.png]
+      [--examples_from MORE_DIRS]
 
 DIR is any directory holding finished compression runs (an offline sweep directory
 or the W&B agent's runs/compress_grid/): every metrics.json below it counts. FILE.png
 has two panels: each cell coloured by the loss interval of its mean final loss (the
 thesis's four colours, darker = better) with the size in % of the raw image, and by its
 mean PSNR with the seeds' spread. --csv writes one row per run; --examples draws one
-reconstruction from each loss interval (Fig. 5.2). A markdown table is printed.
+reconstruction from each loss interval (Fig. 5.2), from DIR's runs and --examples_from's.
+A markdown table is printed.
 """
 import csv
 import glob
@@ -25,6 +27,8 @@ _OUT = flags.DEFINE_string("out", None, "Output PNG (Fig. 5.1).")
 _CSV = flags.DEFINE_string("csv", None, "Also write one row per run to this CSV.")
 _EXAMPLES = flags.DEFINE_string("examples", None, "Also draw one reconstruction per loss interval "
                                 "(Fig. 5.2) to this PNG.")
+_EXAMPLES_FROM = flags.DEFINE_list("examples_from", [], "More directories of runs the --examples "
+                                   "figure may pick from (e.g. longer runs of the same image).")
 # The thesis's figure gives four loss intervals but its text does not keep their edges:
 # decades of the final loss (MSE on [-1, 1]); 0.1 / 0.01 / 0.001 are 16 / 26 / 36 dB.
 _EDGES = flags.DEFINE_list("intervals", ["0.1", "0.01", "0.001"],
@@ -165,7 +169,7 @@ def picks(runs: list[dict], bounds: list[float]) -> list[tuple[int, dict]]:
   return out
 
 
-def examples(cells: dict, out: str, bounds: list[float]) -> None:
+def examples(cells: dict, out: str, bounds: list[float]) -> list[tuple[int, dict]]:
   """Fig. 5.2: for each loss interval, the run nearest its middle (geometric), rendered."""
   from PIL import Image
 
@@ -179,10 +183,11 @@ def examples(cells: dict, out: str, bounds: list[float]) -> None:
   fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 3.8))
   for ax, (k, r) in zip(np.atleast_1d(axes), chosen):
     ax.imshow(Image.open(os.path.join(r["dir"], "reconstruction.png")))
-    ax.set_title(f"loss {names[k]}\n{r['model_width']}x{r['model_depth']} seed {r['seed']}: "
-                 f"{r['final_loss']:.3g}, {r['psnr']:.1f} dB", fontsize=9)
+    ax.set_title(f"loss {names[k]}\n{r['model_width']}x{r['model_depth']} seed {r['seed']}, "
+                 f"{r['steps']:,} steps: {r['final_loss']:.3g}, {r['psnr']:.1f} dB", fontsize=9)
     ax.axis("off")
   save(fig, out)
+  return chosen
 
 
 def _figure(argv):
@@ -195,7 +200,11 @@ def _figure(argv):
     write_csv(cells, _CSV.value)
     written.append(_CSV.value)
   if _EXAMPLES.value:
-    examples(cells, _EXAMPLES.value, bounds)
+    pool = dict(cells)
+    for i, extra in enumerate(_EXAMPLES_FROM.value):
+      pool.update({(i, key): runs for key, runs in collect(extra).items()})
+    for k, run in examples(pool, _EXAMPLES.value, bounds):
+      print(f"Fig. 5.2, loss {interval_names(bounds)[k]}: {run['dir']}")
     written.append(_EXAMPLES.value)
   print(table(cells))
   print("wrote " + ", ".join(written))

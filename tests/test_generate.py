@@ -261,3 +261,16 @@ def test_warm_up_compiles_what_evaluation_then_renders():
                                      task.image_shape)
   assert images.shape == (3, *task.image_shape)
   assert renderer._cache_size() == 1
+
+
+@pytest.mark.parametrize("variant,low,high", [("", 1e6, np.inf), ("adjusted", 0.0, 10.0)])
+def test_cifar_first_loss_of_the_thesis_settings_and_the_adjusted_ones(variant, low, high):
+  """The thesis's CIFAR-10 settings start at a loss near 1e8 (encoder latents with |z|^2 near
+  5e5 times lambda 200) and diverge; `:adjusted` starts at the scale of the pixel error."""
+  from experiments import cifar10
+  config = cifar10.get_config(variant)
+  config.data = cifar10.get_config("smoke").data
+  config.data.limit, config.train.batch_size = 8, 4
+  task = generate.Task(config)
+  loss, aux = task.loss(task.build_model(nnx.Rngs(0)), task.batch(0))
+  assert low < float(loss) < high and float(aux["rec_mse"]) < 10

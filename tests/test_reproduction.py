@@ -34,9 +34,11 @@ def test_grid_csv_intervals_and_fig52_picks(tmp_path):
   for (w, d), ls in losses.items():
     for seed, loss in enumerate(ls):
       fake_run(runs, f"w{w}d{d}s{seed}", w, d, seed, loss)
+  longer = fake_run(tmp_path / "longer", "w4d4_long", 4, 4, 0, 3e-4)  # only a Fig. 5.2 candidate
   out = tmp_path / "fig.png"
   proc = run_cli("experiments.grid_figure", str(runs), "--out", str(out), "--csv",
-                 str(tmp_path / "runs.csv"), "--examples", str(tmp_path / "ex.png"))
+                 str(tmp_path / "runs.csv"), "--examples", str(tmp_path / "ex.png"),
+                 "--examples_from", str(tmp_path / "longer"))
   assert proc.returncode == 0, proc.stderr
   rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
   assert len(rows) == 8
@@ -48,6 +50,11 @@ def test_grid_csv_intervals_and_fig52_picks(tmp_path):
   # Cell means: 0.25, 0.045, 0.005, 6e-4 -> one cell in each decade interval.
   assert "| 2 | 0.40% / 0.2500 / " in proc.stdout and "0.0006 / " in proc.stdout
   assert os.path.getsize(out) > 5000 and os.path.getsize(tmp_path / "ex.png") > 5000
+  # The best interval's middle is 10^-3.5: the extra run (3e-4) is nearer than 5e-4 and 7e-4.
+  assert f"Fig. 5.2, loss < 0.001: {longer}" in proc.stdout
+  assert f"Fig. 5.2, loss >= 0.1: {runs / 'w2d2s1'}" in proc.stdout  # 0.3 nearer 10^-0.5
+  grid = proc.stdout[proc.stdout.index("| depth"):]
+  assert "0.0006 / " in grid and "0.0003" not in grid  # the extra run is not in the grid
 
 
 def test_interval_edges_and_nearest_pick():

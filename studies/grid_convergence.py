@@ -13,8 +13,6 @@ and Kendall's tau between the cells' ranking at each count and at the longest: 1
 the same order.
 """
 import argparse
-import glob
-import json
 import os
 from collections import defaultdict
 
@@ -25,22 +23,15 @@ from scipy import stats
 from dfm_flax.errors import UserError
 from dfm_flax.evaluation import figures
 from dfm_flax.loop import logs
+from experiments import grid_figure
 
 SMOOTH = 5  # logged values averaged at each count (the thesis logs every 50 steps)
 
 
 def _runs(directory: str) -> dict:
   """{(width, depth): [(steps, final_loss, run_dir)]} of the finished runs below DIR."""
-  cells = defaultdict(list)
-  for path in sorted(glob.glob(os.path.join(directory, "**", "metrics.json"), recursive=True)):
-    with open(path) as f:
-      m = json.load(f)
-    if "model_width" in m and "final_loss" in m:
-      cells[(m["model_width"], m["model_depth"])].append((m["steps"], m["final_loss"],
-                                                          os.path.dirname(path)))
-  if not cells:
-    raise UserError(f"no finished compression runs (metrics.json with model_width) under {directory}")
-  return cells
+  return {cell: [(r["steps"], r["final_loss"], r["dir"]) for r in runs]
+          for cell, runs in grid_figure.collect(directory).items()}
 
 
 def logged_loss(history: list[dict], step: int) -> float:

@@ -74,12 +74,14 @@ def draw(rows: list[dict], variants: list[str], out: str) -> None:
   fig, axes = figures.plt.subplots(len(rows), cols, figsize=(3 * cols, 3.2 * len(rows)), squeeze=False)
   for ax_row, r in zip(axes, rows):
     original = images.load_image(r["path"])
-    jpeg = images.jpeg_at_size(original, r["bytes"])
+    # The file the fit's metrics report, encoded once at its quality (no second search).
+    quality = r["jpeg"]["quality"] or 1
+    jpeg = images.decode_image_bytes(images.jpeg_bytes(original, quality), original.shape[-1])
     panels = [(original, f"{r['name']} {r['side']}x{r['side']}")]
     for v in variants:
       recon = images.load_image(os.path.join(r["dirs"][v], "reconstruction.png"))
       panels.append((recon, f"DFM {v or 'default'}: {r[v]['psnr']:.2f} dB"))
-    panels.append((jpeg["image"], f"JPEG q{jpeg['quality']}: {jpeg['psnr']:.2f} dB"))
+    panels.append((jpeg, f"JPEG q{quality}: {r['jpeg']['psnr']:.2f} dB"))
     for ax, (img, title) in zip(ax_row, panels):
       ax.imshow(np.clip(img, 0, 1))
       ax.set_title(title, fontsize=9)
